@@ -1,0 +1,185 @@
+"""The default configuration and its start-up validation.
+
+Every config file in `configs/` starts from `get_default_config()` and overrides a few fields, so a
+field exists in exactly one place. `validate_config` runs before anything heavy and raises
+`ConfigError` with one line that names the field and what is allowed; `main.py` prints that line
+and exits without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+METHODS = ("simclr",)
+NEGATIVES = ("max", "logsumexp")
+AMCL_LOSSES = ("paper", "released_code")
+OPTIMIZERS = ("sgd", "lars")
+SCHEDULES = ("cosine", "constant")
+STEMS = ("cifar", "imagenet")
+CONV_IMPLS = ("auto", "lax", "fast_wgrad")
+DTYPES = ("float32", "bfloat16")
+AUGMENTATION_LETTERS = "abcde"
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message is one line naming the field and what is allowed."""
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+    """AMCL-SimCLR on CIFAR-10 with the paper's defaults (ResNet-18, batch 512, 800 epochs)."""
+    config = ml_collections.ConfigDict()
+    config.method = "simclr"
+    config.seed = 0
+    config.batch_size = 512  # Global batch, split over all devices of all hosts.
+    config.num_epochs = 800
+    config.total_steps = -1  # > 0 overrides num_epochs.
+    config.log_every_steps = 50
+
+    config.amcl = ml_collections.ConfigDict()
+    config.amcl.enabled = True
+    config.amcl.num_heads = 3
+    config.amcl.beta = 0.1
+    config.amcl.negatives = "max"
+    config.amcl.omega_dim = -1  # -1: the head's output dimension (projector.out_dim).
+    config.amcl.temperature_bounds = (1e-5, 2.0)
+    config.amcl.temperature_hidden_dim = 128
+    config.amcl.shared_temperature_net = False
+    config.amcl.loss = "paper"  # "released_code" reproduces the authors' released number.
+    config.amcl.chunk_size = 256  # Anchor rows per chunk of the log-sum-exp temperature grid.
+
+    config.simclr = ml_collections.ConfigDict()
+    config.simclr.temperature = 0.5  # Used when amcl.enabled is False.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet18"
+    config.model.width = 1.0
+    config.model.stem = "cifar"
+    config.model.conv_impl = "auto"  # "auto": fast weight-gradient conv on CPU, lax elsewhere.
+    config.model.dtype = "float32"
+
+    config.projector = ml_collections.ConfigDict()
+    config.projector.hidden_dim = 512
+    config.projector.out_dim = 128
+    config.projector.num_layers = 2
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "cifar10"
+    config.data.data_dir = ""  # TFDS data_dir, an image folder, or an archive of one.
+    config.data.download = True  # TFDS downloads when the data are missing (connected machines).
+    config.data.cache_dir = ""  # Where archives are extracted; "" = ~/.cache/amcl_jax.
+    config.data.train_split = "train"
+    config.data.eval_train_split = "train"  # The kNN bank.
+    config.data.eval_test_split = "test"  # The kNN queries.
+    config.data.image_size = 32  # The views' size (random resized crop output).
+    config.data.load_size = -1  # > 0: resize the stored images once at load (-1: native size).
+    config.data.augmentations = "abcde"
+    config.data.color_jitter_strength = 0.5
+    config.data.blur_p = 0.5
+    config.data.num_views = 2
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.06  # For the global batch; no implicit scaling.
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "cosine"
+    config.optimizer.warmup_steps = 0
+    config.optimizer.lars_trust_coefficient = 1e-3
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every_steps = 1000
+    config.eval.knn_k = 200
+    config.eval.knn_temperature = 0.1
+    config.eval.batch_size = 512
+    config.eval.max_bank_examples = -1  # > 0 caps the kNN bank (quick looks on CPU).
+    config.eval.max_query_examples = -1
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.max_to_keep = 3
+    return config
+
+
+def _fail(field: str, value, allowed: str) -> None:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _one_of(config, field: str, allowed) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value not in allowed:
+        _fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+    """Checks every field that can be checked before loading data; raises ConfigError."""
+    from amcl_jax import methods, models  # Registries; imported late to keep this module light.
+
+    _one_of(config, "method", methods.available())
+    _one_of(config, "model.name", tuple(models.ENCODERS))
+    _one_of(config, "model.stem", STEMS)
+    _one_of(config, "model.conv_impl", CONV_IMPLS)
+    _one_of(config, "model.dtype", DTYPES)
+    _one_of(config, "optimizer.name", OPTIMIZERS)
+    _one_of(config, "optimizer.schedule", SCHEDULES)
+    _one_of(config, "amcl.negatives", NEGATIVES)
+    _one_of(config, "amcl.loss", AMCL_LOSSES)
+    if not isinstance(config.amcl.enabled, bool):
+        _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
+    if config.model.width <= 0:
+        _fail("model.width", config.model.width, "must be > 0")
+    if int(config.amcl.num_heads) < 1:
+        _fail("amcl.num_heads", config.amcl.num_heads, "must be an integer >= 1")
+    if config.amcl.beta < 0:
+        _fail("amcl.beta", config.amcl.beta, "must be >= 0")
+    bounds = tuple(config.amcl.temperature_bounds)
+    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+        _fail("amcl.temperature_bounds", bounds, "must be (lower, upper) with 0 < lower < upper")
+    if config.amcl.omega_dim != -1 and config.amcl.omega_dim <= 0:
+        _fail("amcl.omega_dim", config.amcl.omega_dim, "must be > 0, or -1 for projector.out_dim")
+    if config.amcl.chunk_size < 1:
+        _fail("amcl.chunk_size", config.amcl.chunk_size, "must be >= 1")
+    if config.simclr.temperature <= 0:
+        _fail("simclr.temperature", config.simclr.temperature, "must be > 0")
+    if config.batch_size <= 0:
+        _fail("batch_size", config.batch_size, "must be > 0")
+    if config.batch_size % num_devices:
+        _fail("batch_size", config.batch_size,
+              f"must be divisible by the number of devices ({num_devices})")
+    if config.total_steps < 0 and config.num_epochs <= 0:
+        _fail("num_epochs", config.num_epochs, "must be > 0 when total_steps is -1")
+    if config.total_steps < -1:
+        _fail("total_steps", config.total_steps, "must be >= 0, or -1 to use num_epochs")
+    if config.optimizer.learning_rate < 0:
+        _fail("optimizer.learning_rate", config.optimizer.learning_rate, "must be >= 0")
+    if config.optimizer.weight_decay < 0:
+        _fail("optimizer.weight_decay", config.optimizer.weight_decay, "must be >= 0")
+    if config.optimizer.warmup_steps < 0:
+        _fail("optimizer.warmup_steps", config.optimizer.warmup_steps, "must be >= 0")
+    letters = config.data.augmentations
+    if (not isinstance(letters, str) or set(letters) - set(AUGMENTATION_LETTERS)
+            or len(set(letters)) != len(letters)):
+        _fail("data.augmentations", letters,
+              "must be distinct letters from 'abcde' (a crop, b blur, c grayscale, "
+              "d colour jitter, e flip)")
+    if config.data.num_views < 2:
+        _fail("data.num_views", config.data.num_views, "must be >= 2")
+    if config.data.image_size < 4:
+        _fail("data.image_size", config.data.image_size, "must be >= 4")
+    if config.data.data_dir and not (os.path.exists(config.data.data_dir)
+                                     or config.data.download):
+        _fail("data.data_dir", config.data.data_dir, "does not exist")
+    for field in ("eval.every_steps", "checkpoint.every_steps", "log_every_steps"):
+        section, name = field.split(".") if "." in field else (None, field)
+        value = config[section][name] if section else config[name]
+        if value < 1:
+            _fail(field, value, "must be >= 1")
+    if config.eval.knn_k < 1:
+        _fail("eval.knn_k", config.eval.knn_k, "must be >= 1")
+    if config.eval.knn_temperature <= 0:
+        _fail("eval.knn_temperature", config.eval.knn_temperature, "must be > 0")
+    if config.checkpoint.max_to_keep < 1:
+        _fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")

@@ -1,0 +1,216 @@
+"""tf.data input pipelines: training batches are a pure function of (seed, step).
+
+Training stream. Example positions 0, 1, 2, ... run through an endless sequence of epochs; the
+position p belongs to epoch p // N and maps to dataset example
+``index_shuffle(p % N, seed=fold_in([seed, 0], epoch), max_index=N - 1)``, a stateless
+permutation per epoch. Global batch ``step`` holds positions [step * B, (step + 1) * B); process
+k of K takes the slice [k * B / K, (k + 1) * B / K) of it. View v of the example at position p
+is augmented with stateless ops seeded by ``fold_in(fold_in([seed, 1], p), v)``. Nothing
+depends on earlier batches, so ``train_iterator(start_step=s)`` yields bit-exactly what a run
+from step 0 yields after s batches: resuming needs only the step.
+
+Batches run on across epoch boundaries (no example is dropped; a batch that straddles a
+boundary may hold one image twice). `steps_per_epoch` is N // B for schedules.
+
+Examples are held in memory (uint8); ImageNet-scale streaming from files is future work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from amcl_jax.data._tf import tf
+from amcl_jax.data.augment import make_view_fn, resize, validate_letters
+
+_SHUFFLE_STREAM = 0  # seed stream for the per-epoch permutations
+_AUGMENT_STREAM = 1  # seed stream for view augmentations
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """Steps in one epoch for schedules: num_examples // global_batch_size (at least 1)."""
+    return max(1, num_examples // global_batch_size)
+
+
+def _local_batch_size(global_batch_size: int, process_count: int, field: str) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"{field}={global_batch_size} must be a positive multiple of the process count "
+            f"({process_count})"
+        )
+    return global_batch_size // process_count
+
+
+def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels must be ({len(images)},), got {labels.shape}")
+    if len(images) == 0:
+        raise ValueError("the dataset is empty")
+
+
+def _normalise(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (image - mean) / std
+
+
+def example_index(
+    position: tf.Tensor, *, seed: int, num_examples: int
+) -> tf.Tensor:
+    """Dataset index of stream position(s) `position` (int64): a fresh permutation per epoch."""
+    position = tf.cast(position, tf.int64)
+    epoch = position // num_examples
+    offset = position % num_examples
+    epoch_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, _SHUFFLE_STREAM], tf.int64), epoch
+    )
+    return tf.random.experimental.index_shuffle(
+        offset, seed=epoch_seed, max_index=tf.constant(num_examples - 1, tf.int64)
+    )
+
+
+def train_iterator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int,
+    augmentations: str,
+    image_size: int,
+    num_views: int = 2,
+    mean: Sequence[float],
+    std: Sequence[float],
+    process_index: int = 0,
+    process_count: int = 1,
+    color_jitter_strength: float = 0.5,
+    blur_p: float = 0.5,
+    solarize_p: float = 0.0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches for this process, starting at global step `start_step`.
+
+    Args:
+      images: (N, H, W, 3) uint8; labels: (N,) int.
+      augmentations: paper letters, e.g. "abcde" (see `augment.make_view_fn`).
+      mean, std: per-channel constants for (x - mean) / std on pixels in [0, 1].
+
+    Yields:
+      {"views": (num_views, B_local, S, S, 3) float32 normalised,
+       "label": (B_local,) int32, "index": (B_local,) int32 dataset indices},
+      B_local = global_batch_size // process_count, S = image_size.
+    """
+    _check_arrays(images, labels)
+    validate_letters(augmentations)
+    local_batch = _local_batch_size(global_batch_size, process_count, "batch_size")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    num_examples = len(images)
+    view_fn = make_view_fn(
+        augmentations,
+        image_size=image_size,
+        color_jitter_strength=color_jitter_strength,
+        blur_p=blur_p,
+        solarize_p=solarize_p,
+    )
+    images_t = tf.constant(images)
+    labels_t = tf.constant(labels.astype(np.int32))
+    augment_seed = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
+
+    def position_of(counter: tf.Tensor) -> tf.Tensor:
+        # counter enumerates this process's examples; turn it into a global stream position.
+        step = counter // local_batch
+        return step * global_batch_size + process_index * local_batch + counter % local_batch
+
+    def load_example(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+        position = position_of(counter)
+        index = example_index(position, seed=seed, num_examples=num_examples)
+        image = tf.image.convert_image_dtype(tf.gather(images_t, index), tf.float32)
+        example_seed = tf.random.experimental.stateless_fold_in(augment_seed, position)
+        views = [
+            _normalise(
+                view_fn(image, tf.random.experimental.stateless_fold_in(example_seed, view)),
+                mean,
+                std,
+            )
+            for view in range(num_views)
+        ]
+        return {
+            "views": tf.stack(views),
+            "label": tf.gather(labels_t, index),
+            "index": tf.cast(index, tf.int32),
+        }
+
+    def views_first(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {**batch, "views": tf.transpose(batch["views"], [1, 0, 2, 3, 4])}
+
+    ds = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)
+    ds = ds.map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.map(views_first)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.with_options(_deterministic_options())
+    return ds.as_numpy_iterator()
+
+
+def eval_iterator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over the data in dataset order, no augmentation (resize only).
+
+    `batch_size` is global: every process yields ceil(N / batch_size) batches of
+    batch_size // process_count rows, and global batch k holds examples
+    [k * batch_size, (k + 1) * batch_size), process p taking its p-th slice; so every example
+    appears exactly once over all processes. Rows past the end are padding: zero image,
+    label -1, index -1, mask False.
+
+    Yields:
+      {"image": (B, S, S, 3) float32 normalised, "label": (B,) int32, "index": (B,) int32,
+       "mask": (B,) bool}, B = batch_size // process_count.
+    """
+    _check_arrays(images, labels)
+    local_batch = _local_batch_size(batch_size, process_count, "batch_size")
+    num_examples = len(images)
+    num_batches = -(-num_examples // batch_size)
+    images_t = tf.constant(images)
+    labels_t = tf.constant(labels.astype(np.int32))
+
+    def load_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
+        positions = step * batch_size + process_index * local_batch + tf.range(
+            local_batch, dtype=tf.int64
+        )
+        mask = positions < num_examples
+        index = tf.minimum(positions, num_examples - 1)
+        image = tf.image.convert_image_dtype(tf.gather(images_t, index), tf.float32)
+        if tuple(images.shape[1:3]) != (image_size, image_size):
+            image = resize(image, image_size)
+        image = _normalise(image, mean, std) * tf.cast(mask, tf.float32)[:, None, None, None]
+        return {
+            "image": tf.ensure_shape(image, (local_batch, image_size, image_size, 3)),
+            "label": tf.where(mask, tf.gather(labels_t, index), -1),
+            "index": tf.where(mask, tf.cast(index, tf.int32), -1),
+            "mask": mask,
+        }
+
+    ds = tf.data.Dataset.range(num_batches)
+    ds = ds.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
+    return ds.as_numpy_iterator()
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options

@@ -1,0 +1,362 @@
+"""Where examples come from: whole splits loaded into memory as uint8 arrays.
+
+Three kinds of source, picked by `load_split(dataset, split, data_dir=...)`:
+
+- ``dataset="digits"``: scikit-learn's 1,797 8x8 digits (ships in the wheel, no files needed).
+- an **image folder** laid out ``<split>/<class_name>/<image>`` (PNG/JPEG/BMP/GIF), or an archive
+  of one (``.tar.gz``/``.tgz``/``.tar``/``.zip``) which is extracted once into a cache folder.
+  Used when ``dataset="image_folder"``, when ``data_dir`` is an archive file, or when ``data_dir``
+  holds a ``<split>`` folder; the ``dataset`` name (e.g. "cifar10") then only picks the
+  normalisation constants.
+- otherwise a **TFDS dataset** by name (cifar10, cifar100, stl10, ...) read from ``data_dir``;
+  downloading happens only with ``download=True``.
+
+Everything is held in memory, which suits digits, CIFAR, STL-10 and folders of small images.
+ImageNet-scale streaming from disk is future work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+
+import numpy as np
+
+from amcl_jax.data._tf import tf
+
+# Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
+DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Grayscale digits replicated to 3 channels (measured on the 8x8 images scaled to [0, 1]).
+    "digits": ((0.3053, 0.3053, 0.3053), (0.3759, 0.3759, 0.3759)),
+}
+DEFAULT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+DIGITS_TEST_EVERY = 6  # every 6th digit of each class (in a fixed shuffled order) is "test": 297
+
+
+def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel for pixels in [0, 1]; 0.5/0.5 for unknown names.
+
+    A TFDS config or version suffix is ignored: "cifar10:3.0.2" -> cifar10's constants.
+    """
+    key = name.lower().split(":")[0].split("/")[0]
+    return DATASET_STATS.get(key, DEFAULT_STATS)
+
+
+def load_split(
+    dataset: str,
+    split: str,
+    *,
+    data_dir: str | None,
+    cache_dir: str | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Loads one split into memory.
+
+    Args:
+      dataset: "digits", "image_folder", or a TFDS name ("cifar10", "stl10", ...).
+      split: "train", "test", ...; "a+b" concatenates splits (TFDS: any split expression,
+        e.g. "train+unlabelled" for STL-10, whose unlabelled examples have label -1).
+      data_dir: an image folder, an archive of one, or a TFDS data_dir (None: TFDS default).
+      cache_dir: parent folder for extracted archives (default ``~/.cache/amcl_jax``).
+      image_size: if given, every image is resized (bilinear) to image_size x image_size.
+      download: let TFDS download and prepare the dataset (needs network).
+
+    Returns:
+      images: (N, H, W, 3) uint8; labels: (N,) int32; num_classes: int.
+
+    Raises:
+      ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded.
+    """
+    if dataset == "digits":
+        images, labels, num_classes = _load_digits(split)
+    elif dataset == "image_folder" or _is_image_folder_source(data_dir, split):
+        if data_dir is None:
+            raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
+        if _is_archive(data_dir):
+            root = extract_archive(data_dir, cache_dir=cache_dir)
+            images, labels, num_classes = _load_decoded_cache(root, split, image_size)
+        else:
+            images, labels, num_classes = _load_image_folder(data_dir, split, image_size)
+    else:
+        images, labels, num_classes = _load_tfds(dataset, split, data_dir, download)
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        images = resize_uint8(images, image_size)
+    return images, labels.astype(np.int32), num_classes
+
+
+def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking)."""
+    out = []
+    for start in range(0, len(images), chunk):
+        batch = tf.image.resize(
+            tf.convert_to_tensor(images[start : start + chunk], tf.float32),
+            (size, size),
+            method="bilinear",
+            antialias=True,
+        )
+        out.append(tf.cast(tf.round(tf.clip_by_value(batch, 0.0, 255.0)), tf.uint8).numpy())
+    if not out:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+# ---------------------------------------------------------------------------------------------
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray, int]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int32)
+    # A fixed stratified split that depends on no RNG library: order examples by a hash of their
+    # index, then send every DIGITS_TEST_EVERY-th example of each class to "test".
+    order = np.argsort(_mix32(np.arange(len(labels), dtype=np.uint64)), kind="stable")
+    is_test = np.zeros(len(labels), bool)
+    for label in range(10):
+        members = order[labels[order] == label]
+        is_test[members[::DIGITS_TEST_EVERY]] = True
+    parts = {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test)}
+    selected = []
+    for name in split.split("+"):
+        name = name.strip()
+        if name not in parts:
+            raise ValueError(f"data.dataset='digits' has splits 'train' and 'test', got {split!r}")
+        selected.append(parts[name])
+    index = np.concatenate(selected)
+    return images[index], labels[index], 10
+
+
+def _mix32(x: np.ndarray) -> np.ndarray:
+    """A fixed integer hash (murmur3 finaliser) of uint64 values, truncated to 32 bits."""
+    mask = np.uint64(0xFFFFFFFF)
+    x = x & mask
+    x = ((x ^ (x >> np.uint64(16))) * np.uint64(0x85EBCA6B)) & mask
+    x = ((x ^ (x >> np.uint64(13))) * np.uint64(0xC2B2AE35)) & mask
+    return x ^ (x >> np.uint64(16))
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders and archives
+# ---------------------------------------------------------------------------------------------
+def _is_archive(path: str | None) -> bool:
+    return path is not None and path.lower().endswith(ARCHIVE_SUFFIXES) and os.path.isfile(path)
+
+
+def _is_image_folder_source(data_dir: str | None, split: str) -> bool:
+    if data_dir is None:
+        return False
+    if _is_archive(data_dir):
+        return True
+    first_split = split.split("+")[0].strip()
+    return os.path.isdir(data_dir) and os.path.isdir(
+        os.path.join(_image_root(data_dir, split), first_split)
+    )
+
+
+def _image_root(path: str, split: str) -> str:
+    """The folder holding the split folders: `path`, or its only subfolder (archives often wrap
+    their content in one top-level folder)."""
+    first_split = split.split("+")[0].strip()
+    if os.path.isdir(os.path.join(path, first_split)):
+        return path
+    entries = [e for e in os.listdir(path) if not e.startswith(".")]
+    if len(entries) == 1 and os.path.isdir(os.path.join(path, entries[0], first_split)):
+        return os.path.join(path, entries[0])
+    return path
+
+
+def archive_cache_path(archive: str, cache_dir: str | None = None) -> str:
+    """Where `archive` is (or will be) extracted: ``<cache_dir>/<stem>-<hash>``.
+
+    The hash covers the absolute path, size and modification time, so a changed archive gets a
+    fresh folder.
+    """
+    archive = os.path.abspath(archive)
+    info = os.stat(archive)
+    key = f"{archive}|{info.st_size}|{info.st_mtime_ns}".encode()
+    name = os.path.basename(archive)
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    parent = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "amcl_jax")
+    return os.path.join(parent, f"{name}-{hashlib.sha1(key).hexdigest()[:10]}")
+
+
+def extract_archive(archive: str, cache_dir: str | None = None) -> str:
+    """Extracts `archive` once and returns the folder; later calls reuse it.
+
+    Extraction goes to a temporary sibling folder that is renamed into place, so a crashed or
+    concurrent extraction never leaves a half-filled cache folder behind.
+    """
+    target = archive_cache_path(archive, cache_dir)
+    if os.path.isdir(target):
+        return target
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".extract-", dir=parent)
+    try:
+        _extract_into(archive, staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the cache is shared like any folder
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not os.path.isdir(target):  # not a lost race with another process: a real error
+                raise
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _load_decoded_cache(
+    root: str, split: str, image_size: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Image folder read, memoised as .npz next to an extracted archive (which never changes:
+    its cache folder name hashes the archive), so later runs skip decoding every file."""
+    name = f"decoded-{split.replace('+', '_')}-{image_size or 'native'}.npz"
+    path = os.path.join(root, ".amcl_jax", name)
+    if os.path.isfile(path):
+        with np.load(path) as cached:
+            return cached["images"], cached["labels"], int(cached["num_classes"])
+    images, labels, num_classes = _load_image_folder(root, split, image_size)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, staging = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
+    with os.fdopen(fd, "wb") as file:
+        np.savez(file, images=images, labels=labels, num_classes=num_classes)
+    os.chmod(staging, 0o644)
+    os.replace(staging, path)  # atomic: a reader never sees a half-written file
+    return images, labels, num_classes
+
+
+def _extract_into(archive: str, folder: str) -> None:
+    if archive.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(folder)
+    else:
+        with tarfile.open(archive) as tf_archive:
+            tf_archive.extractall(folder, filter="data")  # "data" rejects paths leaving `folder`
+
+
+def _class_names(root: str) -> list[str]:
+    """Sorted class folder names over all splits, so train and test share one label mapping."""
+    names = set()
+    for split_name in os.listdir(root):
+        split_dir = os.path.join(root, split_name)
+        if os.path.isdir(split_dir) and not split_name.startswith("."):
+            names.update(
+                c for c in os.listdir(split_dir)
+                if os.path.isdir(os.path.join(split_dir, c)) and not c.startswith(".")
+            )
+    return sorted(names)
+
+
+def _load_image_folder(
+    data_dir: str, split: str, image_size: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reads ``<root>/<split>/<class>/<image>``; labels index the sorted class folder names.
+
+    Sorted names are the label order (for the CIFAR-10 class names this happens to be the
+    official CIFAR order); labels are consistent across splits of one folder.
+    """
+    root = _image_root(data_dir, split)
+    classes = _class_names(root)
+    paths, labels = [], []
+    for split_name in split.split("+"):
+        split_dir = os.path.join(root, split_name.strip())
+        if not os.path.isdir(split_dir):
+            found = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+            raise ValueError(
+                f"data.data_dir={data_dir!r} has no split folder {split_name!r} (found {found})"
+            )
+        for label, name in enumerate(classes):
+            class_dir = os.path.join(split_dir, name)
+            if not os.path.isdir(class_dir):
+                continue
+            for file in sorted(os.listdir(class_dir)):
+                if file.lower().endswith(IMAGE_SUFFIXES):
+                    paths.append(os.path.join(class_dir, file))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(f"data.data_dir={data_dir!r}: no images under split {split!r}")
+    return _decode_files(paths, image_size), np.asarray(labels, np.int32), len(classes)
+
+
+def _decode_files(paths: list[str], image_size: int | None) -> np.ndarray:
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if image_size is not None:
+            image = tf.image.resize(
+                tf.cast(image, tf.float32), (image_size, image_size), antialias=True
+            )
+            image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+        return image
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    if image_size is not None:
+        return np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
+    images = list(ds.as_numpy_iterator())
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images have different sizes {sorted(shapes)[:4]}...: set data.image_size to resize"
+        )
+    return np.stack(images)
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS
+# ---------------------------------------------------------------------------------------------
+def _load_tfds(
+    dataset: str, split: str, data_dir: str | None, download: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception as error:  # DatasetNotFoundError, bad config names, ...
+        raise ValueError(
+            f"data.dataset={dataset!r} is not 'digits', 'image_folder', a TFDS dataset name, and "
+            f"data.data_dir={data_dir!r} is not an image folder or archive: {error}"
+        ) from error
+    try:
+        # Batches rather than batch_size=-1: the same code reads real data and
+        # tfds.testing.mock_data (where batch_size=-1 aborts the process).
+        ds = tfds.load(
+            dataset, split=split, data_dir=data_dir, download=download, as_supervised=False
+        )
+        ds = ds.map(lambda ex: (ex["image"], ex["label"])).batch(4096)
+        chunks = list(ds.as_numpy_iterator())
+        if not chunks:
+            raise ValueError(f"split {split!r} is empty")
+        images = np.concatenate([c[0] for c in chunks])
+        labels = np.concatenate([c[1] for c in chunks])
+    except Exception as error:
+        hint = "" if download else " (set data.download=True to download it)"
+        raise ValueError(
+            f"could not load TFDS data.dataset={dataset!r} split={split!r} from "
+            f"data.data_dir={data_dir!r}{hint}: {error}"
+        ) from error
+    if images.ndim == 3:  # grayscale datasets without a channel axis
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    num_classes = builder.info.features["label"].num_classes
+    return images.astype(np.uint8), labels.astype(np.int32), int(num_classes)

@@ -1,0 +1,110 @@
+"""SimCLR and AMCL-SimCLR (the paper's Eq. 2.1).
+
+Without AMCL: one projection head and NT-Xent with a global temperature (`simclr.temperature`).
+With AMCL: `amcl.num_heads` heads and a temperature network that gives every (head, pair) its own
+temperature, trained through the loss and its regulariser Omega.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from amcl_jax import losses, models
+from amcl_jax.methods.base import Method, MethodOutput
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder -> C-head projector; optionally owns the temperature network's parameters."""
+
+    encoder: nn.Module
+    projector: nn.Module
+    temperature_net: nn.Module | None = None
+
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
+        features = self.encoder(x, train=train)
+        projections = self.projector(features)
+        if self.temperature_net is not None and self.is_initializing():
+            self.temperature_net(projections, projections)  # Creates its parameters.
+        return features, projections
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Backbone features (B, F) float32 in inference mode (kNN, probes)."""
+        return self.encoder(x, train=False)
+
+
+def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
+    return models.TemperatureNet(
+        num_heads=config.amcl.num_heads,
+        hidden_dim=config.amcl.temperature_hidden_dim,
+        bounds=tuple(config.amcl.temperature_bounds),
+        shared=config.amcl.shared_temperature_net,
+    )
+
+
+def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
+    encoder = models.build_encoder(
+        config.model.name, width=config.model.width, stem=config.model.stem,
+        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl)
+    amcl = config.amcl.enabled
+    projector = models.MultiHeadProjector(
+        num_heads=config.amcl.num_heads if amcl else 1,
+        hidden_dim=config.projector.hidden_dim,
+        out_dim=config.projector.out_dim,
+        num_layers=config.projector.num_layers,
+    )
+    return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
+
+
+def omega_dim(config: ml_collections.ConfigDict) -> int:
+    """Omega's K: the head's output dimension unless set explicitly."""
+    return config.projector.out_dim if config.amcl.omega_dim == -1 else config.amcl.omega_dim
+
+
+def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Array,
+                          z_b: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The SimCLR-family loss of one pair of views. z_a, z_b: (C, N, D)."""
+    if not config.amcl.enabled:
+        loss, metrics = losses.nt_xent(z_a[0], z_b[0], config.simclr.temperature)
+        tau = jnp.full((1,), config.simclr.temperature, jnp.float32)
+        metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
+        return loss, metrics
+    temperature_fn = models.BoundTemperature(temperature_module(config), params["temperature_net"])
+    if config.amcl.loss == "released_code":
+        normalise = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        temperatures = temperature_fn(normalise(z_a.astype(jnp.float32)),
+                                      normalise(z_b.astype(jnp.float32)))
+        return losses.released_code_loss(z_a, z_b, temperatures, beta=config.amcl.beta)
+    return losses.amcl_contrastive(
+        z_a, z_b, temperature_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
+        negatives=config.amcl.negatives, chunk_size=config.amcl.chunk_size)
+
+
+class SimCLR(Method):
+    name = "simclr"
+
+    def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+        return build_contrastive_model(config)
+
+    def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
+        del rng
+        num_views, batch = views.shape[:2]
+        images = views.reshape((num_views * batch,) + views.shape[2:])
+        (_, projections), mutated = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        projections = projections.reshape(
+            (projections.shape[0], num_views, batch, projections.shape[-1]))
+        # With more than two views every pair of views contributes equally.
+        pair_results = [
+            contrastive_pair_loss(config, params, projections[:, i], projections[:, j])
+            for i, j in itertools.combinations(range(num_views), 2)
+        ]
+        loss = sum(r[0] for r in pair_results) / len(pair_results)
+        metrics = jax.tree.map(lambda *m: sum(m) / len(m), *[r[1] for r in pair_results])
+        return MethodOutput(loss, metrics, mutated["batch_stats"], extra)

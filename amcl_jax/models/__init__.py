@@ -1,0 +1,70 @@
+"""Encoders, projection heads and the temperature network; `build_encoder` looks encoders up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from amcl_jax.models.fast_conv import (
+    CONV_IMPLS,
+    conv_general_dilated_fast_wgrad,
+    select_conv,
+)
+from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
+from amcl_jax.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    feature_dim,
+)
+
+# name -> (constructor taking width/stem/dtype/conv, feature size as a function of width).
+# Add new encoders (e.g. "vit_s") here.
+ENCODERS: dict[str, tuple[Callable[..., nn.Module], Callable[[float], int]]] = {
+    "resnet18": (ResNet18, lambda width: feature_dim("resnet18", width)),
+    "resnet34": (ResNet34, lambda width: feature_dim("resnet34", width)),
+    "resnet50": (ResNet50, lambda width: feature_dim("resnet50", width)),
+}
+
+
+def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]]:
+    if name not in ENCODERS:
+        raise ValueError(f"model.name must be one of {tuple(ENCODERS)}, got {name!r}")
+    return ENCODERS[name]
+
+
+def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
+    """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features."""
+    constructor, _ = _lookup(name)
+    return constructor(width=width, stem=stem, dtype=dtype, conv=select_conv(conv_impl))
+
+
+def encoder_feature_dim(name: str, width: float) -> int:
+    """F, the feature size `build_encoder(name, width=width, ...)` returns."""
+    _, dim = _lookup(name)
+    return dim(width)
+
+
+__all__ = [
+    "CONV_IMPLS",
+    "ENCODERS",
+    "BasicBlock",
+    "Bottleneck",
+    "BoundTemperature",
+    "MultiHeadProjector",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "TemperatureNet",
+    "build_encoder",
+    "conv_general_dilated_fast_wgrad",
+    "encoder_feature_dim",
+    "feature_dim",
+    "select_conv",
+]

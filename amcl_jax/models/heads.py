@@ -1,0 +1,202 @@
+"""AMCL heads: C projection heads and the temperature network.
+
+- `MultiHeadProjector`: C copies of one MLP architecture with independent weights, made with
+  `nn.vmap` over a leading head axis (every param leaf is (C, ...)).
+- `TemperatureNet`: maps a pair of head features (u, v) to a bounded temperature
+  tau = lower + (upper - lower) * sigmoid(MLP([u; v])), the MLP being 2D -> hidden -> 1 with its
+  first layer split (W [u; v] = W_u u + W_v v) so a pair grid never builds an (A, B, 2D) tensor.
+  One MLP per head (the released code) or one shared by all heads (the paper's figure).
+- `BoundTemperature`: params bound to a `TemperatureNet` as a pure function, the
+  `temperature_fn` the losses take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class _MLP(nn.Module):
+    """Dense(hidden) - ReLU - ... - Dense(out); `num_layers` Dense layers. (B, F) -> (B, out)."""
+
+    hidden_dim: int
+    out_dim: int
+    num_layers: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in range(self.num_layers - 1):
+            x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"dense_{layer}")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, name=f"dense_{self.num_layers - 1}")(x)
+
+
+class MultiHeadProjector(nn.Module):
+    """C projection heads with the same architecture and independent weights.
+
+    Attributes:
+      num_heads: C.
+      hidden_dim: width of the hidden layers.
+      out_dim: D, the head output size.
+      num_layers: Dense layers per head (2: Dense(hidden) - ReLU - Dense(out)).
+      dtype: computation dtype; params are float32 and the output is cast to float32.
+
+    `__call__(features)`: (B, F) -> (C, B, D) float32; every head sees the same features.
+    """
+
+    num_heads: int = 3
+    hidden_dim: int = 512
+    out_dim: int = 128
+    num_layers: int = 2
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        if self.num_heads < 1 or self.num_layers < 1:
+            raise ValueError(
+                f"model.num_heads and num_layers must be >= 1, got {self.num_heads}, "
+                f"{self.num_layers}")
+        heads = nn.vmap(
+            _MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_heads,
+        )(self.hidden_dim, self.out_dim, self.num_layers, self.dtype, name="heads")
+        return heads(features).astype(jnp.float32)
+
+
+class _SplitFirstLayer(nn.Module):
+    """First temperature-MLP layer on [u; v] with its kernel (2D, hidden) split into W_u, W_v.
+
+    The kernel is initialised as one Dense on the concatenation (lecun-normal, fan-in 2D).
+    `grid=False`: u, v (..., M, D) -> W_u u + W_v v + b: (..., M, hidden).
+    `grid=True`:  u (..., A, D), v (..., B, D) -> (..., A, B, hidden), every (row of u, row of v).
+    """
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, u: jax.Array, v: jax.Array, grid: bool) -> jax.Array:
+        dim = u.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2 * dim, self.hidden_dim),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.hidden_dim,), jnp.float32)
+        hu = u @ kernel[:dim] + bias
+        hv = v @ kernel[dim:]
+        if grid:
+            return hu[..., :, None, :] + hv[..., None, :, :]
+        return hu + hv
+
+
+class _TemperatureMLP(nn.Module):
+    """Pre-sigmoid temperature logits; works on any leading batch dims (float32 in and out)."""
+
+    hidden_dim: int
+
+    def setup(self) -> None:
+        self.first = _SplitFirstLayer(self.hidden_dim)
+        self.out = nn.Dense(1, dtype=jnp.float32)
+
+    def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u, v: (..., M, D) -> (..., M)."""
+        return self.out(nn.relu(self.first(u, v, grid=False)))[..., 0]
+
+    def pair_grid(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u: (..., A, D), v: (..., B, D) -> (..., A, B)."""
+        return self.out(nn.relu(self.first(u, v, grid=True)))[..., 0]
+
+
+class TemperatureNet(nn.Module):
+    """Bounded per-pair temperatures from a pair of head features.
+
+    tau = lower + (upper - lower) * sigmoid(w2 . relu(W_u u + W_v v + b1) + b2), all in float32.
+
+    Attributes:
+      num_heads: C (the leading axis of u and v).
+      hidden_dim: hidden width of the MLP.
+      bounds: (lower, upper), 0 < lower < upper.
+      shared: True: one MLP for all heads (params without a head axis); False: one MLP per head
+        (`nn.vmap` over axis 0 of u and v, every param leaf is (C, ...)).
+
+    `__call__(u, v)`: u, v (C, M, D) -> (C, M): tau for each pair (u[c, m], v[c, m]).
+    `pair_grid(u, v)`: u (C, A, D), v (C, B, D) -> (C, A, B): tau for (u[c, a], v[c, b]).
+    It builds a (C, A, B, hidden) activation, so the caller chunks A.
+    """
+
+    num_heads: int = 3
+    hidden_dim: int = 128
+    bounds: tuple[float, float] = (1e-5, 2.0)
+    shared: bool = False
+
+    def setup(self) -> None:
+        lower, upper = self.bounds
+        if not 0 < lower < upper:
+            raise ValueError(
+                f"model.temperature_bounds must satisfy 0 < lower < upper, got {self.bounds}")
+        if self.shared:
+            self.mlp = _TemperatureMLP(self.hidden_dim)
+        else:
+            self.mlp = nn.vmap(
+                _TemperatureMLP,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=0,
+                out_axes=0,
+                axis_size=self.num_heads,
+                methods=["__call__", "pair_grid"],
+            )(self.hidden_dim)
+
+    def _to_tau(self, logits: jax.Array) -> jax.Array:
+        lower, upper = self.bounds
+        return lower + (upper - lower) * jax.nn.sigmoid(logits)
+
+    def _check(self, u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if u.ndim != 3 or v.ndim != 3 or not u.shape[0] == v.shape[0] == self.num_heads:
+            raise ValueError(
+                f"TemperatureNet expects u, v of shape (C={self.num_heads}, M, D), got "
+                f"{u.shape} and {v.shape}")
+        return u.astype(jnp.float32), v.astype(jnp.float32)
+
+    def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u, v: (C, M, D) -> tau (C, M) float32."""
+        u, v = self._check(u, v)
+        return self._to_tau(self.mlp(u, v))
+
+    def pair_grid(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u: (C, A, D), v: (C, B, D) -> tau (C, A, B) float32."""
+        u, v = self._check(u, v)
+        return self._to_tau(self.mlp.pair_grid(u, v))
+
+
+@jax.tree_util.register_pytree_node_class
+class BoundTemperature:
+    """A `TemperatureNet` with its params, as a pure function (the losses' `temperature_fn`).
+
+    Each call is `module.apply({"params": params}, ...)`, so it is safe inside `jax.lax.map`,
+    `jax.checkpoint` and `jax.grad` with respect to `params`. It is a pytree (params are the
+    leaves), so it can also be passed through `jax.jit` as an argument.
+    """
+
+    def __init__(self, module: TemperatureNet, params: Any) -> None:
+        self.module = module
+        self.params = params
+
+    def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u, v: (C, M, D) -> tau (C, M) float32."""
+        return self.module.apply({"params": self.params}, u, v)
+
+    def pair_grid(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u: (C, A, D), v: (C, B, D) -> tau (C, A, B) float32."""
+        return self.module.apply({"params": self.params}, u, v, method="pair_grid")
+
+    def tree_flatten(self) -> tuple[tuple[Any], TemperatureNet]:
+        return (self.params,), self.module
+
+    @classmethod
+    def tree_unflatten(cls, module: TemperatureNet, children: tuple[Any]) -> BoundTemperature:
+        return cls(module, children[0])

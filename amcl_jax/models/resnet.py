@@ -1,0 +1,150 @@
+"""ResNet encoders (He et al. 2016) returning globally average-pooled features.
+
+Two stems: "cifar" (3x3 conv, stride 1, no max-pool; the standard choice for 32x32 images and
+the one used by the AMCL code) and "imagenet" (7x7 conv stride 2 + 3x3 max-pool stride 2).
+Convolutions use PyTorch-style symmetric padding (k // 2 on each side). BatchNorm statistics are
+taken over the whole array given (`axis_name=None`): under `jax.jit` on a globally sharded batch
+that is the global batch, i.e. synchronized BatchNorm for free.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ModuleDef = Any
+
+STEMS = ("cifar", "imagenet")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; expansion 1.
+
+    x: (B, H, W, Cin) -> (B, H / stride, W / stride, filters).
+    """
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: int = 1
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
+        y = nn.relu(self.norm()(y))
+        y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
+        y = self.norm()(y)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters, (1, 1), self.strides, padding="VALID",
+                                 name="conv_proj")(residual)
+            residual = self.norm(name="norm_proj")(residual)
+        return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 convs; expansion 4.
+
+    x: (B, H, W, Cin) -> (B, H / stride, W / stride, 4 * filters).
+    """
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: int = 1
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        y = self.conv(self.filters, (1, 1), padding="VALID")(x)
+        y = nn.relu(self.norm()(y))
+        y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)
+        y = nn.relu(self.norm()(y))
+        y = self.conv(self.filters * self.expansion, (1, 1), padding="VALID")(y)
+        y = self.norm()(y)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters * self.expansion, (1, 1), self.strides,
+                                 padding="VALID", name="conv_proj")(residual)
+            residual = self.norm(name="norm_proj")(residual)
+        return nn.relu(residual + y)
+
+
+def base_channels(width: float) -> int:
+    """Channels of the stem and first stage: round(64 * width), at least 1."""
+    return max(1, round(64 * width))
+
+
+class ResNet(nn.Module):
+    """ResNet backbone without classifier.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block_cls: `BasicBlock` or `Bottleneck`.
+      width: multiplier on the base channel count 64 (rounded, at least 1).
+      stem: "cifar" or "imagenet" (see module docstring).
+      dtype: computation dtype (e.g. jnp.bfloat16); params are always float32.
+      conv: the function given to every `nn.Conv` as `conv_general_dilated`
+        (e.g. `fast_conv.conv_general_dilated_fast_wgrad`).
+
+    `__call__(x, train)`: x (B, H, W, 3) -> (B, F) float32 pooled features,
+    F = `ResNet.num_features` = base * 8 * expansion.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: ModuleDef
+    width: float = 1.0
+    stem: str = "cifar"
+    dtype: Any = jnp.float32
+    conv: Callable[..., jax.Array] = lax.conv_general_dilated
+
+    @property
+    def num_features(self) -> int:
+        return base_channels(self.width) * 8 * self.block_cls.expansion
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.stem not in STEMS:
+            raise ValueError(f"model.stem must be one of {STEMS}, got {self.stem!r}")
+        base = base_channels(self.width)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 conv_general_dilated=self.conv)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, axis_name=None)
+
+        if self.stem == "cifar":
+            x = conv(base, (3, 3), padding=((1, 1), (1, 1)), name="conv_init")(x)
+            x = nn.relu(norm(name="bn_init")(x))
+        else:
+            x = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")(x)
+            x = nn.relu(norm(name="bn_init")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = self.block_cls(base * 2**stage, conv=conv, norm=norm, strides=strides)(x)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+
+_EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4}
+
+
+def feature_dim(name: str, width: float = 1.0) -> int:
+    """Pooled feature size F of ResNet `name` ("resnet18" / "resnet34" / "resnet50")."""
+    if name not in _EXPANSION:
+        raise ValueError(f"model.name must be one of {tuple(_EXPANSION)}, got {name!r}")
+    return base_channels(width) * 8 * _EXPANSION[name]

@@ -1,0 +1,385 @@
+"""Pretraining loop: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom: mesh, input, model and optimizer, update step, checkpoints, evaluation, loop.
+One program for one CPU, a GPU box or a TPU pod: the step is jitted over arrays sharded along the
+batch axis of a mesh of all devices, so the loss (negatives, temperatures) and the BatchNorm
+statistics are computed over the global batch and XLA inserts the communication.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from amcl_jax import data as data_lib
+from amcl_jax import knn, methods, optim
+from amcl_jax.config import validate_config
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf loss or gradient; the run stops and keeps its last good checkpoint."""
+
+
+class Preemption:
+    """Set by SIGTERM (or `request()`); the loop checkpoints at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, *_) -> None:
+        self.requested = True
+
+
+PREEMPTION = Preemption()
+
+
+# --------------------------------------------------------------------------------------------
+# Train state
+# --------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue: one pytree, checkpointed whole."""
+
+    step: jax.Array  # () int32: optimizer updates applied so far.
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    extra: Any  # Method state: MoCo queue, EMA params... ({} for SimCLR).
+    rng: jax.Array  # (2,) uint32 raw PRNG key, folded with the step inside the update.
+    # Step of the first non-finite loss/gradient (-1: none yet) and which: 1 loss, 2 gradient.
+    # Once set, updates are frozen so the state stays the last good one.
+    nonfinite_step: jax.Array
+    nonfinite_what: jax.Array
+
+
+def params_sha256(params) -> str:
+    """SHA-256 over every parameter's path, dtype, shape and bytes, in sorted path order."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        value = np.asarray(jax.device_get(leaf))
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(str(value.dtype).encode() + str(value.shape).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Update step
+# --------------------------------------------------------------------------------------------
+def _flatten_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-head (C,) metrics become `name/head{c}` scalars plus a head-mean `name`."""
+    flat = {}
+    for name, value in metrics.items():
+        value = jnp.asarray(value, jnp.float32)
+        if value.ndim == 0:
+            flat[name] = value
+        else:
+            flat[name] = jnp.mean(value)
+            for head in range(value.shape[0]):
+                flat[f"{name}/head{head}"] = value[head]
+    return flat
+
+
+def train_step(state: TrainState, views: jax.Array, *, model, method, tx, schedule,
+               config) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch of views (V, B, H, W, 3)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        out = method.apply_loss(model, config, params, state.batch_stats, state.extra, views, rng)
+        return out.loss, out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, updates)
+    extra = method.update_extra(config, params, out.extra, state.step)
+
+    loss_finite = jnp.isfinite(loss)
+    grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    healthy = (state.nonfinite_step < 0) & loss_finite & grads_finite
+    first_bad = (state.nonfinite_step < 0) & ~healthy
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)
+    new_state = dataclasses.replace(
+        state,
+        step=state.step + 1,
+        params=keep(params, state.params),
+        batch_stats=keep(out.batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        extra=keep(extra, state.extra),
+        nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
+        nonfinite_what=jnp.where(first_bad, jnp.where(loss_finite, 2, 1), state.nonfinite_what),
+    )
+    metrics = dict(_flatten_metrics(out.metrics), loss=loss, learning_rate=schedule(state.step))
+    return new_state, metrics
+
+
+def check_finite(state: TrainState) -> None:
+    """Raises NonFiniteError if any update so far saw a non-finite loss or gradient."""
+    bad_step = int(jax.device_get(state.nonfinite_step))
+    if bad_step >= 0:
+        what = "loss" if int(jax.device_get(state.nonfinite_what)) == 1 else "gradient"
+        raise NonFiniteError(
+            f"non-finite {what} at step {bad_step}: stopping; parameters are those before that "
+            "step and the last good checkpoint is kept (try a lower optimizer.learning_rate or "
+            "wider amcl.temperature_bounds)")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndarray, *,
+                     config, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (N, F) float32 of every example exactly once, gathered on every host."""
+    process_count = jax.process_count()
+    sharding = NamedSharding(mesh, P("data"))
+    batches = data_lib.eval_iterator(
+        images, labels, batch_size=config.eval.batch_size, image_size=config.data.image_size,
+        mean=data_lib.dataset_stats(config.data.dataset)[0],
+        std=data_lib.dataset_stats(config.data.dataset)[1],
+        process_index=jax.process_index(), process_count=process_count)
+    feats, labs = [], []
+    for batch in batches:
+        local = {k: batch[k] for k in ("image", "label", "mask")}
+        glob = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+        out = features_fn(variables, glob["image"])
+        gathered = multihost_utils.process_allgather(
+            {"f": out, "label": glob["label"], "mask": glob["mask"]}, tiled=True)
+        mask = np.asarray(gathered["mask"], bool)
+        feats.append(np.asarray(gathered["f"], np.float32)[mask])
+        labs.append(np.asarray(gathered["label"])[mask])
+    return np.concatenate(feats), np.concatenate(labs)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def _subset(images, labels, limit):
+    """A fixed random subset of `limit` examples (all when limit <= 0): folders are class-sorted."""
+    if limit <= 0 or limit >= len(images):
+        return images, labels
+    keep = np.sort(np.random.default_rng(0).permutation(len(images))[:limit])
+    return images[keep], labels[keep]
+
+
+def _load(config, split):
+    return data_lib.load_split(
+        config.data.dataset, split, data_dir=config.data.data_dir or None,
+        cache_dir=config.data.cache_dir or None, download=config.data.download,
+        image_size=config.data.load_size if config.data.load_size > 0 else None)
+
+
+def total_steps_for(config, num_train_examples: int) -> int:
+    if config.total_steps >= 0:
+        return int(config.total_steps)
+    return int(config.num_epochs) * data_lib.steps_per_epoch(num_train_examples, config.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Pretrains, monitors kNN accuracy, checkpoints and resumes; returns the summary dict."""
+    validate_config(config, num_devices=jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    is_chief = jax.process_index() == 0
+
+    # ---- Mesh: one data axis over every device of every host. ----
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, P())
+    views_sharding = NamedSharding(mesh, P(None, "data"))
+
+    # ---- Input. ----
+    train_images, train_labels, num_classes = _load(config, config.data.train_split)
+    if config.data.eval_train_split == config.data.train_split:
+        bank_images, bank_labels = train_images, train_labels
+    else:
+        bank_images, bank_labels, _ = _load(config, config.data.eval_train_split)
+    bank_images, bank_labels = _subset(bank_images, bank_labels, config.eval.max_bank_examples)
+    query_images, query_labels, _ = _load(config, config.data.eval_test_split)
+    query_images, query_labels = _subset(query_images, query_labels,
+                                         config.eval.max_query_examples)
+    total_steps = total_steps_for(config, len(train_images))
+    mean, std = data_lib.dataset_stats(config.data.dataset)
+    logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps",
+                 len(train_images), len(bank_images), len(query_images), num_classes, total_steps)
+
+    # ---- Model and optimizer. ----
+    method = methods.get_method(config.method)
+    model = method.build_model(config)
+    tx, schedule = optim.build_optimizer(config, total_steps)
+    init_rng, state_rng, extra_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    size = config.data.image_size
+
+    def init_state():
+        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
+        variables = model.init(init_rng, dummy, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params,
+            batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+            extra=method.init_extra(config, variables, extra_rng), rng=state_rng,
+            nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+
+    state_shapes = jax.eval_shape(init_state)
+    state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
+    state = jax.jit(init_state, out_shardings=state_shardings)()
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    logging.info("model %s, %d parameters", config.model.name, num_params)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, method=method, tx=tx, schedule=schedule,
+                          config=config),
+        in_shardings=(state_shardings, views_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,))
+    features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
+
+    # ---- Checkpoints: auto-resume from the workdir. ----
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.max_to_keep,
+                                             create=True),
+        item_names=("state", "meta"))
+    history: dict[str, Any] = {"knn": []}
+    latest = manager.latest_step()
+    if latest is not None:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.tree.map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                state_shapes, state_shardings)),
+            meta=ocp.args.JsonRestore()))
+        state, history = restored["state"], restored["meta"]
+        logging.info("resumed from step %d", latest)
+        print(f"Resumed from checkpoint at step {latest}", flush=True)
+
+    def save(step: int) -> None:
+        check_finite(state)  # Never write a checkpoint from a broken state.
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(history)))
+
+    # ---- Evaluation. ----
+    def evaluate(step: int) -> float:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        bank, bank_y = extract_features(features_fn, variables, bank_images, bank_labels,
+                                        config=config, mesh=mesh)
+        queries, query_y = extract_features(features_fn, variables, query_images, query_labels,
+                                            config=config, mesh=mesh)
+        top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
+                                temperature=config.eval.knn_temperature, num_classes=num_classes)
+        history["knn"] = [e for e in history["knn"] if e["step"] != step] + [
+            {"step": step, "knn_top1": top1}]
+        writer.write_scalars(step, {"knn_top1": top1})
+        print(f"step {step:6d}  kNN top-1 {100 * top1:.2f}% (k={config.eval.knn_k}, "
+              f"T={config.eval.knn_temperature})", flush=True)
+        return top1
+
+    # ---- Loop. ----
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
+                                                  asynchronous=False)
+    if is_chief:
+        writer.write_hparams({k: str(v) for k, v in _flat_config(config).items()})
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    start_step = int(jax.device_get(state.step))
+    if start_step == 0 and not history["knn"]:
+        evaluate(0)  # The random-init reference.
+    batches = data_lib.train_iterator(
+        train_images, train_labels, global_batch_size=config.batch_size, seed=config.seed,
+        start_step=start_step, augmentations=config.data.augmentations, image_size=size,
+        num_views=config.data.num_views, mean=mean, std=std,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        color_jitter_strength=config.data.color_jitter_strength, blur_p=config.data.blur_p)
+
+    PREEMPTION.requested = False
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
+    last_time, last_step = time.time(), start_step
+    for step in range(start_step + 1, total_steps + 1):
+        batch = next(batches)
+        views = jax.make_array_from_process_local_data(views_sharding, batch["views"])
+        state, metrics = step_fn(state, views)
+        if PREEMPTION.requested:
+            save(step)
+            manager.wait_until_finished()
+            manager.close()
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+            print(f"Preempted: checkpoint saved at step {step}; run the same command to resume.",
+                  flush=True)
+            return {"preempted": True, "steps": step}
+        if step % config.log_every_steps == 0 or step == total_steps:
+            check_finite(state)
+            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.time()
+            steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+            scalars["steps_per_sec"] = steps_per_sec
+            last_time, last_step = now, step
+            writer.write_scalars(step, scalars)
+            if is_chief:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": step, **scalars}) + "\n")
+            eta = (total_steps - step) / max(steps_per_sec, 1e-9)
+            print(f"step {step:6d}/{total_steps}  loss {scalars['loss']:.4f}  "
+                  f"lr {scalars['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
+                  f"ETA {eta / 60:.1f} min", flush=True)
+        if step % config.eval.every_steps == 0 or step == total_steps:
+            check_finite(state)
+            evaluate(step)
+        if step % config.checkpoint.every_steps == 0 or step == total_steps:
+            save(step)
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, previous_handler)
+    check_finite(state)
+    if not history["knn"] or history["knn"][-1]["step"] != total_steps:
+        evaluate(total_steps)
+        save(total_steps)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+
+    accuracies = {e["step"]: e["knn_top1"] for e in history["knn"]}
+    summary = {
+        "knn_top1": accuracies[total_steps],
+        "knn_top1_best": max(accuracies.values()),
+        "knn_top1_init": accuracies.get(0),
+        "knn_history": history["knn"],
+        "steps": total_steps,
+        "method": config.method,
+        "amcl": bool(config.amcl.enabled),
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        "params_sha256": params_sha256(state.params),
+        "num_params": num_params,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+    }
+    if is_chief:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,98 @@
+"""Invalid config values fail at start-up with one line naming the field."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from amcl_jax.config import ConfigError, get_default_config, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BAD_VALUES = [
+    ("method", "simclrr"),
+    ("model.name", "resnet19"),
+    ("model.stem", "tiny"),
+    ("model.conv_impl", "cudnn"),
+    ("model.dtype", "float16"),
+    ("optimizer.name", "adamw"),
+    ("amcl.negatives", "min"),
+    ("amcl.loss", "other"),
+    ("amcl.num_heads", 0),
+    ("amcl.beta", -0.1),
+    ("amcl.temperature_bounds", (0.0, 1.0)),
+    ("amcl.temperature_bounds", (2.0, 1.0)),
+    ("batch_size", 0),
+    ("total_steps", -5),
+    ("optimizer.learning_rate", -1.0),
+    ("data.augmentations", "abz"),
+    ("data.augmentations", "aab"),
+    ("eval.knn_k", 0),
+    ("simclr.temperature", 0.0),
+]
+
+
+def _set(config, field, value):
+    *sections, name = field.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value
+
+
+@pytest.mark.parametrize("field,value", BAD_VALUES)
+def test_bad_value_names_the_field(field, value):
+    config = get_default_config()
+    _set(config, field, value)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    message = str(error.value)
+    assert f"config.{field}=" in message and "\n" not in message
+
+
+def test_default_and_quickstart_configs_are_valid():
+    validate_config(get_default_config())
+    sys.path.insert(0, ROOT)
+    from configs import quickstart
+    validate_config(quickstart.get_config(""))
+    validate_config(quickstart.get_config("method=simclr,amcl=false"))
+
+
+def test_batch_not_divisible_by_devices():
+    config = get_default_config()
+    config.batch_size = 12
+    with pytest.raises(ConfigError, match="divisible by the number of devices"):
+        validate_config(config, num_devices=8)
+
+
+def test_missing_data_dir_without_download(tmp_path):
+    config = get_default_config()
+    config.data.download = False
+    config.data.data_dir = str(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="config.data.data_dir=.*does not exist"):
+        validate_config(config)
+
+
+def _run_main(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_main_prints_one_line_and_no_traceback(tmp_path):
+    result = _run_main("--config=configs/quickstart.py", "--config.amcl.negatives=soft",
+                       f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "config.amcl.negatives='soft'" in lines[0]
+    assert "'max', 'logsumexp'" in lines[0]
+
+
+def test_main_rejects_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = _run_main("--config=configs/quickstart.py", f"--workdir={blocker}/sub")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--workdir" in result.stderr

@@ -1,0 +1,386 @@
+"""Tests for amcl_jax.losses against independent float64 NumPy loop references."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from amcl_jax import losses
+
+TAU_LOWER, TAU_UPPER = 0.1, 1.0
+HIDDEN = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# A small per-head temperature MLP: tau = lower + (upper - lower) * sigmoid(MLP([u; v])).
+# ---------------------------------------------------------------------------------------------
+def make_mlp_params(key, num_heads, dim, hidden=HIDDEN):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {
+        "w1": jax.random.normal(k1, (num_heads, 2 * dim, hidden)) / np.sqrt(2 * dim),
+        "b1": 0.1 * jax.random.normal(k2, (num_heads, hidden)),
+        "w2": jax.random.normal(k3, (num_heads, hidden)),
+        "b2": 0.1 * jax.random.normal(k4, (num_heads,)),
+    }
+
+
+def _bounded(out):
+    return TAU_LOWER + (TAU_UPPER - TAU_LOWER) * jax.nn.sigmoid(out)
+
+
+class MLPTemperature:
+    """temperature_fn with pair_grid (first layer split into the u and v halves)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def __call__(self, u, v):
+        p = self.params
+        pair = jnp.concatenate([u, v], axis=-1)  # (C, M, 2D)
+        hidden = jax.nn.relu(jnp.einsum("cme,ceh->cmh", pair, p["w1"]) + p["b1"][:, None])
+        return _bounded(jnp.einsum("cmh,ch->cm", hidden, p["w2"]) + p["b2"][:, None])
+
+    def pair_grid(self, u, v):
+        p = self.params
+        dim = u.shape[-1]
+        from_u = jnp.einsum("cad,cdh->cah", u, p["w1"][:, :dim])
+        from_v = jnp.einsum("cbd,cdh->cbh", v, p["w1"][:, dim:])
+        hidden = jax.nn.relu(from_u[:, :, None] + from_v[:, None] + p["b1"][:, None, None])
+        return _bounded(jnp.einsum("cabh,ch->cab", hidden, p["w2"]) + p["b2"][:, None, None])
+
+
+class MLPTemperatureNoGrid:
+    """The same temperature function without pair_grid (forces the tiled fallback)."""
+
+    def __init__(self, params):
+        self.mlp = MLPTemperature(params)
+
+    def __call__(self, u, v):
+        return self.mlp(u, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Float64 NumPy loop references.
+# ---------------------------------------------------------------------------------------------
+def np_params(params):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+
+def np_unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x)
+
+
+def np_tau(params, head, u, v):
+    pair = np.concatenate([u, v])
+    hidden = np.maximum(pair @ params["w1"][head] + params["b1"][head], 0.0)
+    out = hidden @ params["w2"][head] + params["b2"][head]
+    return TAU_LOWER + (TAU_UPPER - TAU_LOWER) / (1.0 + np.exp(-out))
+
+
+def np_omega(tau, dim):
+    return dim / 2.0 * np.log(tau) + 1.0 / tau
+
+
+def np_views(z_a, z_b):
+    """(C, N, D) x2 -> list over heads of lists of 2N unit vectors."""
+    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    return [[np_unit(x) for x in list(z_a[c]) + list(z_b[c])] for c in range(z_a.shape[0])]
+
+
+def ref_nt_xent(z_a, z_b, temperature):
+    views = np_views(z_a[None], z_b[None])[0]
+    two_n = len(views)
+    total = 0.0
+    for i in range(two_n):
+        pos = (i + two_n // 2) % two_n
+        denom = sum(np.exp(views[i] @ views[j] / temperature) for j in range(two_n) if j != i)
+        total += -np.log(np.exp(views[i] @ views[pos] / temperature) / denom)
+    return total / two_n
+
+
+def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives):
+    """tau_fn(head, u, v) -> float. Returns (loss, metrics)."""
+    heads = np_views(z_a, z_b)
+    loss = 0.0
+    pos_sims, hard_sims, neg_sims = [], [], []
+    tau_pos_mean, tau_neg_mean = [], []
+    for c, views in enumerate(heads):
+        two_n = len(views)
+        head_total = 0.0
+        tau_pos_list, tau_neg_list = [], []
+        for i in range(two_n):
+            pos = (i + two_n // 2) % two_n
+            negs = [j for j in range(two_n) if j not in (i, pos)]
+            s_pos = views[i] @ views[pos]
+            tau_pos = tau_fn(c, views[i], views[pos])
+            neg_cos = np.array([views[i] @ views[j] for j in negs])
+            pos_sims.append(s_pos)
+            neg_sims.extend(neg_cos)
+            hard_sims.append(neg_cos.max())
+            tau_pos_list.append(tau_pos)
+            if negatives == "max":
+                hard = negs[int(np.argmax(neg_cos))]
+                tau_hard = tau_fn(c, views[i], views[hard])
+                s_hard = views[i] @ views[hard]
+                head_total += (
+                    -s_pos / tau_pos
+                    + s_hard / tau_hard
+                    + beta * np_omega(tau_pos, omega_dim)
+                    - beta * np_omega(tau_hard, omega_dim)
+                )
+                tau_neg_list.append(tau_hard)
+            else:
+                others = [j for j in range(two_n) if j != i]
+                logits = {j: (views[i] @ views[j]) / tau_fn(c, views[i], views[j]) for j in others}
+                lse = np.log(sum(np.exp(logits[j]) for j in others))
+                neg_exp = np.array([np.exp(logits[j]) for j in negs])
+                weights = neg_exp / neg_exp.sum()
+                neg_taus = np.array([tau_fn(c, views[i], views[j]) for j in negs])
+                head_total += (
+                    -logits[pos]
+                    + lse
+                    + beta * np_omega(tau_pos, omega_dim)
+                    - beta * np.sum(weights * np_omega(neg_taus, omega_dim))
+                )
+                tau_neg_list.append(np.sum(weights * neg_taus))
+        loss += head_total / two_n
+        tau_pos_mean.append(np.mean(tau_pos_list))
+        tau_neg_mean.append(np.mean(tau_neg_list))
+    metrics = {
+        "pos_sim": np.mean(pos_sims),
+        "neg_sim": np.mean(neg_sims),
+        "hard_neg_sim": np.mean(hard_sims),
+        "tau_pos_mean": np.array(tau_pos_mean),
+        "tau_neg_mean": np.array(tau_neg_mean),
+    }
+    return loss, metrics
+
+
+def ref_released(z_a, z_b, temperatures, beta):
+    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    temperatures = np.asarray(temperatures, np.float64)
+    num_heads, n, _ = z_a.shape
+    total = 0.0
+    for c in range(num_heads):
+        cos = [np_unit(z_a[c, b]) @ np_unit(z_b[c, b]) for b in range(n)]
+        head = 0.0
+        for a in range(n):
+            for b in range(n):
+                scaled = cos[b] / temperatures[c, a]
+                head += -np.log(np.exp(scaled) / (np.exp(scaled) + np.exp(-scaled)))
+        reg = np.mean([n / 2 * np.log(t) + 1 / t for t in temperatures[c]])
+        total += head / (n * n) + beta * reg
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------------------------
+def random_views(seed, num_heads, n, dim, dtype=jnp.float32):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    z_a = jax.random.normal(k1, (num_heads, n, dim))
+    # Correlated second view so positives are closer than negatives on average.
+    z_b = z_a + 0.7 * jax.random.normal(k2, (num_heads, n, dim))
+    return z_a.astype(dtype), z_b.astype(dtype)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("beta", "omega_dim", "negatives", "chunk_size", "with_grid")
+)
+def mlp_loss(z_a, z_b, params, *, beta, omega_dim, negatives, chunk_size=None, with_grid=True):
+    tau_fn = MLPTemperature(params) if with_grid else MLPTemperatureNoGrid(params)
+    return losses.amcl_contrastive(
+        z_a, z_b, tau_fn, beta=beta, omega_dim=omega_dim, negatives=negatives,
+        chunk_size=chunk_size,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("beta", "omega_dim", "negatives", "chunk_size", "with_grid")
+)
+def loss_and_grads(z_a, z_b, params, *, with_grid=True, **kwargs):
+    """Loss and its gradients w.r.t. (z_a, z_b, params), one compilation per configuration."""
+    tau_cls = MLPTemperature if with_grid else MLPTemperatureNoGrid
+    fn = lambda za, zb, p: losses.amcl_contrastive(za, zb, tau_cls(p), **kwargs)[0]
+    return jax.value_and_grad(fn, argnums=(0, 1, 2))(z_a, z_b, params)
+
+
+def assert_trees_close(a, b, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests.
+# ---------------------------------------------------------------------------------------------
+def test_omega_closed_form():
+    tau = np.array([1e-3, 0.1, 0.5, 1.0, 2.0], dtype=np.float32)
+    got = losses.omega(jnp.asarray(tau), 128)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), 64.0 * np.log(tau) + 1.0 / tau, rtol=1e-6)
+
+
+def test_nt_xent_matches_reference_and_is_scale_invariant():
+    z_a, z_b = random_views(0, 1, 6, 5)
+    nt_xent = jax.jit(losses.nt_xent, static_argnums=2)
+    loss, metrics = nt_xent(z_a[0], z_b[0], 0.5)
+    assert loss.dtype == jnp.float32 and loss.shape == ()
+    np.testing.assert_allclose(loss, ref_nt_xent(z_a[0], z_b[0], 0.5), rtol=1e-5)
+    _, ref_metrics = ref_amcl(
+        z_a, z_b, lambda c, u, v: 0.5, beta=0.0, omega_dim=5, negatives="max"
+    )
+    np.testing.assert_allclose(metrics["pos_sim"], ref_metrics["pos_sim"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["neg_sim"], ref_metrics["neg_sim"], rtol=1e-5, atol=1e-6)
+    scaled, _ = nt_xent(3.7 * z_a[0], 0.2 * z_b[0], 0.5)
+    np.testing.assert_allclose(scaled, loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["max", "logsumexp"])
+@pytest.mark.parametrize("num_heads,beta", [(1, 0.0), (3, 0.1)])
+def test_amcl_matches_reference(negatives, num_heads, beta):
+    n, dim, omega_dim = 5, 4, 7.0
+    z_a, z_b = random_views(1, num_heads, n, dim)
+    params = make_mlp_params(jax.random.PRNGKey(2), num_heads, dim)
+    ref_params = np_params(params)
+    ref_loss, ref_metrics = ref_amcl(
+        z_a, z_b, functools.partial(np_tau, ref_params), beta, omega_dim, negatives
+    )
+    # max mode never evaluates the pair grid; logsumexp is checked with and without it.
+    for with_grid in (True, False) if negatives == "logsumexp" else (True,):
+        loss, metrics = mlp_loss(
+            z_a, z_b, params, beta=beta, omega_dim=omega_dim, negatives=negatives,
+            chunk_size=3, with_grid=with_grid,
+        )
+        assert loss.dtype == jnp.float32 and loss.shape == ()
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+        for key, value in ref_metrics.items():
+            np.testing.assert_allclose(metrics[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        for key in ("tau_pos", "tau_neg"):
+            assert metrics[f"{key}_mean"].shape == (num_heads,)
+            assert np.all(metrics[f"{key}_min"] <= metrics[f"{key}_mean"] + 1e-6)
+            assert np.all(metrics[f"{key}_mean"] <= metrics[f"{key}_max"] + 1e-6)
+
+
+def test_logsumexp_with_constant_tau_is_nt_xent():
+    z_a, z_b = random_views(3, 1, 7, 6)
+    expected, _ = jax.jit(losses.nt_xent, static_argnums=2)(z_a[0], z_b[0], 0.3)
+    amcl = lambda za, zb: losses.amcl_contrastive(
+        za, zb, losses.constant_temperature(0.3), beta=0.0, omega_dim=6,
+        negatives="logsumexp", chunk_size=4,
+    )
+    got, metrics = jax.jit(amcl)(z_a, z_b)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(metrics["tau_pos_mean"], [0.3], rtol=1e-6)
+    np.testing.assert_allclose(metrics["tau_neg_max"], [0.3], rtol=1e-6)
+
+
+def test_logsumexp_grid_fallback_and_chunking_agree():
+    z_a, z_b = random_views(4, 3, 5, 4)
+    params = make_mlp_params(jax.random.PRNGKey(5), 3, 4)
+    kwargs = dict(beta=0.1, omega_dim=4.0, negatives="logsumexp")
+    base_loss, base_grads = loss_and_grads(z_a, z_b, params, **kwargs)
+    # 2N = 10: chunk 4 does not divide it (padded last chunk); fallback without pair_grid.
+    for chunk_size, with_grid in [(4, True), (None, False)]:
+        loss, grads = loss_and_grads(
+            z_a, z_b, params, chunk_size=chunk_size, with_grid=with_grid, **kwargs
+        )
+        np.testing.assert_allclose(loss, base_loss, rtol=1e-6, atol=1e-6)
+        assert_trees_close(grads, base_grads, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("negatives", ["max", "logsumexp"])
+def test_gradients_match_finite_differences(negatives):
+    z_a, z_b = random_views(6, 2, 4, 3)
+    params = make_mlp_params(jax.random.PRNGKey(7), 2, 3)
+    kwargs = dict(beta=0.1, omega_dim=3.0, negatives=negatives, chunk_size=3)
+    _, grads = loss_and_grads(z_a, z_b, params, **kwargs)
+    for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(leaf))
+
+    # Directional derivatives along random directions, central differences (float32 loss).
+    primals = (z_a, z_b, params)
+    flat, unravel = ravel_pytree(primals)
+    flat_grad, _ = ravel_pytree(grads)
+    fn = lambda x: loss_and_grads(*unravel(x), **kwargs)[0]
+    eps = 3e-3
+    for seed in range(3):
+        direction = jax.random.normal(jax.random.PRNGKey(100 + seed), flat.shape)
+        direction = direction / jnp.linalg.norm(direction)
+        numeric = (fn(flat + eps * direction) - fn(flat - eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(flat_grad @ direction, numeric, rtol=2e-2, atol=2e-3)
+
+
+def test_max_mode_evaluates_two_pairs_per_anchor():
+    num_heads, n, dim = 3, 6, 4
+    z_a, z_b = random_views(8, num_heads, n, dim)
+    params = make_mlp_params(jax.random.PRNGKey(9), num_heads, dim)
+    seen = []
+
+    class Counting(MLPTemperature):
+        def __call__(self, u, v):
+            seen.append(u.shape)
+            return super().__call__(u, v)
+
+        def pair_grid(self, u, v):
+            raise AssertionError("max mode must not evaluate the pair grid")
+
+    loss_fn = lambda za, zb: losses.amcl_contrastive(
+        za, zb, Counting(params), beta=0.1, omega_dim=dim, negatives="max"
+    )[0]
+    jax.jit(jax.grad(loss_fn))(z_a, z_b)
+    assert seen and all(shape[0] == num_heads for shape in seen)
+    assert sum(shape[1] for shape in seen) == 2 * (2 * n)
+
+
+def test_bfloat16_inputs_give_float32_loss():
+    z_a, z_b = random_views(10, 3, 5, 8)
+    params = make_mlp_params(jax.random.PRNGKey(11), 3, 8)
+    for negatives in ("max", "logsumexp"):
+        kwargs = dict(beta=0.1, omega_dim=8.0, negatives=negatives)
+        low, _ = mlp_loss(z_a.astype(jnp.bfloat16), z_b.astype(jnp.bfloat16), params, **kwargs)
+        assert low.dtype == jnp.float32
+        rounded, _ = mlp_loss(
+            z_a.astype(jnp.bfloat16).astype(jnp.float32),
+            z_b.astype(jnp.bfloat16).astype(jnp.float32),
+            params,
+            **kwargs,
+        )
+        full, _ = mlp_loss(z_a, z_b, params, **kwargs)
+        np.testing.assert_allclose(low, rounded, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(low, full, rtol=2e-2, atol=2e-2)
+
+
+def test_released_code_loss_matches_reference():
+    num_heads, n, dim = 3, 5, 4
+    z_a, z_b = random_views(12, num_heads, n, dim)
+    temperatures = jax.random.uniform(
+        jax.random.PRNGKey(13), (num_heads, n), minval=0.1, maxval=2.0
+    )
+    released = jax.jit(functools.partial(losses.released_code_loss, beta=0.1))
+    loss, metrics = released(z_a, z_b, temperatures)
+    assert loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, ref_released(z_a, z_b, temperatures, 0.1), rtol=1e-5)
+    np.testing.assert_allclose(metrics["tau_mean"], np.mean(temperatures, axis=1), rtol=1e-6)
+    low, _ = released(z_a.astype(jnp.bfloat16), z_b.astype(jnp.bfloat16), temperatures)
+    assert low.dtype == jnp.float32
+
+
+def test_constant_temperature_shapes():
+    tau_fn = losses.constant_temperature(0.5)
+    u, v = jnp.zeros((2, 3, 4)), jnp.zeros((2, 5, 4))
+    assert tau_fn(u, u).shape == (2, 3)
+    grid = tau_fn.pair_grid(u, v)
+    assert grid.shape == (2, 3, 5) and grid.dtype == jnp.float32
+    np.testing.assert_array_equal(grid, 0.5)
+
+
+def test_invalid_negatives_raises():
+    z_a, z_b = random_views(14, 1, 3, 4)
+    with pytest.raises(ValueError, match="negatives"):
+        losses.amcl_contrastive(
+            z_a, z_b, losses.constant_temperature(0.5), beta=0.1, omega_dim=4, negatives="mean"
+        )
