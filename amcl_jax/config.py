@@ -41,7 +41,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl.enabled = True
     config.amcl.num_heads = 3
     config.amcl.beta = 0.1
-    config.amcl.negatives = "max"
+    # "logsumexp" by measurement: the hard max of the table collapses (README, Known issues).
+    config.amcl.negatives = "logsumexp"
     config.amcl.omega_dim = -1  # -1: the head's output dimension (projector.out_dim).
     config.amcl.temperature_bounds = (1e-5, 2.0)
     config.amcl.temperature_hidden_dim = 128

@@ -1,8 +1,9 @@
 """AMCL-SimCLR on CIFAR-10 with the paper's defaults.
 
 ResNet-18 (CIFAR stem), 3 heads of Linear(512, 512)-ReLU-Linear(512, 128), a per-head temperature
-network with bounds (1e-5, 2.0), beta 0.1, hardest-negative form of Eq. 2.1; batch 512, 800 epochs,
-SGD lr 0.06 momentum 0.9 weight decay 5e-4, cosine schedule, no warm-up; augmentations abcde.
+network with bounds (1e-5, 2.0), beta 0.1, the log-sum-exp form of Eq. 2.1 (the README says why);
+batch 512, 800 epochs, SGD lr 0.06 momentum 0.9 weight decay 5e-4, cosine schedule, no warm-up;
+augmentations abcde.
 
     # A connected machine (TFDS downloads CIFAR-10 into data_dir):
     python main.py --config=configs/cifar10_amcl_simclr.py \

@@ -137,7 +137,7 @@ class TemperatureNet(nn.Module):
         lower, upper = self.bounds
         if not 0 < lower < upper:
             raise ValueError(
-                f"model.temperature_bounds must satisfy 0 < lower < upper, got {self.bounds}")
+                f"amcl.temperature_bounds must satisfy 0 < lower < upper, got {self.bounds}")
         if self.shared:
             self.mlp = _TemperatureMLP(self.hidden_dim)
         else:
