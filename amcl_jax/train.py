@@ -83,6 +83,74 @@ def params_sha256(params) -> str:
     return digest.hexdigest()
 
 
+def create_train_state(config: ml_collections.ConfigDict, model, method, tx) -> TrainState:
+    """A fresh train state: initialised params, batch stats, optimizer and method state."""
+    init_rng, state_rng, extra_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    size = config.data.image_size
+    variables = model.init(init_rng, jnp.zeros((2, size, size, 3), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+        extra=method.init_extra(config, variables, extra_rng), rng=state_rng,
+        nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+CONFIG_FILE = "config.json"
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """Orbax manager of `workdir/checkpoints`; each step holds the `state` and a JSON `meta`."""
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_names=("state", "meta"))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state_shapes,
+                       state_shardings) -> tuple[TrainState, dict[str, Any]]:
+    """The train state and meta (kNN history) saved at `step`, placed with `state_shardings`."""
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_shapes, state_shardings)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was started with (written to `workdir/config.json` at start)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a pretraining workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_pretrained(workdir: str, step: int | None = None):
+    """(config, model, variables, step) of a pretraining run's checkpoint (newest by default).
+
+    `variables` = {"params", "batch_stats"}, replicated on all devices; use
+    `model.apply(variables, images, method="features")` for backbone features.
+    """
+    config = load_config(workdir)
+    method = methods.get_method(config.method)
+    model = method.build_model(config)
+    tx, _ = optim.build_optimizer(config, total_steps=1)
+    manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    shapes = jax.eval_shape(functools.partial(create_train_state, config, model, method, tx))
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
+    state, _ = restore_checkpoint(manager, step, shapes, shardings)
+    manager.close()
+    return config, model, {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
 # --------------------------------------------------------------------------------------------
 # Update step
 # --------------------------------------------------------------------------------------------
@@ -199,6 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
+    if is_chief:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json(indent=2))
 
     # ---- Mesh: one data axis over every device of every host. ----
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
@@ -224,19 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)
-    init_rng, state_rng, extra_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     size = config.data.image_size
 
-    def init_state():
-        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        variables = model.init(init_rng, dummy, train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params,
-            batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-            extra=method.init_extra(config, variables, extra_rng), rng=state_rng,
-            nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
-
+    init_state = functools.partial(create_train_state, config, model, method, tx)
     state_shapes = jax.eval_shape(init_state)
     state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
     state = jax.jit(init_state, out_shardings=state_shardings)()
@@ -252,20 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
 
     # ---- Checkpoints: auto-resume from the workdir. ----
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.max_to_keep,
-                                             create=True),
-        item_names=("state", "meta"))
+    manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
     history: dict[str, Any] = {"knn": []}
     latest = manager.latest_step()
     if latest is not None:
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(jax.tree.map(
-                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                state_shapes, state_shardings)),
-            meta=ocp.args.JsonRestore()))
-        state, history = restored["state"], restored["meta"]
+        state, history = restore_checkpoint(manager, latest, state_shapes, state_shardings)
         logging.info("resumed from step %d", latest)
         print(f"Resumed from checkpoint at step {latest}", flush=True)
 

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -75,6 +76,13 @@ def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in records] == [2, 4, 6]
     assert resumed["knn_top1_init"] == summary["knn_top1_init"]
+
+    # The workdir alone gives back the model and its trained parameters.
+    loaded_config, model, variables, step = train.load_pretrained(workdir)
+    assert step == 6 and loaded_config.amcl.enabled is amcl
+    assert train.params_sha256(variables["params"]) == resumed["params_sha256"]
+    features = model.apply(variables, np.zeros((3, 8, 8, 3), np.float32), method="features")
+    assert features.shape == (3, 64)  # ResNet-18 at width 0.125: 8 * 8 channels.
 
 
 
