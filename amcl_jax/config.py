@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
 CONV_IMPLS = ("auto", "lax", "fast_wgrad")
 DTYPES = ("float32", "bfloat16")
+CORRUPT_IMAGES = ("skip", "fail")
 AUGMENTATION_LETTERS = "abcde"
 
 
@@ -43,21 +44,45 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl.beta = 0.1
     # "logsumexp" by measurement: the hard max of the table collapses (README, Known issues).
     config.amcl.negatives = "logsumexp"
-    config.amcl.omega_dim = -1  # -1: the head's output dimension (projector.out_dim).
+    # -1: the head's output dimension (projector.out_dim); 1 for Barlow Twins, whose temperatures
+    # scale scalar cross-correlation entries (methods/barlow_twins.py).
+    config.amcl.omega_dim = -1
     config.amcl.temperature_bounds = (1e-5, 2.0)
     config.amcl.temperature_hidden_dim = 128
     config.amcl.shared_temperature_net = False
     config.amcl.loss = "paper"  # "released_code" reproduces the authors' released number.
     config.amcl.chunk_size = 256  # Anchor rows per chunk of the log-sum-exp temperature grid.
+    # Eq. 2.4 (SimCLR, MoCo): the positive joins the hard max over negatives. Only changes
+    # negatives="max": the log-sum-exp always has the positive in it (the soft Eq. 2.4).
+    config.amcl.infonce = False
 
     config.simclr = ml_collections.ConfigDict()
     config.simclr.temperature = 0.5  # Used when amcl.enabled is False.
+
+    config.moco = ml_collections.ConfigDict()  # MoCo v2 (methods/moco.py).
+    config.moco.temperature = 0.1  # Used when amcl.enabled is False.
+    config.moco.queue_size = 4096  # Keys per head; >= 2 * batch_size (2N keys enqueued a step).
+    config.moco.momentum = 0.99  # EMA of the key encoder and projector.
+    config.moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over total_steps (> 0).
+
+    config.barlow_twins = ml_collections.ConfigDict()  # methods/barlow_twins.py.
+    config.barlow_twins.off_diagonal_weight = 5e-3  # lambda.
+    config.barlow_twins.temperature_rank = 16  # AMCL: rank of the off-diagonal temperature logits.
+
+    config.byol = ml_collections.ConfigDict()  # methods/byol.py.
+    config.byol.momentum = 0.99  # EMA of the target encoder and projector.
+    config.byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over total_steps (> 0).
+
+    config.predictor = ml_collections.ConfigDict()  # SimSiam and BYOL: D -> hidden -> D.
+    config.predictor.hidden_dim = 512
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
     config.model.conv_impl = "auto"  # "auto": fast weight-gradient conv on CPU, lax elsewhere.
+    # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
+    # similarities, temperatures, log-sum-exps and regularisers stay float32.
     config.model.dtype = "float32"
 
     config.projector = ml_collections.ConfigDict()
@@ -79,6 +104,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.data.color_jitter_strength = 0.5
     config.data.blur_p = 0.5
     config.data.num_views = 2
+    config.data.max_train_examples = -1  # > 0: pretrain on a fixed random subset (cpu scale).
+    # Image folders: "skip" drops (and reports) files that cannot be decoded, "fail" stops.
+    config.data.corrupt_images = "skip"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -128,6 +156,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "optimizer.schedule", SCHEDULES)
     _one_of(config, "amcl.negatives", NEGATIVES)
     _one_of(config, "amcl.loss", AMCL_LOSSES)
+    _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
     if config.model.width <= 0:
@@ -145,11 +174,41 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("amcl.chunk_size", config.amcl.chunk_size, "must be >= 1")
     if config.simclr.temperature <= 0:
         _fail("simclr.temperature", config.simclr.temperature, "must be > 0")
+    if not isinstance(config.amcl.infonce, bool):
+        _fail("amcl.infonce", config.amcl.infonce, "must be true or false")
+    if config.amcl.enabled and not methods.get_method(config.method).supports_amcl:
+        _fail("amcl.enabled", config.amcl.enabled,
+              f"method {config.method!r} has no AMCL form; set amcl.enabled=False")
+    if config.method != "simclr" and config.data.num_views != 2:
+        _fail("data.num_views", config.data.num_views, f"method {config.method!r} needs 2")
+    if config.moco.temperature <= 0:
+        _fail("moco.temperature", config.moco.temperature, "must be > 0")
+    if config.method == "moco" and config.moco.queue_size < 2 * config.batch_size:
+        _fail("moco.queue_size", config.moco.queue_size,
+              f"must be >= 2 * batch_size = {2 * config.batch_size} (keys enqueued per step)")
+    for section in ("moco", "byol"):
+        if not 0 <= config[section].momentum <= 1:
+            _fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")
+        _one_of(config, f"{section}.momentum_schedule", ("constant", "cosine"))
+        if (config.method == section and config[section].momentum_schedule == "cosine"
+                and config.total_steps <= 0):
+            _fail(f"{section}.momentum_schedule", "cosine", "needs total_steps > 0")
+    if config.barlow_twins.off_diagonal_weight < 0:
+        _fail("barlow_twins.off_diagonal_weight", config.barlow_twins.off_diagonal_weight,
+              "must be >= 0")
+    if config.barlow_twins.temperature_rank < 1:
+        _fail("barlow_twins.temperature_rank", config.barlow_twins.temperature_rank,
+              "must be >= 1")
+    if config.predictor.hidden_dim < 1:
+        _fail("predictor.hidden_dim", config.predictor.hidden_dim, "must be >= 1")
     if config.batch_size <= 0:
         _fail("batch_size", config.batch_size, "must be > 0")
     if config.batch_size % num_devices:
         _fail("batch_size", config.batch_size,
               f"must be divisible by the number of devices ({num_devices})")
+    if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
+        _fail("eval.batch_size", config.eval.batch_size,
+              f"must be > 0 and divisible by the number of devices ({num_devices})")
     if config.total_steps < 0 and config.num_epochs <= 0:
         _fail("num_epochs", config.num_epochs, "must be > 0 when total_steps is -1")
     if config.total_steps < -1:

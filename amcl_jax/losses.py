@@ -389,3 +389,429 @@ def constant_temperature(value: float) -> ConstantTemperature:
     For baselines (one global temperature) and tests.
     """
     return ConstantTemperature(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCo (queue negatives), Eq. 2.4's hard max, SimSiam / BYOL, Barlow Twins.
+# ---------------------------------------------------------------------------------------------
+def moco_infonce(
+    q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float
+) -> tuple[jax.Array, Metrics]:
+    """MoCo's InfoNCE: each query's positive is its key, its negatives are the queued keys.
+
+    loss = mean_i [ logsumexp([q_i.k_i, q_i.queue_1, ..., q_i.queue_K] / t) - q_i.k_i / t ].
+
+    Args:
+      q: (N, D) queries (online network), any float dtype; L2-normalised inside.
+      k: (N, D) keys (momentum network); the caller stops their gradient. L2-normalised inside.
+      queue: (K, D) keys of earlier batches, L2-normalised inside.
+      temperature: scalar t.
+
+    Returns:
+      loss: float32 scalar. metrics: float32 scalars `pos_sim`, `neg_sim` (mean over the queue),
+      `hard_neg_sim` (mean over queries of the largest queue cosine).
+    """
+    q, k, queue = _l2_normalize(q), _l2_normalize(k), _l2_normalize(queue)
+    pos = jnp.sum(q * k, axis=-1)  # (N,)
+    neg = q @ queue.T  # (N, K)
+    logits = jnp.concatenate([pos[:, None], neg], axis=1) / jnp.float32(temperature)
+    loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+    neg_sg = jax.lax.stop_gradient(neg)
+    metrics = {
+        "pos_sim": jnp.mean(jax.lax.stop_gradient(pos)),
+        "neg_sim": jnp.mean(neg_sg),
+        "hard_neg_sim": jnp.mean(jnp.max(neg_sg, axis=1)),
+    }
+    return loss, metrics
+
+
+def _tau_metrics(tau_pos: jax.Array, tau_neg_mean: jax.Array, tau_neg_min: jax.Array,
+                 tau_neg_max: jax.Array) -> Metrics:
+    """(C, M) per-anchor temperatures -> (C,) summaries, without gradient."""
+    sg = jax.lax.stop_gradient
+    return {
+        "tau_pos_mean": jnp.mean(sg(tau_pos), axis=1),
+        "tau_pos_min": jnp.min(sg(tau_pos), axis=1),
+        "tau_pos_max": jnp.max(sg(tau_pos), axis=1),
+        "tau_neg_mean": jnp.mean(sg(tau_neg_mean), axis=1),
+        "tau_neg_min": jnp.min(sg(tau_neg_min), axis=1),
+        "tau_neg_max": jnp.max(sg(tau_neg_max), axis=1),
+    }
+
+
+def _hard_max_terms(
+    anchors: jax.Array,
+    positives: jax.Array,
+    bank: jax.Array,
+    negative_mask: jax.Array | None,
+    temperature_fn: TemperatureFn,
+    beta: float,
+    omega_dim: float,
+    infonce: bool,
+) -> tuple[jax.Array, Metrics]:
+    """Eq. 2.1 (infonce=False) or Eq. 2.4 (infonce=True) with the hard max, per anchor.
+
+    anchors, positives: (C, M, D); bank: (C, K, D) candidate negatives; negative_mask: (M, K)
+    bool (True where bank row k is a negative of anchor m) or None (all are). All float32,
+    normalised. n* = argmax of the cosine over the negatives (Eq. 2.4: over the negatives and
+    the positive), not differentiated; the gradient reaches s* and tau* through the gathered
+    features. Returns per-anchor loss (C, M) and metrics.
+    """
+    s_pos = jnp.sum(anchors * positives, axis=-1)  # (C, M)
+    cos = jnp.einsum("cmd,ckd->cmk", anchors, bank)  # (C, M, K)
+    cos_sg = jax.lax.stop_gradient(cos)
+    masked = cos_sg if negative_mask is None else jnp.where(negative_mask, cos_sg, -jnp.inf)
+    hardest = jnp.argmax(masked, axis=-1)  # (C, M)
+    z_hard = jnp.take_along_axis(bank, hardest[..., None], axis=1)  # (C, M, D)
+    s_hard = jnp.sum(anchors * z_hard, axis=-1)
+    num = anchors.shape[1]
+    tau = _temperatures(temperature_fn, jnp.concatenate([anchors, anchors], axis=1),
+                        jnp.concatenate([positives, z_hard], axis=1))
+    tau_pos, tau_hard = tau[:, :num], tau[:, num:]
+    if infonce:
+        # The positive wins the max when it is at least as similar as the hardest negative;
+        # then the two similarity terms and the two Omega terms cancel (the loss is 0).
+        positive_wins = jax.lax.stop_gradient(s_pos >= s_hard)
+        s_max = jnp.where(positive_wins, s_pos, s_hard)
+        tau_max = jnp.where(positive_wins, tau_pos, tau_hard)
+    else:
+        s_max, tau_max = s_hard, tau_hard
+    per_anchor = (-s_pos / tau_pos + s_max / tau_max
+                  + beta * omega(tau_pos, omega_dim) - beta * omega(tau_max, omega_dim))
+    if negative_mask is None:
+        neg_sim = jnp.mean(cos_sg)
+    else:
+        neg_sim = jnp.sum(jnp.where(negative_mask, cos_sg, 0.0)) / (
+            anchors.shape[0] * jnp.sum(negative_mask))
+    metrics = {
+        "pos_sim": jnp.mean(jax.lax.stop_gradient(s_pos)),
+        "neg_sim": neg_sim,
+        "hard_neg_sim": jnp.mean(jax.lax.stop_gradient(s_hard)),
+        **_tau_metrics(tau_pos, tau_max, tau_max, tau_max),
+    }
+    return per_anchor, metrics
+
+
+def amcl_infonce_max(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    beta: float,
+    omega_dim: float,
+) -> tuple[jax.Array, Metrics]:
+    """AMCL-SimCLR in the InfoNCE form (the paper's Eq. 2.4) with the hard max.
+
+    As `amcl_contrastive(..., negatives="max")` but the max runs over the 2N - 2 negatives AND
+    the positive: with n* = argmax over {positive, negatives} of the cosine, the per-anchor loss
+    is -s+/tau+ + s_n*/tau_n* + beta * Omega(tau+) - beta * Omega(tau_n*), which is 0 whenever
+    the positive is the most similar view. Unlike Eq. 2.1 it is bounded below (by 0 plus the
+    Omega difference), so a temperature driven to its lower bound cannot send it to -inf.
+    (The log-sum-exp variant of `amcl_contrastive` already has the positive in its denominator.)
+
+    Args:
+      z_a, z_b: (C, N, D) per-head projections of the two views, any float dtype. N >= 2.
+      temperature_fn: u, v (C, M, D) -> (C, M).
+      beta, omega_dim: as in `amcl_contrastive`.
+
+    Returns:
+      loss: float32 scalar, mean over the 2N anchors, summed over heads; metrics as
+      `amcl_contrastive`'s "max" variant (`tau_neg_*` over the selected n*).
+    """
+    if z_a.ndim != 3 or z_a.shape != z_b.shape or z_a.shape[1] < 2:
+        raise ValueError(f"z_a and z_b must both have shape (C, N >= 2, D); got {z_a.shape} "
+                         f"and {z_b.shape}")
+    z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D)
+    num_views = z.shape[1]
+    n = num_views // 2
+    views = jnp.arange(num_views)
+    positive = (views + n) % num_views
+    is_neg = ~((views[:, None] == views[None, :]) | (positive[:, None] == views[None, :]))
+    z_pos = jnp.concatenate([z[:, n:], z[:, :n]], axis=1)
+    per_anchor, metrics = _hard_max_terms(z, z_pos, z, is_neg, temperature_fn, beta, omega_dim,
+                                          infonce=True)
+    return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
+
+
+def amcl_queue_contrastive(
+    q: jax.Array,
+    k: jax.Array,
+    queue: jax.Array,
+    temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    beta: float,
+    omega_dim: float,
+    negatives: str = "logsumexp",
+    infonce: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, Metrics]:
+    """AMCL-MoCo: Eq. 2.1 (or 2.4) with a queue of keys as the negatives, summed over heads.
+
+    Anchor q[c, i] (online head c), positive k[c, i] (momentum head c, the other view), negatives
+    the K queued keys queue[c]. With s = cosine and tau = temperature_fn(anchor, candidate):
+
+    - `negatives="max"`: -s+/tau+ + s*/tau* + beta Omega(tau+) - beta Omega(tau*), n* the most
+      similar queued key (`infonce=True`: the most similar of the queue and the positive, Eq. 2.4).
+      Two temperatures per anchor.
+    - `negatives="logsumexp"`: -s+/tau+ + logsumexp([s+/tau+, s_1/tau_1, ..., s_K/tau_K])
+      + beta Omega(tau+) - beta sum_n w_n Omega(tau_n), w = stop-gradient softmax over the queue
+      of s_n/tau_n (as `amcl_contrastive`). With C = 1, a constant tau and beta = 0 this is
+      exactly `moco_infonce`. The (C, chunk, K) temperature grid is built `chunk_size` anchors at
+      a time under `jax.lax.map`, each chunk rematerialised in the backward pass; peak memory is
+      C * chunk * K * hidden floats (3 * 256 * 4096 * 128 * 4 B = 1.6 GB at the defaults: lower
+      `amcl.chunk_size` on small accelerators).
+
+    Args:
+      q: (C, N, D) queries, any float dtype; cast to float32 and L2-normalised inside.
+      k: (C, N, D) keys; the caller stops their gradient.
+      queue: (C, K, D) queued keys (the caller stops their gradient).
+      temperature_fn: u, v (C, M, D) -> (C, M), optionally `pair_grid`.
+      beta, omega_dim, negatives, chunk_size: as `amcl_contrastive`.
+      infonce: Eq. 2.4 for the hard max (no effect on "logsumexp", which has the positive).
+
+    Returns:
+      loss: float32 scalar (mean over anchors, sum over heads). metrics: float32 scalars
+      `pos_sim`, `neg_sim`, `hard_neg_sim`; (C,) `tau_pos_*`, `tau_neg_*`.
+    """
+    if negatives not in NEGATIVES_CHOICES:
+        raise ValueError(f"negatives must be one of {NEGATIVES_CHOICES}, got {negatives!r}")
+    if q.ndim != 3 or q.shape != k.shape or queue.ndim != 3 or queue.shape[::2] != q.shape[::2]:
+        raise ValueError(f"need q, k (C, N, D) and queue (C, K, D); got {q.shape}, {k.shape}, "
+                         f"{queue.shape}")
+    q, k, queue = _l2_normalize(q), _l2_normalize(k), _l2_normalize(queue)
+    if negatives == "max":
+        per_anchor, metrics = _hard_max_terms(q, k, queue, None, temperature_fn, beta, omega_dim,
+                                              infonce)
+        return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
+
+    num_heads, num, dim = q.shape
+    s_pos = jnp.sum(q * k, axis=-1)  # (C, N)
+    tau_pos = _temperatures(temperature_fn, q, k)
+    pos_logit = s_pos / tau_pos
+    chunk_size = min(num, chunk_size or DEFAULT_CHUNK_SIZE)
+    num_chunks = -(-num // chunk_size)
+    padded = num_chunks * chunk_size
+    # Padding anchors repeat real ones (finite values) and are sliced away below.
+    q_chunks = jnp.take(q, jnp.arange(padded) % num, axis=1)
+    q_chunks = q_chunks.reshape(num_heads, num_chunks, chunk_size, dim).transpose(1, 0, 2, 3)
+    pos_chunks = jnp.take(pos_logit, jnp.arange(padded) % num, axis=1)
+    pos_chunks = pos_chunks.reshape(num_heads, num_chunks, chunk_size).transpose(1, 0, 2)
+
+    def chunk_terms(queue, q_chunk, pos_chunk):
+        """(C, Kc, D) anchors and their (C, Kc) positive logits -> per-anchor terms (C, Kc)."""
+        cos = jnp.einsum("cmd,ckd->cmk", q_chunk, queue)  # (C, Kc, K)
+        tau = _pair_grid_temperatures(temperature_fn, q_chunk, queue)
+        logits = cos / tau
+        lse = jax.nn.logsumexp(jnp.concatenate([pos_chunk[..., None], logits], axis=-1), axis=-1)
+        weights = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+        omega_neg = jnp.sum(weights * omega(tau, omega_dim), axis=-1)
+        cos_sg, tau_sg = jax.lax.stop_gradient(cos), jax.lax.stop_gradient(tau)
+        return {
+            "lse_minus_omega": lse - beta * omega_neg,
+            "neg_sim": jnp.mean(cos_sg, axis=-1),
+            "hard_neg_sim": jnp.max(cos_sg, axis=-1),
+            "tau_neg_weighted": jnp.sum(weights * tau_sg, axis=-1),
+            "tau_neg_min": jnp.min(tau_sg, axis=-1),
+            "tau_neg_max": jnp.max(tau_sg, axis=-1),
+        }
+
+    chunk_terms = jax.checkpoint(chunk_terms)
+    stacked = jax.lax.map(lambda xs: chunk_terms(queue, *xs), (q_chunks, pos_chunks))
+    per = {key: value.transpose(1, 0, 2).reshape(num_heads, padded)[:, :num]
+           for key, value in stacked.items()}
+    per_anchor = -pos_logit + per["lse_minus_omega"] + beta * omega(tau_pos, omega_dim)
+    metrics = {
+        "pos_sim": jnp.mean(jax.lax.stop_gradient(s_pos)),
+        "neg_sim": jnp.mean(per["neg_sim"]),
+        "hard_neg_sim": jnp.mean(per["hard_neg_sim"]),
+        **_tau_metrics(tau_pos, per["tau_neg_weighted"], per["tau_neg_min"], per["tau_neg_max"]),
+    }
+    return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
+
+
+def symmetric_negative_cosine(
+    p_a: jax.Array, p_b: jax.Array, z_a: jax.Array, z_b: jax.Array
+) -> tuple[jax.Array, Metrics]:
+    """SimSiam's (and the base repository's BYOL) loss: -(cos(p_a, [z_b]) + cos(p_b, [z_a])) / 2.
+
+    [.] = stop-gradient, applied here. For BYOL z are the target network's projections; the BYOL
+    paper's 2 - 2 cos summed over both directions equals 4 * this + 4.
+
+    Args:
+      p_a, p_b: (..., N, D) predictions of the two views, any float dtype.
+      z_a, z_b: (..., N, D) projections (targets) of the two views.
+
+    Returns:
+      loss: float32 scalar, mean over every leading axis and N (in [-1, 1]).
+      metrics: `pos_sim` (the mean of the two cosines), float32 scalar.
+    """
+    sg = jax.lax.stop_gradient
+    cos_ab = jnp.sum(_l2_normalize(p_a) * _l2_normalize(sg(z_b)), axis=-1)
+    cos_ba = jnp.sum(_l2_normalize(p_b) * _l2_normalize(sg(z_a)), axis=-1)
+    loss = -0.5 * (jnp.mean(cos_ab) + jnp.mean(cos_ba))
+    return loss, {"pos_sim": sg(-loss)}
+
+
+def amcl_simsiam(
+    p_a: jax.Array,
+    p_b: jax.Array,
+    z_a: jax.Array,
+    z_b: jax.Array,
+    temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    beta: float,
+    omega_dim: float,
+) -> tuple[jax.Array, Metrics]:
+    """AMCL-SimSiam (the paper's Eq. 2.2), mean over the N images, summed over the C heads.
+
+    Per image and head c, with s_ab = cos(p_a^c, [z_b^c]), s_ba = cos(p_b^c, [z_a^c]):
+        -s_ab / (2 tau+) - s_ba / (2 tau~) + beta Omega(tau+) + beta Omega(tau~),
+    tau+ = temperature_fn(p_a, [z_b]), tau~ = temperature_fn(p_b, [z_a]) (features normalised).
+    With C = 1, tau = 1 and beta = 0 it is `symmetric_negative_cosine`.
+
+    Degeneracy: per term, -s/(2 tau) + beta Omega(tau) = (beta - s/2)/tau + beta (K/2) log tau,
+    which decreases without bound as tau -> 0 once s > 2 beta. With the default bounds
+    (1e-5, 2) every temperature sits at 1e-5 as soon as the pairs agree, multiplying the
+    gradient on s by up to 5e4. `configs/cifar10_amcl_simsiam.py` uses bounds (0.5, 2.0).
+
+    Args:
+      p_a, p_b: (C, N, D) per-head predictions; z_a, z_b: (C, N, D) per-head projections (their
+        gradient is stopped here). Any float dtype; float32 inside.
+      temperature_fn: u, v (C, M, D) -> (C, M).
+      beta: regulariser weight. omega_dim: K of Omega.
+
+    Returns:
+      loss: float32 scalar. metrics: `pos_sim` scalar; (C,) `tau_pos_mean/min/max` (tau+) and
+      `tau_neg_mean/min/max` (tau~, the second term's temperature; no negatives in SimSiam).
+    """
+    sg = jax.lax.stop_gradient
+    p_a, p_b = _l2_normalize(p_a), _l2_normalize(p_b)
+    t_a, t_b = sg(_l2_normalize(z_a)), sg(_l2_normalize(z_b))
+    s_ab = jnp.sum(p_a * t_b, axis=-1)  # (C, N)
+    s_ba = jnp.sum(p_b * t_a, axis=-1)
+    tau_plus = _temperatures(temperature_fn, p_a, t_b)
+    tau_tilde = _temperatures(temperature_fn, p_b, t_a)
+    per_image = (-s_ab / (2 * tau_plus) - s_ba / (2 * tau_tilde)
+                 + beta * omega(tau_plus, omega_dim) + beta * omega(tau_tilde, omega_dim))
+    metrics = {
+        "pos_sim": 0.5 * jnp.mean(sg(s_ab + s_ba)),
+        **_tau_metrics(tau_plus, tau_tilde, tau_tilde, tau_tilde),
+    }
+    return jnp.sum(jnp.mean(per_image, axis=1)), metrics
+
+
+def cross_correlation(z_a: jax.Array, z_b: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Barlow Twins' cross-correlation of batch-standardised features.
+
+    Each feature is standardised over the batch with the unbiased standard deviation (as the base
+    repository's lightly loss, `torch.std`), sqrt(var + eps) so a constant feature stays finite,
+    then C = z_a_std^T z_b_std / N.
+
+    Args:
+      z_a, z_b: (..., N, D) any float dtype, N >= 2.
+
+    Returns:
+      (..., D, D) float32.
+    """
+    num = z_a.shape[-2]
+
+    def standardise(z):
+        z = z.astype(jnp.float32)
+        centred = z - jnp.mean(z, axis=-2, keepdims=True)
+        var = jnp.sum(centred * centred, axis=-2, keepdims=True) / (num - 1)
+        return centred * jax.lax.rsqrt(var + eps)
+
+    return jnp.einsum("...nl,...nm->...lm", standardise(z_a), standardise(z_b)) / num
+
+
+def barlow_twins_loss(
+    z_a: jax.Array, z_b: jax.Array, *, off_diagonal_weight: float
+) -> tuple[jax.Array, Metrics]:
+    """Barlow Twins: sum_l (1 - C_ll)^2 + lambda sum_{l != m} C_lm^2.
+
+    Args:
+      z_a, z_b: (N, D) projections of the two views (the global batch), any float dtype.
+      off_diagonal_weight: lambda.
+
+    Returns:
+      loss: float32 scalar. metrics: `diag_corr` (mean C_ll), `off_diag_corr_sq` (mean C_lm^2).
+    """
+    corr = cross_correlation(z_a, z_b)  # (D, D)
+    dim = corr.shape[-1]
+    diag = jnp.diagonal(corr)
+    off = ~jnp.eye(dim, dtype=bool)
+    off_sq = jnp.where(off, corr * corr, 0.0)
+    loss = jnp.sum((1.0 - diag) ** 2) + off_diagonal_weight * jnp.sum(off_sq)
+    sg = jax.lax.stop_gradient
+    return loss, {"diag_corr": sg(jnp.mean(diag)),
+                  "off_diag_corr_sq": sg(jnp.sum(off_sq) / max(dim * (dim - 1), 1))}
+
+
+def amcl_barlow_twins(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    tau_diag: jax.Array,
+    tau_off: jax.Array,
+    *,
+    off_diagonal_weight: float,
+    beta: float,
+    omega_dim: float,
+) -> tuple[jax.Array, Metrics]:
+    """AMCL-Barlow Twins (the paper's Eq. 2.3), summed over heads.
+
+    Per head c with cross-correlation C (d' x d'):
+        sum_l (1 - C_ll / tau_l+)^2 + lambda sum_{l != m} C_lm^2 / tau_lm-
+        + beta sum_l Omega(tau_l+) - beta sum_{l != m} Omega(tau_lm-).
+    With C = 1, every tau = 1 and beta = 0 it is `barlow_twins_loss`.
+
+    Degeneracy: per off-diagonal entry, lambda C^2 / tau - beta Omega(tau)
+    = (lambda C^2 - beta) / tau - beta (K / 2) log tau, and lambda C^2 <= lambda = 5e-3 < beta, so
+    it goes to -inf as tau -> 0: every tau- sits at the lower bound, multiplying lambda by
+    1 / lower (1e5 at the default bounds) and the loss by about -beta / lower per entry. On the
+    diagonal, Omega with K = d' (2048) has its minimum at tau = 2 / K, pulling tau+ to the lower
+    bound and with it the invariance target C_ll = tau+ towards 0. The method therefore uses
+    K = 1 (each temperature scales one scalar entry) and `configs/cifar10_amcl_barlow_twins.py`
+    bounds (0.5, 2.0), where the off-diagonal reweighting stays within a factor 2.
+
+    Args:
+      z_a, z_b: (C, N, D) per-head projections of the two views, any float dtype.
+      tau_diag: (C, D) temperatures of the diagonal entries.
+      tau_off: (C, D, D) temperatures of the off-diagonal entries (its diagonal is ignored).
+      off_diagonal_weight: lambda. beta: regulariser weight. omega_dim: K of Omega.
+
+    Returns:
+      loss: float32 scalar. metrics: scalars `diag_corr`, `off_diag_corr_sq`; (C,)
+      `tau_pos_mean/min/max` over the diagonal, `tau_neg_mean/min/max` over the off-diagonal.
+    """
+    corr = cross_correlation(z_a, z_b)  # (C, D, D)
+    dim = corr.shape[-1]
+    tau_diag = jnp.asarray(tau_diag).astype(jnp.float32)
+    tau_off = jnp.asarray(tau_off).astype(jnp.float32)
+    if tau_diag.shape != corr.shape[:2] or tau_off.shape != corr.shape:
+        raise ValueError(f"tau_diag must be {corr.shape[:2]} and tau_off {corr.shape}, got "
+                         f"{tau_diag.shape}, {tau_off.shape}")
+    off = ~jnp.eye(dim, dtype=bool)
+    safe_tau_off = jnp.where(off, tau_off, 1.0)  # The ignored diagonal never divides.
+    diag = jnp.diagonal(corr, axis1=-2, axis2=-1)  # (C, D)
+    per_head = (
+        jnp.sum((1.0 - diag / tau_diag) ** 2, axis=-1)
+        + off_diagonal_weight * jnp.sum(jnp.where(off, corr * corr / safe_tau_off, 0.0),
+                                        axis=(-2, -1))
+        + beta * jnp.sum(omega(tau_diag, omega_dim), axis=-1)
+        - beta * jnp.sum(jnp.where(off, omega(safe_tau_off, omega_dim), 0.0), axis=(-2, -1))
+    )
+    sg = jax.lax.stop_gradient
+    tau_off_sg = sg(tau_off)
+    num_off = max(dim * (dim - 1), 1)
+    metrics = {
+        "diag_corr": sg(jnp.mean(diag)),
+        "off_diag_corr_sq": sg(jnp.mean(jnp.sum(jnp.where(off, corr * corr, 0.0), (-2, -1))))
+        / num_off,
+        "tau_pos_mean": jnp.mean(sg(tau_diag), axis=-1),
+        "tau_pos_min": jnp.min(sg(tau_diag), axis=-1),
+        "tau_pos_max": jnp.max(sg(tau_diag), axis=-1),
+        "tau_neg_mean": jnp.sum(jnp.where(off, tau_off_sg, 0.0), axis=(-2, -1)) / num_off,
+        "tau_neg_min": jnp.min(jnp.where(off, tau_off_sg, jnp.inf), axis=(-2, -1)),
+        "tau_neg_max": jnp.max(jnp.where(off, tau_off_sg, -jnp.inf), axis=(-2, -1)),
+    }
+    return jnp.sum(per_head), metrics

@@ -8,11 +8,13 @@ statistics are computed over the global batch and XLA inserts the communication.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -120,6 +122,59 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state_shapes,
     return restored["state"], restored["meta"]
 
 
+class DamagedCheckpointError(RuntimeError):
+    """No checkpoint in the workdir could be restored."""
+
+
+def state_sha256(state) -> str:
+    """Digest of every fully replicated leaf of the train state, stored in each checkpoint's meta
+    to catch silent corruption (bit flips that still decode)."""
+    leaves = [leaf for leaf in jax.tree.leaves(state)
+              if not isinstance(leaf, jax.Array) or leaf.is_fully_replicated]
+    return params_sha256(leaves)
+
+
+def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shapes,
+                        state_shardings) -> tuple[int, TrainState, dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that restores and matches its digest.
+
+    Newer checkpoints that fail (truncated or corrupted files) are reported and moved to
+    `workdir/damaged_checkpoints/<step>`, so training continues from the good one and can save
+    those steps again. If none restores, nothing is moved and DamagedCheckpointError is raised
+    (a changed config, e.g. another model, fails every checkpoint the same way).
+    """
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, meta = restore_checkpoint(manager, step, state_shapes, state_shardings)
+            expected = meta.pop("state_sha256", None)
+            if expected is not None and state_sha256(state) != expected:
+                raise ValueError("contents do not match the digest written with them")
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            failures.append((step, f"{type(e).__name__}: {reason}"))
+            continue
+        for bad_step, why in failures:
+            target = os.path.join(workdir, "damaged_checkpoints", str(bad_step))
+            message = (f"Checkpoint at step {bad_step} is damaged ({why}); moved to {target}; "
+                       f"resuming from step {step} instead")
+            logging.warning(message)
+            print(message, flush=True)
+            if jax.process_index() == 0:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.move(os.path.join(str(manager.directory), str(bad_step)), target)
+        if failures:
+            multihost_utils.sync_global_devices("amcl_jax: damaged checkpoints moved")
+            manager.reload()
+        return step, state, meta
+    if failures:
+        raise DamagedCheckpointError(
+            f"no checkpoint in {workdir}/checkpoints could be restored (newest, step "
+            f"{failures[0][0]}: {failures[0][1]}); if the config changed, use a new --workdir")
+    return None
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was started with (written to `workdir/config.json` at start)."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -206,10 +261,10 @@ def check_finite(state: TrainState) -> None:
     bad_step = int(jax.device_get(state.nonfinite_step))
     if bad_step >= 0:
         what = "loss" if int(jax.device_get(state.nonfinite_what)) == 1 else "gradient"
-        raise NonFiniteError(
-            f"non-finite {what} at step {bad_step}: stopping; parameters are those before that "
-            "step and the last good checkpoint is kept (try a lower optimizer.learning_rate or "
-            "wider amcl.temperature_bounds)")
+        raise NonFiniteError(  # Step numbers as logged: update k takes state.step k-1 to k.
+            f"non-finite {what} at step {bad_step + 1}: stopping; parameters are those before "
+            "that step and the last good checkpoint is kept (try a lower "
+            "optimizer.learning_rate or wider amcl.temperature_bounds)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +308,8 @@ def _load(config, split):
     return data_lib.load_split(
         config.data.dataset, split, data_dir=config.data.data_dir or None,
         cache_dir=config.data.cache_dir or None, download=config.data.download,
-        image_size=config.data.load_size if config.data.load_size > 0 else None)
+        image_size=config.data.load_size if config.data.load_size > 0 else None,
+        corrupt_images=config.data.get("corrupt_images", "skip"))
 
 
 def total_steps_for(config, num_train_examples: int) -> int:
@@ -278,10 +334,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ---- Input. ----
     train_images, train_labels, num_classes = _load(config, config.data.train_split)
+    train_images, train_labels = _subset(train_images, train_labels,
+                                         config.data.get("max_train_examples", -1))
     if config.data.eval_train_split == config.data.train_split:
         bank_images, bank_labels = train_images, train_labels
     else:
         bank_images, bank_labels, _ = _load(config, config.data.eval_train_split)
+    if np.any(bank_labels < 0):  # STL-10's unlabelled examples (label -1) cannot vote.
+        bank_images, bank_labels = bank_images[bank_labels >= 0], bank_labels[bank_labels >= 0]
     bank_images, bank_labels = _subset(bank_images, bank_labels, config.eval.max_bank_examples)
     query_images, query_labels, _ = _load(config, config.data.eval_test_split)
     query_images, query_labels = _subset(query_images, query_labels,
@@ -315,16 +375,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ---- Checkpoints: auto-resume from the workdir. ----
     manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
     history: dict[str, Any] = {"knn": []}
-    latest = manager.latest_step()
-    if latest is not None:
-        state, history = restore_checkpoint(manager, latest, state_shapes, state_shardings)
+    restored = restore_newest_good(manager, workdir, state_shapes, state_shardings)
+    if restored is not None:
+        latest, state, history = restored
         logging.info("resumed from step %d", latest)
         print(f"Resumed from checkpoint at step {latest}", flush=True)
+        if is_chief:  # Drop metrics logged after that checkpoint by the interrupted run.
+            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), latest)
+
+    def stop_if_nonfinite() -> None:
+        try:
+            check_finite(state)
+        except NonFiniteError:
+            manager.wait_until_finished()  # The last good checkpoint finishes writing.
+            manager.close()
+            raise
 
     def save(step: int) -> None:
-        check_finite(state)  # Never write a checkpoint from a broken state.
+        stop_if_nonfinite()  # Never write a checkpoint from a broken state.
+        meta = dict(copy.deepcopy(history), state_sha256=state_sha256(state))
         manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(history)))
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     # ---- Evaluation. ----
     def evaluate(step: int) -> float:
@@ -362,21 +433,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
     last_time, last_step = time.time(), start_step
+    # Test-only: the batch of this step is made NaN, to exercise the non-finite guard end to end.
+    nonfinite_test_step = int(os.environ.get("AMCL_TEST_NONFINITE_STEP", "-1"))
     for step in range(start_step + 1, total_steps + 1):
         batch = next(batches)
+        if step == nonfinite_test_step:
+            batch["views"] = np.full_like(batch["views"], np.nan)
         views = jax.make_array_from_process_local_data(views_sharding, batch["views"])
         state, metrics = step_fn(state, views)
-        if PREEMPTION.requested:
-            save(step)
-            manager.wait_until_finished()
-            manager.close()
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous_handler)
-            print(f"Preempted: checkpoint saved at step {step}; run the same command to resume.",
-                  flush=True)
-            return {"preempted": True, "steps": step}
         if step % config.log_every_steps == 0 or step == total_steps:
-            check_finite(state)
+            stop_if_nonfinite()
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.time()
             steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
@@ -391,13 +457,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   f"lr {scalars['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
                   f"ETA {eta / 60:.1f} min", flush=True)
         if step % config.eval.every_steps == 0 or step == total_steps:
-            check_finite(state)
+            stop_if_nonfinite()
             evaluate(step)
-        if step % config.checkpoint.every_steps == 0 or step == total_steps:
+        checkpointed = step % config.checkpoint.every_steps == 0 or step == total_steps
+        if checkpointed:
             save(step)
+        # After logging, so the resumed run's metrics.jsonl has every step exactly once.
+        if _preemption_agreed(PREEMPTION.requested):
+            if not checkpointed:
+                save(step)
+            manager.wait_until_finished()
+            manager.close()
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+            print(f"Preempted: checkpoint saved at step {step}; run the same command to resume.",
+                  flush=True)
+            return {"preempted": True, "steps": step}
     if in_main_thread:
         signal.signal(signal.SIGTERM, previous_handler)
-    check_finite(state)
+    stop_if_nonfinite()
     if not history["knn"] or history["knn"][-1]["step"] != total_steps:
         evaluate(total_steps)
         save(total_steps)
@@ -425,6 +503,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _preemption_agreed(requested: bool) -> bool:
+    """Whether any process got SIGTERM; every process gets the same answer at the same step.
+
+    Multi-host, the signal reaches hosts at different moments: one tiny all-gather per step
+    makes all processes stop (and checkpoint, which is collective) at the same step.
+    """
+    if jax.process_count() == 1:
+        return requested
+    flags = multihost_utils.process_allgather(np.asarray([requested], np.int32))
+    return bool(np.any(flags))
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Keeps the metrics.jsonl records of steps <= last_step (a resumed run rewrites the rest)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # A line cut short by a kill.
+            continue
+    if len(kept) != len(lines):
+        with open(path, "w") as f:
+            f.writelines(kept)
 
 
 def _flat_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

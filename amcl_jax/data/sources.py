@@ -25,7 +25,9 @@ import tempfile
 import zipfile
 
 import numpy as np
+from absl import logging
 
+from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import tf
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
@@ -35,6 +37,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet100": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # Grayscale digits replicated to 3 channels (measured on the 8x8 images scaled to [0, 1]).
     "digits": ((0.3053, 0.3053, 0.3053), (0.3759, 0.3759, 0.3759)),
 }
@@ -62,6 +65,7 @@ def load_split(
     cache_dir: str | None = None,
     image_size: int | None = None,
     download: bool = False,
+    corrupt_images: str = "skip",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Loads one split into memory.
 
@@ -73,6 +77,8 @@ def load_split(
       cache_dir: parent folder for extracted archives (default ``~/.cache/amcl_jax``).
       image_size: if given, every image is resized (bilinear) to image_size x image_size.
       download: let TFDS download and prepare the dataset (needs network).
+      corrupt_images: image folders only: "skip" drops files that cannot be decoded (reported
+        with their count and names), "fail" raises ValueError naming the first one.
 
     Returns:
       images: (N, H, W, 3) uint8; labels: (N,) int32; num_classes: int.
@@ -80,16 +86,21 @@ def load_split(
     Raises:
       ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded.
     """
-    if dataset == "digits":
+    if dataset in imagenet_subsets.SUBSETS:  # ImageNet-100: imagenet2012 or a folder, filtered.
+        images, labels, num_classes = imagenet_subsets.load_subset(
+            dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download)
+    elif dataset == "digits":
         images, labels, num_classes = _load_digits(split)
     elif dataset == "image_folder" or _is_image_folder_source(data_dir, split):
         if data_dir is None:
             raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
         if _is_archive(data_dir):
             root = extract_archive(data_dir, cache_dir=cache_dir)
-            images, labels, num_classes = _load_decoded_cache(root, split, image_size)
+            images, labels, num_classes = _load_decoded_cache(
+                root, split, image_size, corrupt_images)
         else:
-            images, labels, num_classes = _load_image_folder(data_dir, split, image_size)
+            images, labels, num_classes = _load_image_folder(
+                data_dir, split, image_size, corrupt_images)
     else:
         images, labels, num_classes = _load_tfds(dataset, split, data_dir, download)
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
@@ -225,16 +236,16 @@ def extract_archive(archive: str, cache_dir: str | None = None) -> str:
 
 
 def _load_decoded_cache(
-    root: str, split: str, image_size: int | None
+    root: str, split: str, image_size: int | None, corrupt_images: str = "skip"
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Image folder read, memoised as .npz next to an extracted archive (which never changes:
     its cache folder name hashes the archive), so later runs skip decoding every file."""
-    name = f"decoded-{split.replace('+', '_')}-{image_size or 'native'}.npz"
+    name = f"decoded-{split.replace('+', '_')}-{image_size or 'native'}-{corrupt_images}.npz"
     path = os.path.join(root, ".amcl_jax", name)
     if os.path.isfile(path):
         with np.load(path) as cached:
             return cached["images"], cached["labels"], int(cached["num_classes"])
-    images, labels, num_classes = _load_image_folder(root, split, image_size)
+    images, labels, num_classes = _load_image_folder(root, split, image_size, corrupt_images)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, staging = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
     with os.fdopen(fd, "wb") as file:
@@ -267,7 +278,7 @@ def _class_names(root: str) -> list[str]:
 
 
 def _load_image_folder(
-    data_dir: str, split: str, image_size: int | None
+    data_dir: str, split: str, image_size: int | None, corrupt_images: str = "skip"
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Reads ``<root>/<split>/<class>/<image>``; labels index the sorted class folder names.
 
@@ -294,10 +305,22 @@ def _load_image_folder(
                     labels.append(label)
     if not paths:
         raise ValueError(f"data.data_dir={data_dir!r}: no images under split {split!r}")
-    return _decode_files(paths, image_size), np.asarray(labels, np.int32), len(classes)
+    images, kept = _decode_files(paths, image_size, corrupt_images)
+    return images, np.asarray(labels, np.int32)[kept], len(classes)
 
 
-def _decode_files(paths: list[str], image_size: int | None) -> np.ndarray:
+CORRUPT_IMAGE_POLICIES = ("skip", "fail")
+
+
+def _decode_files(
+    paths: list[str], image_size: int | None, corrupt_images: str = "skip"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes `paths` in order; returns (images (M, H, W, 3) uint8, kept (M,) indices into
+    paths). Files that fail to decode are skipped and reported, or raise ("fail")."""
+    if corrupt_images not in CORRUPT_IMAGE_POLICIES:
+        raise ValueError(f"data.corrupt_images={corrupt_images!r}: allowed values are "
+                         f"{', '.join(repr(p) for p in CORRUPT_IMAGE_POLICIES)}")
+
     def decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         if image_size is not None:
@@ -307,18 +330,36 @@ def _decode_files(paths: list[str], image_size: int | None) -> np.ndarray:
             image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
         return image
 
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    # Each element carries its index, so the files dropped by ignore_errors() can be named.
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
+        lambda index, path: (index, decode(path)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    ).ignore_errors()
     if image_size is not None:
-        return np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
-    images = list(ds.as_numpy_iterator())
+        batches = list(ds.batch(1024).as_numpy_iterator())
+        kept = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.int64)
+        images = [im for b in batches for im in b[1]]
+    else:
+        pairs = list(ds.as_numpy_iterator())
+        kept = np.asarray([p[0] for p in pairs], np.int64)
+        images = [p[1] for p in pairs]
+    if len(kept) != len(paths):
+        bad = sorted(set(range(len(paths))) - set(kept.tolist()))
+        names = ", ".join(paths[i] for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        if corrupt_images == "fail":
+            raise ValueError(f"cannot decode {len(bad)} image file(s): {names} (set "
+                             "data.corrupt_images='skip' to skip them)")
+        message = f"skipped {len(bad)} image file(s) that cannot be decoded: {names}"
+        logging.warning(message)
+        print(f"warning: {message}", flush=True)
+        if not len(kept):
+            raise ValueError(f"no image could be decoded ({names})")
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(
             f"images have different sizes {sorted(shapes)[:4]}...: set data.image_size to resize"
         )
-    return np.stack(images)
+    return np.stack(images), kept
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,16 @@ Its loss itself is a pure function in `amcl_jax.losses`.
 
 from __future__ import annotations
 
+from amcl_jax.methods.barlow_twins import BarlowTwins
 from amcl_jax.methods.base import Method, MethodOutput
+from amcl_jax.methods.byol import BYOL
+from amcl_jax.methods.moco import MoCo
 from amcl_jax.methods.simclr import SimCLR
+from amcl_jax.methods.simsiam import SimSiam
 
-_REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+_REGISTRY: dict[str, type[Method]] = {
+    method.name: method for method in (SimCLR, MoCo, SimSiam, BarlowTwins, BYOL)
+}
 
 
 def available() -> tuple[str, ...]:

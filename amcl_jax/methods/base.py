@@ -23,6 +23,7 @@ class Method(abc.ABC):
     """A contrastive / self-supervised method: model, extra state and loss."""
 
     name: str
+    supports_amcl: bool = True  # False: amcl.enabled=True is refused at start-up (BYOL).
 
     @abc.abstractmethod
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:

@@ -2,7 +2,10 @@
 
 Without AMCL: one projection head and NT-Xent with a global temperature (`simclr.temperature`).
 With AMCL: `amcl.num_heads` heads and a temperature network that gives every (head, pair) its own
-temperature, trained through the loss and its regulariser Omega.
+temperature, trained through the loss and its regulariser Omega. `amcl.infonce=True` with
+`amcl.negatives="max"` is the InfoNCE form (Eq. 2.4): the positive joins the hard max, which
+bounds the loss below (Eq. 2.1's hard max is unbounded below once a positive's cosine exceeds
+beta and its temperature reaches the lower bound).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveMod
         hidden_dim=config.projector.hidden_dim,
         out_dim=config.projector.out_dim,
         num_layers=config.projector.num_layers,
+        dtype=jnp.dtype(config.model.dtype),
     )
     return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
 
@@ -80,6 +84,9 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         temperatures = temperature_fn(normalise(z_a.astype(jnp.float32)),
                                       normalise(z_b.astype(jnp.float32)))
         return losses.released_code_loss(z_a, z_b, temperatures, beta=config.amcl.beta)
+    if config.amcl.infonce and config.amcl.negatives == "max":  # Eq. 2.4.
+        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=config.amcl.beta,
+                                       omega_dim=omega_dim(config))
     return losses.amcl_contrastive(
         z_a, z_b, temperature_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
         negatives=config.amcl.negatives, chunk_size=config.amcl.chunk_size)
@@ -107,4 +114,4 @@ class SimCLR(Method):
         ]
         loss = sum(r[0] for r in pair_results) / len(pair_results)
         metrics = jax.tree.map(lambda *m: sum(m) / len(m), *[r[1] for r in pair_results])
-        return MethodOutput(loss, metrics, mutated["batch_stats"], extra)
+        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from amcl_jax.models.resnet import (
     ResNet50,
     feature_dim,
 )
+from amcl_jax.models.ssl_heads import CrossCorrelationTemperatures, MultiHeadMLP
+from amcl_jax.models.vit import ViT, vit_feature_dim
 
 # name -> (constructor taking width/stem/dtype/conv, feature size as a function of width).
 # Add new encoders (e.g. "vit_s") here.
@@ -29,6 +32,21 @@ ENCODERS: dict[str, tuple[Callable[..., nn.Module], Callable[[float], int]]] = {
     "resnet18": (ResNet18, lambda width: feature_dim("resnet18", width)),
     "resnet34": (ResNet34, lambda width: feature_dim("resnet34", width)),
     "resnet50": (ResNet50, lambda width: feature_dim("resnet50", width)),
+    # The paper's wide ResNet-50s: 2x / 4x the configured width (model.width=1 gives the paper's).
+    "resnet50w2": (lambda width, **kw: ResNet50(width=2 * width, **kw),
+                   lambda width: feature_dim("resnet50", 2 * width)),
+    "resnet50w4": (lambda width, **kw: ResNet50(width=4 * width, **kw),
+                   lambda width: feature_dim("resnet50", 4 * width)),
+    # ViTs (models/vit.py): patch size from the input (4 at 32x32, 16 at 224x224); "vit_<size>"
+    # takes the class token as the feature, "vit_<size>_mean" the mean of the patch tokens.
+    **{
+        f"vit_{size}{suffix}": (
+            functools.partial(ViT, size=size, pooling=pooling),
+            functools.partial(vit_feature_dim, size),
+        )
+        for size in ("s", "b", "l")
+        for suffix, pooling in (("", "cls"), ("_mean", "mean"))
+    },
 }
 
 
@@ -56,12 +74,15 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "BoundTemperature",
+    "CrossCorrelationTemperatures",
+    "MultiHeadMLP",
     "MultiHeadProjector",
     "ResNet",
     "ResNet18",
     "ResNet34",
     "ResNet50",
     "TemperatureNet",
+    "ViT",
     "build_encoder",
     "conv_general_dilated_fast_wgrad",
     "encoder_feature_dim",

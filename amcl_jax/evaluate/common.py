@@ -1,0 +1,77 @@
+"""Shared by the evaluators: labelled splits, and features of a frozen encoder at a chosen layer.
+
+Every evaluator runs the encoder in inference mode (BatchNorm with its running statistics, no
+state update) under `jax.jit`, outside any gradient: the pretrained parameters are read, never
+written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from amcl_jax import data as data_lib
+from amcl_jax import train
+
+# "backbone": the encoder's pooled features (the paper's kNN and linear-probe input);
+# "head<c>": projection head c's output; "heads": every head's L2-normalised output, concatenated.
+FEATURE_LAYERS = ("backbone", "head<c>", "heads")
+
+
+def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examples: int = -1
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(images uint8, labels int32, num_classes) of `split`, without unlabelled examples.
+
+    Examples labelled -1 (STL-10's "unlabelled" split) are dropped; `max_examples` > 0 keeps a
+    fixed random subset (seed 0), as the pretraining monitor does.
+    """
+    images, labels, num_classes = data_lib.load_split(
+        config.data.dataset, split, data_dir=config.data.data_dir or None,
+        cache_dir=config.data.cache_dir or None, download=config.data.download,
+        image_size=config.data.load_size if config.data.load_size > 0 else None)
+    if np.any(labels < 0):
+        images, labels = images[labels >= 0], labels[labels >= 0]
+    images, labels = train._subset(images, labels, max_examples)
+    return images, labels, num_classes
+
+
+def features_fn_for_layer(model, layer: str) -> Callable[[dict, jax.Array], jax.Array]:
+    """A jitted `fn(variables, images (B, H, W, 3)) -> (B, F) float32` for `layer`."""
+    if layer == "backbone":
+        return jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
+    match = re.fullmatch(r"head(\d+)", layer)
+    if match is None and layer != "heads":
+        raise ValueError(f"feature layer {layer!r}: allowed are backbone, head0, head1, ..., heads")
+
+    def projections(variables, x):
+        out = model.apply(variables, x, train=False)
+        if not (isinstance(out, tuple) and len(out) == 2 and out[1].ndim == 3):
+            raise ValueError(f"feature layer {layer!r}: this model has no multi-head projector")
+        return out[1]  # (C, B, D)
+
+    if layer == "heads":
+        def all_heads(variables, x):
+            z = projections(variables, x)
+            z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+            return jnp.transpose(z, (1, 0, 2)).reshape(x.shape[0], -1)
+        return jax.jit(all_heads)
+    head = int(match.group(1))
+    return jax.jit(lambda variables, x: projections(variables, x)[head])
+
+
+def extract(config, features_fn, variables, images: np.ndarray, labels: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, F) float32 and labels (N,) of every example once (train.extract_features)."""
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    return train.extract_features(features_fn, variables, images, labels, config=config,
+                                  mesh=mesh)
+
+
+def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return data_lib.dataset_stats(dataset)

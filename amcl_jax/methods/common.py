@@ -1,0 +1,190 @@
+"""Pieces shared by MoCo, BYOL, SimSiam and Barlow Twins: the model, EMA targets, the queue.
+
+State that is not trained by the optimizer (momentum-network params and BatchNorm statistics, the
+MoCo queue and its pointer) lives in the method's `extra` pytree, so the trainer checkpoints and
+restores it with the rest of the train state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from amcl_jax import models
+
+# The parts of the model a momentum (EMA) network copies; the predictor and the temperature
+# network exist only online.
+TARGET_MODULES = ("encoder", "projector")
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+class SSLModel(nn.Module):
+    """Encoder -> C-head projector [-> C-head predictor]; owns the temperature network's params.
+
+    Attributes:
+      encoder: `(x, train) -> (B, F)`.
+      projector: `(features, train) -> (C, B, D)` (a `models.MultiHeadMLP`).
+      predictor: None or `(projections (C, B, D), train) -> (C, B, D)` (SimSiam, BYOL).
+      temperature_net: None or a module called as `temperature_net(z, z)` on (C, B, D) head
+        outputs; only called here at initialisation to create its params (the method applies it
+        on its own with `params["temperature_net"]`).
+    """
+
+    encoder: nn.Module
+    projector: nn.Module
+    predictor: nn.Module | None = None
+    temperature_net: nn.Module | None = None
+
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
+        features = self.encoder(x, train=train)
+        projections = self.projector(features, train=train)
+        if self.is_initializing():
+            if self.predictor is not None:
+                self.predictor(projections, train=train)
+            if self.temperature_net is not None:
+                self.temperature_net(projections, projections)
+        return features, projections
+
+    def forward(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """x (B, H, W, 3) -> projections (C, B, D), predictions (C, B, D) (the online branch)."""
+        _, projections = self(x, train=train)
+        return projections, self.predictor(projections, train=train)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Backbone features (B, F) float32 in inference mode (kNN, probes)."""
+        return self.encoder(x, train=False)
+
+
+def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
+    return models.build_encoder(
+        config.model.name, width=config.model.width, stem=config.model.stem,
+        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl)
+
+
+def num_heads(config: ml_collections.ConfigDict) -> int:
+    """C: `amcl.num_heads` with AMCL, 1 without."""
+    return int(config.amcl.num_heads) if config.amcl.enabled else 1
+
+
+def projector(config: ml_collections.ConfigDict, *, batch_norm: bool,
+              last_batch_norm: bool = False) -> models.MultiHeadMLP:
+    return models.MultiHeadMLP(
+        num_heads=num_heads(config), hidden_dim=config.projector.hidden_dim,
+        out_dim=config.projector.out_dim, num_layers=config.projector.num_layers,
+        batch_norm=batch_norm, last_batch_norm=last_batch_norm)
+
+
+def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
+    """Linear(D, hidden) - BN - ReLU - Linear(hidden, D) per head (SimSiam's and BYOL's)."""
+    return models.MultiHeadMLP(
+        num_heads=num_heads(config), hidden_dim=config.predictor.hidden_dim,
+        out_dim=config.projector.out_dim, num_layers=2, batch_norm=True, last_batch_norm=False,
+        shared_input=False)
+
+
+def split_views(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(C, 2N, ...) stacked [view a; view b] along axis 1 -> two (C, N, ...)."""
+    n = x.shape[1] // 2
+    return x[:, :n], x[:, n:]
+
+
+def stack_views(views: jax.Array) -> jax.Array:
+    """(2, N, H, W, 3) -> (2N, H, W, 3); refuses other view counts."""
+    if views.shape[0] != 2:
+        raise ValueError(f"this method takes exactly 2 views, got {views.shape[0]}")
+    return views.reshape((2 * views.shape[1],) + views.shape[2:])
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """float32, unit norm along the last axis."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
+def mean_metrics(*metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return jax.tree.map(lambda *m: sum(m) / len(m), *metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# Momentum (EMA) networks
+# --------------------------------------------------------------------------------------------
+def target_copy(variables: dict) -> dict[str, Any]:
+    """The EMA network's initial state: copies of the online encoder and projector variables."""
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    copy = lambda tree: jax.tree.map(jnp.array, tree)
+    return {
+        "target_params": copy({k: params[k] for k in TARGET_MODULES}),
+        "target_batch_stats": copy({k: batch_stats[k] for k in TARGET_MODULES
+                                    if k in batch_stats}),
+    }
+
+
+def ema_momentum(base: float, schedule: str, step: jax.Array, total_steps: int) -> jax.Array:
+    """EMA momentum at `step`: `base` ("constant"), or BYOL's cosine ramp from base to 1
+    over `total_steps` ("cosine"): 1 - (1 - base) (cos(pi step / total) + 1) / 2."""
+    if schedule == "constant":
+        return jnp.float32(base)
+    if schedule != "cosine":
+        raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {schedule!r}")
+    progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+    return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def ema_update(target: Any, online: Any, momentum: jax.Array | float) -> Any:
+    """target <- momentum * target + (1 - momentum) * online, leaf by leaf (same tree)."""
+    return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+
+
+def update_target(config_section: ml_collections.ConfigDict, total_steps: int, params,
+                  extra: dict, step: jax.Array) -> dict:
+    """`extra` with its `target_params` moved towards the online encoder and projector."""
+    momentum = ema_momentum(config_section.momentum, config_section.momentum_schedule, step,
+                            total_steps)
+    online = {k: params[k] for k in TARGET_MODULES}
+    return dict(extra, target_params=ema_update(extra["target_params"], online, momentum))
+
+
+def target_forward(model: SSLModel, extra: dict, images: jax.Array) -> tuple[jax.Array, Any]:
+    """The momentum network's projections (C, B, D), gradient stopped, and its new batch stats.
+
+    It runs in training mode (batch statistics), as the key / target encoder of MoCo and BYOL.
+    """
+    variables = {"params": extra["target_params"], "batch_stats": extra["target_batch_stats"]}
+    (_, projections), mutated = model.apply(variables, images, train=True,
+                                            mutable=["batch_stats"])
+    return (jax.lax.stop_gradient(projections),
+            mutated.get("batch_stats", extra["target_batch_stats"]))
+
+
+# --------------------------------------------------------------------------------------------
+# MoCo queue
+# --------------------------------------------------------------------------------------------
+def init_queue(rng: jax.Array, num_heads: int, size: int, dim: int) -> dict[str, jax.Array]:
+    """A queue of `size` random unit keys per head: `queue` (C, K, D) float32, `queue_ptr` ()."""
+    keys = jax.random.normal(rng, (num_heads, size, dim), jnp.float32)
+    keys = keys / jnp.linalg.norm(keys, axis=-1, keepdims=True)
+    return {"queue": keys, "queue_ptr": jnp.zeros((), jnp.int32)}
+
+
+def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First in, first out: the M new keys replace the M oldest, wrapping around the end.
+
+    Args:
+      queue: (C, K, D); row `ptr` is the oldest key, rows ptr-1, ptr-2, ... (mod K) the newest.
+      ptr: () int32 in [0, K).
+      keys: (C, M, D), M <= K; keys[:, 0] is enqueued first.
+
+    Returns:
+      the new queue (C, K, D) (rows ptr .. ptr + M - 1 mod K replaced) and (ptr + M) mod K.
+    """
+    size, count = queue.shape[1], keys.shape[1]
+    if count > size:
+        raise ValueError(f"cannot enqueue {count} keys into a queue of {size}")
+    rows = (ptr + jnp.arange(count)) % size
+    return queue.at[:, rows].set(keys.astype(queue.dtype)), (ptr + count) % size

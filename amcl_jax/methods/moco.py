@@ -1,0 +1,79 @@
+"""MoCo v2 and AMCL-MoCo (the paper's Eq. 2.1, or 2.4, with the queue as negatives).
+
+The online encoder and projector give queries; a momentum (EMA) copy gives keys. The loss is
+symmetric, as in the base repository: (L(q_a, k_b) + L(q_b, k_a)) / 2, both terms against the
+queue as it was before the step; then the 2N keys of the step (view a's, then view b's) replace
+the 2N oldest. Without AMCL: InfoNCE with `moco.temperature` (0.1), one head. With AMCL: C heads
+(the EMA network has C heads too), the queue is per head, shape (C, K, D), and every
+(query, key) pair gets a temperature from the temperature network (`amcl.negatives`,
+`amcl.infonce` as for SimCLR).
+
+Train state (`extra`, checkpointed): `target_params` and `target_batch_stats` (the momentum
+encoder and projector), `queue` (C, K, D) float32 unit keys, `queue_ptr` () int32 (the row of
+the oldest key). The momentum network's BatchNorm runs on batch statistics like the online one;
+there is no shuffle-BN (the whole global batch is one BatchNorm batch, as in solo-learn).
+Momentum `moco.momentum` (0.99), constant or with BYOL's cosine ramp to 1.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from amcl_jax import losses, models
+from amcl_jax.methods import common
+from amcl_jax.methods.base import Method, MethodOutput
+from amcl_jax.methods.simclr import omega_dim, temperature_module
+
+
+class MoCo(Method):
+    name = "moco"
+
+    def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+        return common.SSLModel(
+            common.build_encoder(config), common.projector(config, batch_norm=False),
+            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+
+    def init_extra(self, config, variables, rng):
+        return dict(common.target_copy(variables),
+                    **common.init_queue(rng, common.num_heads(config), config.moco.queue_size,
+                                        config.projector.out_dim))
+
+    def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
+        del rng
+        images = common.stack_views(views)
+        (_, queries), mutated = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        keys, target_batch_stats = common.target_forward(model, extra, images)
+        q_a, q_b = common.split_views(queries)
+        k_a, k_b = common.split_views(keys)
+        queue = jax.lax.stop_gradient(extra["queue"])
+        if config.amcl.enabled:
+            temperature_fn = models.BoundTemperature(temperature_module(config),
+                                                    params["temperature_net"])
+            pair_loss = lambda q, k: losses.amcl_queue_contrastive(
+                q, k, queue, temperature_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
+                negatives=config.amcl.negatives, infonce=config.amcl.infonce,
+                chunk_size=config.amcl.chunk_size)
+        else:
+            pair_loss = lambda q, k: losses.moco_infonce(q[0], k[0], queue[0],
+                                                         config.moco.temperature)
+        loss_ab, metrics_ab = pair_loss(q_a, k_b)
+        loss_ba, metrics_ba = pair_loss(q_b, k_a)
+        metrics = common.mean_metrics(metrics_ab, metrics_ba)
+        if not config.amcl.enabled:
+            tau = jnp.full((1,), config.moco.temperature, jnp.float32)
+            metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
+        new_queue, new_ptr = common.enqueue(
+            extra["queue"], extra["queue_ptr"],
+            common.l2_normalize(jnp.concatenate([k_a, k_b], axis=1)))
+        extra = dict(extra, queue=new_queue, queue_ptr=new_ptr,
+                     target_batch_stats=target_batch_stats)
+        return MethodOutput(0.5 * (loss_ab + loss_ba), metrics,
+                            mutated.get("batch_stats", batch_stats), extra)
+
+    def update_extra(self, config, params, extra, step):
+        return common.update_target(config.moco, config.total_steps, params, extra, step)

@@ -1,0 +1,56 @@
+"""SimSiam and AMCL-SimSiam (the paper's Eq. 2.2).
+
+Projector: `projector.num_layers` Dense layers, BatchNorm after each (the output's too), as the
+base repository's lightly SimSiam head; predictor Linear(D, `predictor.hidden_dim`) - BN - ReLU -
+Linear(D). Loss: -(cos(p_a, [z_b]) + cos(p_b, [z_a])) / 2 with stop-gradient [.].
+
+With AMCL every head c has its own projector and predictor, and Eq. 2.2 reads (per image)
+    -cos(p_a^c, [z_b^c]) / (2 tau+) - cos(p_b^c, [z_a^c]) / (2 tau~) + beta Omega(tau+)
+    + beta Omega(tau~),
+the table's z_i^c being head c's prediction and h its projection of the other view (the
+stop-gradient target), tau+ = TemperatureNet(p_a^c, z_b^c), tau~ = TemperatureNet(p_b^c, z_a^c).
+
+Degeneracy (see `losses.amcl_simsiam`): each term is (beta - s/2)/tau + beta (K/2) log tau, which
+is unbounded below as tau -> 0 once the cosine s exceeds 2 beta (0.2), so every temperature goes
+to the lower bound and the gradient on s is multiplied by 1 / (2 lower) (5e4 at the default
+1e-5). `configs/cifar10_amcl_simsiam.py` and the quickstart use bounds (0.5, 2.0): the reweighting
+then stays within [0.25, 1] of the base loss.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+
+from amcl_jax import losses, models
+from amcl_jax.methods import common
+from amcl_jax.methods.base import Method, MethodOutput
+from amcl_jax.methods.simclr import omega_dim, temperature_module
+
+
+class SimSiam(Method):
+    name = "simsiam"
+
+    def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+        return common.SSLModel(
+            common.build_encoder(config),
+            common.projector(config, batch_norm=True, last_batch_norm=True),
+            predictor=common.predictor(config),
+            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+
+    def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
+        del rng
+        images = common.stack_views(views)
+        (projections, predictions), mutated = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            method="forward", mutable=["batch_stats"])
+        z_a, z_b = common.split_views(projections)
+        p_a, p_b = common.split_views(predictions)
+        if config.amcl.enabled:
+            temperature_fn = models.BoundTemperature(temperature_module(config),
+                                                     params["temperature_net"])
+            loss, metrics = losses.amcl_simsiam(p_a, p_b, z_a, z_b, temperature_fn,
+                                                beta=config.amcl.beta, omega_dim=omega_dim(config))
+        else:
+            loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], z_a[0], z_b[0])
+        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)

@@ -1,0 +1,122 @@
+"""The project's real jitted train step, built as `main.py` builds it, for benchmarks.
+
+`make_jax_step(...)` returns a closure that runs one donated-state update on a fixed random batch
+and blocks until it is done; `loss_peak_bytes(...)` compiles loss + gradient and reads XLA's
+memory analysis.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from amcl_jax import losses, methods, models, optim
+from amcl_jax.config import get_default_config
+from amcl_jax.train import TrainState, train_step
+
+# name -> config overrides ("section.field": value).
+VARIANTS: dict[str, dict] = {
+    "simclr": {"amcl.enabled": False},
+    "amcl_max": {"amcl.enabled": True, "amcl.negatives": "max"},
+    "amcl_logsumexp": {"amcl.enabled": True, "amcl.negatives": "logsumexp"},
+}
+
+
+def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",
+                width: float = 1.0, image_size: int = 32, dtype: str = "float32",
+                conv_impl: str = "auto") -> ml_collections.ConfigDict:
+    config = get_default_config()
+    config.model.name = model
+    config.model.width = width
+    config.model.dtype = dtype
+    config.model.conv_impl = conv_impl
+    config.batch_size = batch_per_view
+    config.data.image_size = image_size
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
+                  ) -> tuple[Callable[[], float], float]:
+    """(step, compile_seconds): `step()` runs one update (views (2, B, S, S, 3)), returns seconds.
+
+    The state is donated and carried inside the closure, as in `train_and_evaluate`; the first
+    call (compilation included) is made here.
+    """
+    import time
+
+    method = methods.get_method(config.method)
+    model = method.build_model(config)
+    tx, schedule = optim.build_optimizer(config, total_steps=1000)
+    rng = jax.random.PRNGKey(seed)
+    size = config.data.image_size
+    variables = model.init(rng, jnp.zeros((2, size, size, 3)), train=False)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"],
+        batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+        extra=method.init_extra(config, variables, rng), rng=rng,
+        nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+    jitted = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
+                                       schedule=schedule, config=config), donate_argnums=(0,))
+    views = jax.random.normal(rng, (2, config.batch_size, size, size, 3), jnp.float32)
+    holder = {"state": state}
+
+    def step() -> float:
+        start = time.perf_counter()
+        holder["state"], metrics = jitted(holder["state"], views)
+        jax.block_until_ready(metrics["loss"])
+        return time.perf_counter() - start
+
+    compile_seconds = step()
+    return step, compile_seconds
+
+
+def _memory_stats(compiled) -> dict[str, int]:
+    stats = compiled.memory_analysis()
+    out = {name: int(getattr(stats, name)) for name in (
+        "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+        "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(stats, name)}
+    # Live at the peak: the scratch buffers plus the inputs and outputs (aliased ones once).
+    out["peak_bytes"] = (out["temp_size_in_bytes"] + out["argument_size_in_bytes"]
+                         + out["output_size_in_bytes"] - out.get("alias_size_in_bytes", 0))
+    return out
+
+
+def loss_peak_bytes(*, loss: str, batch_per_view: int, dim: int = 128, num_heads: int = 3,
+                    negatives: str = "logsumexp", chunk_size: int = 256, hidden_dim: int = 128,
+                    temperature: float = 0.5, beta: float = 0.1) -> dict[str, int]:
+    """XLA memory analysis of jit(value_and_grad(loss)) at 2 * batch_per_view views.
+
+    loss="ntxent": `losses.nt_xent`, gradient wrt z (1, 2N, D).
+    loss="amcl": `losses.amcl_contrastive` with a `TemperatureNet` (one MLP per head), gradient
+    wrt z (C, 2N, D) and the temperature-net params. Nothing is executed (compile only).
+    """
+    n = batch_per_view
+    if loss == "ntxent":
+        def fn(z):
+            return losses.nt_xent(z[0, :n], z[0, n:], temperature)[0]
+
+        args = (jax.ShapeDtypeStruct((1, 2 * n, dim), jnp.float32),)
+        grad_fn = jax.value_and_grad(fn)
+    elif loss == "amcl":
+        module = models.TemperatureNet(num_heads=num_heads, hidden_dim=hidden_dim)
+        probe = jnp.zeros((num_heads, 2, dim), jnp.float32)
+        params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), probe, probe))["params"]
+
+        def fn(z, params):
+            temperature_fn = models.BoundTemperature(module, params)
+            return losses.amcl_contrastive(
+                z[:, :n], z[:, n:], temperature_fn, beta=beta, omega_dim=dim,
+                negatives=negatives, chunk_size=chunk_size)[0]
+
+        args = (jax.ShapeDtypeStruct((num_heads, 2 * n, dim), jnp.float32), params)
+        grad_fn = jax.value_and_grad(fn, argnums=(0, 1))
+    else:
+        raise ValueError(f"loss must be 'ntxent' or 'amcl', got {loss!r}")
+    return _memory_stats(jax.jit(grad_fn).lower(*args).compile())

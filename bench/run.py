@@ -1,0 +1,388 @@
+"""Issue 6's benchmark in one command: JAX vs PyTorch, AMCL vs SimCLR, pipeline vs step, memory.
+
+    python bench/run.py --quick --output bench/results/quick_cpu.json   # ~10 min on 2 CPU cores
+    python bench/run.py --output bench/results/full_cpu.json            # + batch sweep, RESULTS.md
+
+Measures in one process, side by side:
+- train steps at each batch size per view: the project's jitted ResNet-18 CIFAR step (`simclr`,
+  `amcl_max`, `amcl_logsumexp`: 3 heads + temperature net) and the eager PyTorch reference
+  (`bench/torch_reference.py`, NCHW and channels_last). All variants are built and warmed up
+  first, then timed in interleaved rounds (one step of each per round) so that load from other
+  processes hits every variant alike; figures are medians over rounds.
+- the tf.data two-view pipeline (`amcl_jax.data.train_iterator`, letters "abcde") on random
+  32x32 uint8 images, alone on the same cores: views/s and source images/s.
+- peak memory of loss + gradient (XLA memory analysis, compile only) for the AMCL loss (C=3,
+  both negative modes, temperature net) over NT-Xent (C=1) at a large batch.
+
+Writes a JSON with the ratios, their goals, the raw figures, device, versions and batch sizes.
+The full mode (no --quick) sweeps batch sizes and writes `bench/RESULTS.md` and a PNG next to it.
+PyTorch is optional (`pip install -r bench/requirements.txt`); without it the torch ratio is null.
+Runtime on 2 idle Zen 3 cores (estimated from per-step figures): --quick ~8-10 min; full ~55-70 min
+(batches 32, 64, 128, 256; three JAX compiles per batch). Under heavy load from other processes
+both grow several-fold (a --quick run at load average ~8 took ~25 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.jax_step import VARIANTS, loss_peak_bytes, make_config, make_jax_step  # noqa: E402
+
+try:
+    import torch
+
+    from bench import torch_reference
+except ImportError:  # PyTorch is a benchmark-only dependency.
+    torch = None
+    torch_reference = None
+
+GOALS = {
+    "jax_over_torch_throughput": (">=", 1.1),
+    "amcl_over_simclr_step_time": ("<=", 1.05),
+    "pipeline_over_step_throughput": (">=", 5.0),
+    "amcl_loss_peak_bytes_over_ntxent": ("<=", 2.0),
+}
+HEADLINE_BATCH = 64
+TORCH_LAYOUTS = {"torch_nchw": False, "torch_channels_last": True}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Train steps, interleaved
+# --------------------------------------------------------------------------------------------
+def time_steps(batch_per_view: int, args) -> dict[str, dict]:
+    """Builds every variant at this batch size, then times them in interleaved rounds."""
+    steps, build = {}, {}
+    for name in args.jax_variants:
+        config = make_config(batch_per_view=batch_per_view, overrides=VARIANTS[name],
+                             width=args.width, conv_impl=args.conv_impl)
+        steps[name], compile_seconds = make_jax_step(config)
+        build[name] = {"first_step_seconds_incl_compile": compile_seconds}
+        log(f"  built {name} (first step incl. compile {compile_seconds:.1f} s)")
+    if torch_reference is not None and not args.no_torch:
+        for name, channels_last in TORCH_LAYOUTS.items():
+            step, _ = torch_reference.make_train_step(
+                batch_per_view=batch_per_view, width=args.width, channels_last=channels_last)
+
+            def timed(step=step) -> float:
+                start = time.perf_counter()
+                step()
+                return time.perf_counter() - start
+
+            steps[name] = timed
+            build[name] = {"first_step_seconds": timed()}
+            log(f"  built {name}")
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(args.steps):
+        for name, step in steps.items():
+            times[name].append(step())
+        log(f"  round {round_index + 1}/{args.steps}: " + ", ".join(
+            f"{name} {times[name][-1]:.2f}s" for name in steps))
+    results = {}
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        results[name] = dict(
+            build[name], median_step_seconds=median, step_seconds=seconds,
+            images_per_second=2 * batch_per_view / median,
+            source_images_per_second=batch_per_view / median)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Input pipeline
+# --------------------------------------------------------------------------------------------
+def pipeline_rate(args) -> dict:
+    """Two-view augmentation rate of `train_iterator` on random 32x32 uint8 images."""
+    from amcl_jax import data as data_lib
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.pipeline_examples, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, (args.pipeline_examples,)).astype(np.int32)
+    mean, std = data_lib.dataset_stats("cifar10")
+    batches = data_lib.train_iterator(
+        images, labels, global_batch_size=args.pipeline_batch, seed=0, start_step=0,
+        augmentations="abcde", image_size=32, num_views=2, mean=mean, std=std)
+    for _ in range(3):  # Graph tracing and autotuning.
+        next(batches)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.pipeline_seconds:
+        batch = next(batches)
+        count += 1
+    seconds = time.perf_counter() - start
+    num_views = batch["views"].shape[0]
+    del batches
+    source = count * args.pipeline_batch / seconds
+    return {"source_images_per_second": source, "views_per_second": num_views * source,
+            "batch": args.pipeline_batch, "batches": count, "seconds": seconds,
+            "augmentations": "abcde", "data": "random uint8 (N, 32, 32, 3)",
+            "num_examples": args.pipeline_examples}
+
+
+# --------------------------------------------------------------------------------------------
+# Loss memory
+# --------------------------------------------------------------------------------------------
+def loss_memory(args) -> dict:
+    n = args.memory_batch
+    out = {"batch_per_view": n, "num_views": 2 * n, "dim": 128, "num_heads": 3,
+           "ntxent": loss_peak_bytes(loss="ntxent", batch_per_view=n),
+           "amcl_max": loss_peak_bytes(loss="amcl", batch_per_view=n, negatives="max")}
+    for chunk in args.memory_chunk_sizes:
+        out[f"amcl_logsumexp_chunk{chunk}"] = loss_peak_bytes(
+            loss="amcl", batch_per_view=n, negatives="logsumexp", chunk_size=chunk)
+    out["amcl_logsumexp"] = out[f"amcl_logsumexp_chunk{args.default_chunk_size}"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Ratios, report
+# --------------------------------------------------------------------------------------------
+def _met(name: str, value: float | None) -> bool | None:
+    if value is None:
+        return None
+    op, goal = GOALS[name]
+    return value >= goal if op == ">=" else value <= goal
+
+
+def ratios(steps: dict, pipeline: dict | None, memory: dict | None) -> dict:
+    out = {}
+    jax_ips = steps["simclr"]["images_per_second"]
+    torch_names = [name for name in TORCH_LAYOUTS if name in steps]
+    if torch_names:
+        best = max(torch_names, key=lambda name: steps[name]["images_per_second"])
+        value = jax_ips / steps[best]["images_per_second"]
+        out["jax_over_torch_throughput"] = {"value": value, "torch_layout": best}
+    else:
+        out["jax_over_torch_throughput"] = {"value": None, "torch_layout": None}
+    per_mode = {name.removeprefix("amcl_"): steps[name]["median_step_seconds"]
+                / steps["simclr"]["median_step_seconds"]
+                for name in steps if name.startswith("amcl_")}
+    out["amcl_over_simclr_step_time"] = {"value": max(per_mode.values()) if per_mode else None,
+                                         "by_negatives": per_mode, "value_is": "worst mode"}
+    if pipeline is not None:
+        out["pipeline_over_step_throughput"] = {
+            "value": pipeline["source_images_per_second"]
+            / steps["simclr"]["source_images_per_second"],
+            "step": "simclr", "by_step": {
+                name: pipeline["source_images_per_second"] / s["source_images_per_second"]
+                for name, s in steps.items() if name in VARIANTS}}
+    if memory is not None:
+        base = memory["ntxent"]["peak_bytes"]
+        by_mode = {mode: memory[f"amcl_{mode}"]["peak_bytes"] / base
+                   for mode in ("max", "logsumexp")}
+        by_chunk = {key.removeprefix("amcl_logsumexp_chunk"): memory[key]["peak_bytes"] / base
+                    for key in memory if key.startswith("amcl_logsumexp_chunk")}
+        out["amcl_loss_peak_bytes_over_ntxent"] = {
+            "value": max(by_mode.values()), "by_negatives": by_mode, "value_is": "worst mode",
+            "logsumexp_by_chunk_size": by_chunk}
+    for name, entry in out.items():
+        entry["goal"] = " ".join(str(x) for x in GOALS[name])
+        entry["met"] = _met(name, entry["value"])
+        if isinstance(entry.get("by_negatives"), dict):
+            entry["met_by_negatives"] = {k: _met(name, v) for k, v in entry["by_negatives"].items()}
+    return out
+
+
+def versions() -> dict:
+    out = {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
+           "flax": flax.__version__, "numpy": np.__version__,
+           "python": platform.python_version(), "torch": torch.__version__ if torch else None}
+    try:
+        from amcl_jax.data._tf import tf
+        out["tensorflow"] = tf.__version__
+    except ImportError:
+        out["tensorflow"] = None
+    return out
+
+
+def device_info() -> dict:
+    cpu_model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f
+                             if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"jax_backend": jax.default_backend(), "jax_device_kind": jax.devices()[0].device_kind,
+            "jax_device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model, "machine": platform.machine(),
+            "torch_threads": torch.get_num_threads() if torch else None,
+            "load_average_at_start": os.getloadavg(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def write_results_md(report: dict, md_path: str, png_path: str) -> None:
+    """RESULTS.md: the ratio table, throughput per batch size, and a PNG of the sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report["steps_by_batch"]
+    batches = sorted(int(b) for b in sweep)
+    names = list(next(iter(sweep.values())))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        ax.plot(batches, [sweep[str(b)][name]["images_per_second"] for b in batches], "o-",
+                label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch per view (2 views per step)")
+    ax.set_ylabel("images/s (both views)")
+    ax.set_title(f"Train step, ResNet-18 CIFAR, fp32, {report['device']['cpu_count']} CPU cores")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+    lines = [
+        "# Benchmark results", "",
+        f"`{report['command']}` on {report['device']['cpu_model']} "
+        f"({report['device']['cpu_count']} cores, backend {report['device']['jax_backend']}); "
+        f"jax {report['versions']['jax']}, flax {report['versions']['flax']}, "
+        f"torch {report['versions']['torch']}, tensorflow {report['versions']['tensorflow']}. "
+        f"Written {report['date']}; raw figures in the JSON next to this file's command.", "",
+        "## Ratios (headline batch per view "
+        f"{report['headline_batch_per_view']})", "",
+        "| ratio | value | goal | met |", "|---|---|---|---|"]
+    for name, entry in report["ratios"].items():
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.3g}"
+        extra = entry.get("by_negatives")
+        if extra:
+            value += " (" + ", ".join(f"{k} {v:.3g}" for k, v in extra.items()) + ")"
+        lines.append(f"| `{name}` | {value} | {entry['goal']} | {entry['met']} |")
+    lines += ["", "## Train step throughput, images/s (both views counted)", "",
+              "| batch/view | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    for b in batches:
+        lines.append(f"| {b} | " + " | ".join(
+            f"{sweep[str(b)][name]['images_per_second']:.1f}" for name in names) + " |")
+    pipe = report.get("pipeline")
+    if pipe:
+        lines += ["", f"Pipeline (`train_iterator`, \"abcde\", random 32x32 uint8): "
+                  f"{pipe['source_images_per_second']:.0f} source images/s, "
+                  f"{pipe['views_per_second']:.0f} views/s."]
+    lines += ["", f"![throughput vs batch]({os.path.basename(png_path)})", ""]
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 64 per view only, fewer rounds (~10 min on 2 cores)")
+    parser.add_argument("--output", required=True, help="the JSON to write")
+    parser.add_argument("--batch_sizes", default=None,
+                        help="comma-separated batches per view (default: quick 64, full "
+                             "32,64,128,256)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed interleaved rounds (default: quick 5, full 10)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the build")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--conv_impl", default="auto")
+    parser.add_argument("--jax_variants", default=",".join(VARIANTS))
+    parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--pipeline_batch", type=int, default=256)
+    parser.add_argument("--pipeline_examples", type=int, default=50_000)
+    parser.add_argument("--pipeline_seconds", type=float, default=None,
+                        help="timed seconds of the pipeline (default: quick 15, full 30)")
+    parser.add_argument("--memory_batch", type=int, default=4096,
+                        help="batch per view N for the loss memory (2N views)")
+    parser.add_argument("--memory_chunk_sizes", default=None,
+                        help="logsumexp chunk sizes to analyse (default 256; full 32,64,128,256)")
+    parser.add_argument("--default_chunk_size", type=int, default=256)
+    parser.add_argument("--results_md", default=None,
+                        help="full mode: where to write RESULTS.md (default bench/RESULTS.md)")
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(b) for b in (args.batch_sizes or (
+        str(HEADLINE_BATCH) if args.quick else "32,64,128,256")).split(",")]
+    args.steps = args.steps or (5 if args.quick else 10)
+    args.pipeline_seconds = args.pipeline_seconds or (15.0 if args.quick else 30.0)
+    args.jax_variants = args.jax_variants.split(",")
+    if "simclr" not in args.jax_variants:
+        parser.error("--jax_variants must include simclr (the reference of every ratio)")
+    chunks = args.memory_chunk_sizes or ("256" if args.quick else "32,64,128,256")
+    args.memory_chunk_sizes = sorted({int(c) for c in chunks.split(",")}
+                                     | {args.default_chunk_size})
+    args.results_md = args.results_md or os.path.join(BENCH_DIR, "RESULTS.md")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    report = {"command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "mode": "quick" if args.quick else "full",
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "device": device_info(), "versions": versions(),
+              "batch_sizes_per_view": args.batch_sizes,
+              "headline_batch_per_view": HEADLINE_BATCH if HEADLINE_BATCH in args.batch_sizes
+              else args.batch_sizes[0],
+              "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
+              "model": {"name": "resnet18", "stem": "cifar", "width": args.width,
+                        "dtype": "float32", "image_size": 32, "projector": "512-512-128",
+                        "optimizer": "sgd momentum 0.9 wd 5e-4", "ntxent_temperature": 0.5},
+              "goals": {k: " ".join(str(x) for x in v) for k, v in GOALS.items()}}
+    if torch is None:
+        log("PyTorch not importable: skipping the reference (pip install -r "
+            "bench/requirements.txt)")
+
+    log(f"loss memory at batch {args.memory_batch} per view (compile only)")
+    report["loss_memory"] = loss_memory(args)
+
+    report["steps_by_batch"] = {}
+    for batch in args.batch_sizes:
+        log(f"train steps at batch {batch} per view")
+        report["steps_by_batch"][str(batch)] = time_steps(batch, args)
+
+    log("input pipeline")
+    report["pipeline"] = pipeline_rate(args)
+
+    headline = report["steps_by_batch"][str(report["headline_batch_per_view"])]
+    report["ratios"] = ratios(headline, report["pipeline"], report["loss_memory"])
+    report["ratios_by_batch"] = {
+        b: {k: v["value"] for k, v in ratios(s, report["pipeline"], None).items()}
+        for b, s in report["steps_by_batch"].items()}
+    report["wall_seconds"] = time.time() - started
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    log(f"wrote {args.output} ({report['wall_seconds'] / 60:.1f} min)")
+    if not args.quick:
+        png = os.path.join(os.path.dirname(os.path.abspath(args.results_md)),
+                           "results", "throughput_vs_batch.png")
+        os.makedirs(os.path.dirname(png), exist_ok=True)
+        write_results_md(report, args.results_md, png)
+        log(f"wrote {args.results_md} and {png}")
+    for name, entry in report["ratios"].items():
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
+        print(f"{name:36s} {value:>8s}  goal {entry['goal']:8s} met={entry['met']}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

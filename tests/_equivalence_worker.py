@@ -1,0 +1,124 @@
+"""Run by test_distributed.py with 8 CPU devices: every method's loss, gradients, BatchNorm
+statistics and method state on a global batch sharded over 8 devices vs the same batch on 1.
+
+A one-conv encoder (registered here only) stands in for the ResNet to keep compilation short;
+it has a BatchNorm, so global statistics are checked too. Prints one JSON line.
+"""
+
+import json
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from amcl_jax import methods, models
+from amcl_jax.config import get_default_config
+
+
+class TinyEncoder(nn.Module):
+    width: float = 1.0
+    stem: str = "cifar"
+    dtype: object = jnp.float32
+    conv: object = None
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Conv(8, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        return jnp.mean(nn.relu(x).astype(jnp.float32), axis=(1, 2))
+
+
+models.ENCODERS["tiny_test"] = (TinyEncoder, lambda width: 8)
+
+
+def tiny_config(method, amcl, dtype="float32"):
+    config = get_default_config()
+    config.method = method
+    config.amcl.enabled = amcl
+    config.model.name = "tiny_test"
+    config.model.dtype = dtype
+    config.data.image_size = 8
+    config.batch_size = 16
+    config.projector.hidden_dim = 16
+    config.projector.out_dim = 8
+    config.predictor.hidden_dim = 16
+    config.amcl.temperature_hidden_dim = 8
+    config.amcl.chunk_size = 8
+    config.moco.queue_size = 64
+    config.barlow_twins.temperature_rank = 4
+    config.total_steps = 10
+    return config
+
+
+def loss_and_grads(config, devices):
+    """(loss, metrics, grads, batch_stats, extra) of one global batch, sharded over `devices`."""
+    method = methods.get_method(config.method)
+    model = method.build_model(config)
+    rng = jax.random.PRNGKey(0)
+    variables = model.init(rng, jnp.zeros((2, 8, 8, 3)), train=False)
+    extra = method.init_extra(config, variables, jax.random.PRNGKey(1))
+    views = jax.random.normal(jax.random.PRNGKey(2), (2, config.batch_size, 8, 8, 3))
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated = NamedSharding(mesh, P())
+
+    def fn(params, batch_stats, extra, views):
+        def loss_fn(p):
+            out = method.apply_loss(model, config, p, batch_stats, extra, views, rng)
+            return out.loss, out
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, out.metrics, grads, out.batch_stats, out.extra
+
+    put = lambda tree: jax.device_put(tree, replicated)
+    step = jax.jit(fn, in_shardings=(replicated, replicated, replicated,
+                                     NamedSharding(mesh, P(None, "data"))),
+                   out_shardings=replicated)
+    result = step(put(variables["params"]), put(variables.get("batch_stats", {})), put(extra),
+                  jax.device_put(views, NamedSharding(mesh, P(None, "data"))))
+    return jax.device_get(result)
+
+
+def max_relative_error(a, b) -> float:
+    errors = [float(np.linalg.norm(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                    / max(np.linalg.norm(np.asarray(y, np.float64)), 1e-12))
+              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
+    return max(errors, default=0.0)
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    report = {"equivalence": {}}
+    # Every method in its AMCL form where it has one (temperatures included), plain otherwise,
+    # and plain SimCLR (NT-Xent).
+    cases = [(name, methods.get_method(name).supports_amcl) for name in methods.available()]
+    cases.append(("simclr", False))
+    results = {}
+    for name, amcl in cases:
+        config = tiny_config(name, amcl)
+        eight = results[name, amcl] = loss_and_grads(config, jax.devices())
+        one = loss_and_grads(config, jax.devices()[:1])
+        report["equivalence"][f"{name}/amcl={amcl}"] = {
+            "loss": max_relative_error(eight[0], one[0]),
+            "grads": max_relative_error(eight[2], one[2]),
+            "batch_stats": max_relative_error(eight[3], one[3]),
+            "extra": max_relative_error(eight[4], one[4]),
+            "has_batch_stats": bool(jax.tree.leaves(eight[3])),
+        }
+    # bfloat16: params, gradients, loss and temperatures stay float32; the loss stays close.
+    full = results["simclr", True]
+    half = loss_and_grads(tiny_config("simclr", True, "bfloat16"), jax.devices())
+    report["bfloat16"] = {
+        "loss_dtype": str(half[0].dtype),
+        "grad_dtypes": sorted({str(g.dtype) for g in jax.tree.leaves(half[2])}),
+        "metric_dtypes": sorted({str(np.asarray(m).dtype) for m in jax.tree.leaves(half[1])}),
+        "loss_relative_difference": float(abs(half[0] - full[0]) / abs(full[0])),
+    }
+    print(json.dumps(report))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

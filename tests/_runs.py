@@ -1,0 +1,144 @@
+"""Subprocess runs of `main.py` shared by test_distributed.py and test_reliability.py.
+
+Every run uses one tiny configuration (quickstart on digits, ResNet-18 at width 0.125, 8x8 views,
+global batch 8, a checkpoint every step, constant learning rate so the step count does not
+change the compiled program) and one persistent XLA compilation cache per test session, so only
+the first run of each device layout pays for compilation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 10
+
+TINY_FLAGS = [
+    "--config=configs/quickstart.py",
+    "--config.data.image_size=8", "--config.data.load_size=8",
+    "--config.model.width=0.125", "--config.model.conv_impl=lax",
+    "--config.batch_size=8",
+    "--config.projector.hidden_dim=16", "--config.projector.out_dim=8",
+    "--config.amcl.temperature_hidden_dim=8",
+    "--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0",
+    "--config.eval.max_bank_examples=64", "--config.eval.max_query_examples=32",
+    "--config.eval.knn_k=5", "--config.eval.batch_size=32", "--config.eval.every_steps=1000",
+    "--config.log_every_steps=1", "--config.checkpoint.every_steps=1",
+]
+
+
+@functools.cache
+def session_dir() -> str:
+    return tempfile.mkdtemp(prefix="amcl_jax_runs_")
+
+
+def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_", "OMPI_"))}
+    env.update(
+        JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+        JAX_COMPILATION_CACHE_DIR=os.path.join(session_dir(), "xla_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env.update(extra)
+    return env
+
+
+def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str) -> list[str]:
+    return [sys.executable, "main.py", *TINY_FLAGS, f"--config.total_steps={total_steps}",
+            f"--workdir={workdir}", *more]
+
+
+class Run:
+    """A `main.py` process whose stdout and stderr go to files in its workdir's parent."""
+
+    def __init__(self, workdir: str, env: dict[str, str], total_steps: int = TOTAL_STEPS,
+                 tag: str = "run") -> None:
+        os.makedirs(os.path.dirname(workdir), exist_ok=True)
+        self.stdout_path = f"{workdir}.{tag}.out"
+        self.stderr_path = f"{workdir}.{tag}.err"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.process = subprocess.Popen(main_command(workdir, total_steps), cwd=ROOT,
+                                            env=env, stdout=out, stderr=err)
+
+    @property
+    def stdout(self) -> str:
+        with open(self.stdout_path) as f:
+            return f.read()
+
+    @property
+    def stderr(self) -> str:
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def wait_for(self, text: str, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while text not in self.stdout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited ({self.process.returncode}) before {text!r}:\n"
+                                     f"{self.stdout}\n{self.stderr[-3000:]}")
+            if time.time() > deadline:
+                self.kill()
+                raise AssertionError(f"no {text!r} within {timeout} s:\n{self.stdout}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"timed out:\n{self.stdout}\n{self.stderr[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def check(self, timeout: float = 300) -> Run:
+        code = self.wait(timeout)
+        assert code == 0, f"exit {code}:\n{self.stdout}\n{self.stderr[-3000:]}"
+        return self
+
+
+def summary(workdir: str) -> dict:
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+
+
+def losses(workdir: str) -> dict[int, float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@functools.cache
+def baseline() -> str:
+    """Workdir of an uninterrupted single-device run of TOTAL_STEPS (read-only: copy it)."""
+    workdir = os.path.join(session_dir(), "baseline")
+    Run(workdir, run_env(1)).check()
+    return workdir
+
+
+def copy_workdir(source: str, target: str) -> str:
+    shutil.copytree(source, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,63 @@
+"""The benchmark's parts: the PyTorch reference mirrors our model; the memory helper works."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amcl_jax import models
+from bench.jax_step import loss_peak_bytes
+
+WIDTH = 0.125  # 8 base channels: the counts still exercise every layer kind.
+
+
+def _jax_num_params(width: float) -> int:
+    encoder = models.build_encoder("resnet18", width=width, stem="cifar", dtype=jnp.float32,
+                                   conv_impl="lax")
+    projector = models.MultiHeadProjector(num_heads=1, hidden_dim=512, out_dim=128)
+    x = jnp.zeros((2, 32, 32, 3))
+    enc = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), x, train=False))
+    feats = jnp.zeros((2, models.encoder_feature_dim("resnet18", width)))
+    proj = jax.eval_shape(lambda: projector.init(jax.random.PRNGKey(0), feats))
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves((enc["params"], proj)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_torch_reference_has_our_parameter_count():
+    import torch
+
+    from bench import torch_reference
+
+    model = torch_reference.SimCLRResNet18(width=WIDTH)
+    assert torch_reference.num_parameters(model) == _jax_num_params(WIDTH)
+    z = model(torch.zeros(4, 3, 32, 32))
+    assert z.shape == (4, 128)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_torch_nt_xent_matches_ours():
+    import torch
+
+    from amcl_jax import losses
+    from bench import torch_reference
+
+    rng = np.random.default_rng(0)
+    z_a, z_b = rng.normal(size=(2, 6, 16)).astype(np.float32)
+    ours = float(losses.nt_xent(jnp.asarray(z_a), jnp.asarray(z_b), 0.5)[0])
+    theirs = float(torch_reference.nt_xent(torch.from_numpy(z_a), torch.from_numpy(z_b), 0.5))
+    np.testing.assert_allclose(theirs, ours, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"loss": "ntxent"},
+    {"loss": "amcl", "negatives": "max"},
+    {"loss": "amcl", "negatives": "logsumexp", "chunk_size": 4},
+])
+def test_loss_peak_bytes_is_positive(kwargs):
+    stats = loss_peak_bytes(batch_per_view=8, dim=16, **kwargs)
+    assert stats["peak_bytes"] > 0
+    assert stats["argument_size_in_bytes"] > 0

@@ -1,0 +1,145 @@
+"""Scale-out: 8 devices and 2 processes compute what 1 device computes (issue 5).
+
+The multi-device runs are subprocesses (`--xla_force_host_platform_device_count=8`, or two
+`jax.distributed` processes on localhost with gloo CPU collectives), each with a timeout.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import _runs
+import numpy as np
+import pytest
+
+from amcl_jax import distributed
+from amcl_jax.config import ConfigError, get_default_config, validate_config
+
+
+def test_every_method_on_8_devices_equals_1_device():
+    result = subprocess.run([sys.executable, "tests/_equivalence_worker.py"], cwd=_runs.ROOT,
+                            env=_runs.run_env(8), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for case, errors in report["equivalence"].items():
+        assert errors["has_batch_stats"], case
+        for quantity in ("loss", "grads", "batch_stats", "extra"):
+            assert errors[quantity] <= 1e-5, (case, quantity, errors)
+    assert {"simclr/amcl=True", "simclr/amcl=False"} <= set(report["equivalence"])
+    bf16 = report["bfloat16"]
+    assert bf16["loss_dtype"] == "float32" and bf16["grad_dtypes"] == ["float32"]
+    assert bf16["metric_dtypes"] == ["float32"]  # Temperatures, similarities.
+    assert bf16["loss_relative_difference"] < 5e-2
+
+
+def test_main_on_8_devices_logs_the_1_device_losses_and_checkpoints_move_across(tmp_path):
+    eight = str(tmp_path / "eight")
+    _runs.Run(eight, _runs.run_env(8), total_steps=4).check()
+    one = _runs.baseline()
+    assert _runs.summary(eight)["num_devices"] == 8 and _runs.summary(one)["num_devices"] == 1
+    losses_8, losses_1 = _runs.losses(eight), _runs.losses(one)
+    for step in (1, 2, 3, 4):
+        np.testing.assert_allclose(losses_8[step], losses_1[step], rtol=1e-5, err_msg=step)
+
+    # Written on 8 devices, restored on 1 (and the other way): the same parameters, bit for bit.
+    on_one = _runs.copy_workdir(eight, str(tmp_path / "eight_then_one"))
+    on_eight = _runs.copy_workdir(one, str(tmp_path / "one_then_eight"))
+    to_one = _runs.Run(on_one, _runs.run_env(1), total_steps=4)
+    to_eight = _runs.Run(on_eight, _runs.run_env(8))
+    for run, source, workdir, devices in ((to_one, eight, on_one, 1),
+                                          (to_eight, one, on_eight, 8)):
+        run.check()
+        assert "Resumed from checkpoint" in run.stdout
+        restored = _runs.summary(workdir)
+        assert restored["num_devices"] == devices
+        assert restored["params_sha256"] == _runs.summary(source)["params_sha256"]
+
+
+def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
+    workdir = str(tmp_path / "two")
+
+    def start(tag):
+        port = str(_runs.free_port())
+        return [_runs.Run(workdir, _runs.run_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                                                  AMCL_DISTRIBUTED_TIMEOUT="120"),
+                          tag=f"{tag}{i}")
+                for i in range(2)]
+
+    try:
+        first = start("first")
+        first[1].wait_for("step      2/")
+        first[1].signal(signal.SIGTERM)  # Only one host is told; both must stop at one step.
+        for run in first:
+            assert run.wait(240) == 0, run.stderr[-3000:]
+        stops = [[line for line in run.stdout.splitlines() if line.startswith("Preempted")]
+                 for run in first]
+        assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+        assert "process 1 of 2" in first[1].stderr
+        second = start("second")
+        for run in second:
+            run.check(240)
+    finally:
+        for run in [*locals().get("first", []), *locals().get("second", [])]:
+            run.kill()
+    assert "Resumed from checkpoint" in second[0].stdout
+    summary = _runs.summary(workdir)
+    assert summary["num_processes"] == 2 and summary["num_devices"] == 2
+    losses_2, losses_1 = _runs.losses(workdir), _runs.losses(_runs.baseline())
+    assert sorted(losses_2) == list(range(1, _runs.TOTAL_STEPS + 1))
+    for step in (1, 2, 3):
+        np.testing.assert_allclose(losses_2[step], losses_1[step], rtol=1e-5, err_msg=step)
+
+
+def test_quickstart_batch_divides_by_8_devices():
+    sys.path.insert(0, _runs.ROOT)
+    from configs import quickstart
+
+    config = quickstart.get_config("")
+    validate_config(config, num_devices=8)
+    config.batch_size = 12
+    with pytest.raises(ConfigError, match="config.batch_size=12 .*divisible by the number of "
+                                          "devices"):
+        validate_config(config, num_devices=8)
+    config = get_default_config()
+    config.eval.batch_size = 100
+    with pytest.raises(ConfigError, match="config.eval.batch_size=100"):
+        validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "1"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"}, {}),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # sbatch script, not an srun step.
+    ({"TPU_WORKER_HOSTNAMES": "w0"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, {}),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
+])
+def test_multi_host_launch_detection(environ, expected):
+    assert distributed.detect_launch(environ) == expected
+
+
+@pytest.mark.parametrize("environ", [
+    {"JAX_NUM_PROCESSES": "2"},
+    {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"},
+    {"JAX_COORDINATOR_ADDRESS": "h:1"},
+    {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+    {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+])
+def test_incomplete_multi_host_launch_fails_clearly(environ):
+    with pytest.raises(distributed.DistributedSetupError, match="JAX_"):
+        distributed.detect_launch(environ)
+
+
+def test_single_host_start_does_not_initialise(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS_ID", "SLURM_",
+                            "TPU_WORKER", "OMPI_")):
+            monkeypatch.delenv(name)
+    assert distributed.initialize_from_environment() is False

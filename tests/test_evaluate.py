@@ -1,0 +1,154 @@
+"""Evaluators on a tiny pretrained workdir: linear probe, kNN from a checkpoint, figures, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from amcl_jax import train
+from amcl_jax.config import get_default_config
+from amcl_jax.evaluate import cli, common, figures, knn_eval, linear_probe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_digits_config():
+    config = get_default_config()
+    config.data.dataset = "digits"
+    config.data.image_size = 8
+    config.data.load_size = 8
+    config.data.augmentations = "ae"
+    config.model.width = 0.125
+    config.projector.hidden_dim = 16
+    config.projector.out_dim = 8
+    config.amcl.temperature_hidden_dim = 8
+    config.amcl.num_heads = 2
+    config.batch_size = 16
+    config.total_steps = 2
+    config.log_every_steps = 1
+    config.eval.every_steps = 2
+    config.eval.batch_size = 64
+    config.eval.knn_k = 5
+    config.eval.max_bank_examples = 160
+    config.eval.max_query_examples = 64
+    config.checkpoint.every_steps = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pretrained"))
+    train.train_and_evaluate(tiny_digits_config(), path)
+    return path
+
+
+def small_probe(**overrides):
+    probe = linear_probe.default_probe_config()
+    probe.epochs = 2
+    probe.batch_size = 32
+    probe.max_train_examples = 96
+    probe.max_test_examples = 64
+    for key, value in overrides.items():
+        probe[key] = value
+    return probe
+
+
+def test_probe_reaches_100_percent_on_linearly_separable_features():
+    rng = np.random.default_rng(0)
+    num_classes, dim = 6, 12
+    directions = rng.normal(size=(num_classes, dim)) * 4.0
+    labels = rng.integers(0, num_classes, size=600)
+    features = (directions[labels] + rng.normal(size=(600, dim))).astype(np.float32)
+    probe = linear_probe.default_probe_config()
+    probe.epochs = 30
+    probe.batch_size = 64
+    norm = linear_probe.FeatureNorm("standardize", features[:480])
+    params, history = linear_probe.train_linear_classifier(
+        np.asarray(norm(features[:480])), labels[:480], num_classes, probe)
+    assert history[-1] < history[0]
+    metrics = linear_probe.evaluate_classifier(params, np.asarray(norm(features[480:])),
+                                               labels[480:])
+    assert metrics["top1"] >= 0.99 and metrics["top5"] == 1.0
+
+
+@pytest.mark.parametrize("augmentations", ["", "ae"])
+def test_linear_probe_never_changes_the_encoder(workdir, augmentations):
+    _, _, before, step = train.load_pretrained(workdir)
+    before_hash = train.params_sha256(before["params"])
+    stats_hash = train.params_sha256(before["batch_stats"])
+    result = linear_probe.run_linear_probe(workdir, small_probe(augmentations=augmentations))
+    _, _, after, _ = train.load_pretrained(workdir)
+    assert train.params_sha256(after["params"]) == before_hash == result["encoder_params_sha256"]
+    assert train.params_sha256(after["batch_stats"]) == stats_hash  # Inference-mode BatchNorm.
+    on_disk = json.load(open(os.path.join(workdir, "linear_probe.json")))
+    assert 0.0 <= on_disk["top1"] <= on_disk["top5"] <= 1.0
+    protocol = on_disk["protocol"]
+    assert protocol["num_train_examples"] == 96 and protocol["num_test_examples"] == 64
+    assert protocol["epochs"] == 2 and protocol["encoder"].startswith("frozen")
+    assert on_disk["checkpoint_step"] == step
+    assert protocol["features_from"].startswith("augmented") == bool(augmentations)
+
+
+def test_knn_from_checkpoint_matches_brute_force(workdir):
+    result = knn_eval.run_knn(workdir, k=7, temperature=0.2)
+    config, model, variables, _ = train.load_pretrained(workdir)
+    fn = common.features_fn_for_layer(model, "backbone")
+    bank_x, bank_y, num_classes = common.load_labelled_split(config, "train", 160)
+    query_x, query_y, _ = common.load_labelled_split(config, "test", 64)
+    bank, bank_y = common.extract(config, fn, variables, bank_x, bank_y)
+    queries, query_y = common.extract(config, fn, variables, query_x, query_y)
+    expected = knn_eval.brute_force_knn_predict(bank, bank_y, queries, k=7, temperature=0.2,
+                                                num_classes=num_classes)
+    assert result["knn_top1_final"] == pytest.approx(float(np.mean(expected == query_y)))
+    assert result["knn_top1_final_protocol"]["k"] == 7
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert result["knn_top1_best_over_evaluations"] == summary["knn_top1_best"]
+    assert result["knn_top1_best_over_evaluations_protocol"]["num_evaluations"] == 2
+
+
+def test_figures_are_written(workdir):
+    paths = figures.make_figures(workdir, num_examples=64, batch_size=32, max_anchors=8)
+    for path in paths.values():
+        assert os.path.getsize(path) > 1000, path
+    numbers = json.load(open(os.path.join(workdir, "figures", "figures.json")))
+    assert numbers["amcl"] is True and len(numbers["pos_tau"]["mean"]) == 2
+    lower, upper = get_default_config().amcl.temperature_bounds
+    assert all(lower <= t <= upper for t in numbers["neg_tau"]["mean"])
+
+
+def test_knn_mode_on_a_projection_head(workdir, capsys):
+    cli.run_mode("knn", workdir, knn_k=3, feature_layer="head1")
+    out = capsys.readouterr().out
+    assert "kNN top-1 final" in out and "head1" in out and "best over 2" in out
+    saved = json.load(open(os.path.join(workdir, "knn.json")))
+    assert saved["knn_top1_final_protocol"]["feature_layer"] == "head1"
+
+
+def test_main_needs_config_only_to_train(workdir):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    missing = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                              f"--workdir={workdir}"], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=300)
+    assert missing.returncode == 2 and "--config is required" in missing.stderr
+
+
+def test_imagenet100_folder_is_filtered_to_the_cmc_classes(tmp_path):
+    from PIL import Image
+
+    from amcl_jax import data as data_lib
+    from amcl_jax.data import imagenet_subsets
+
+    synsets = imagenet_subsets.IMAGENET100_SYNSETS
+    assert len(synsets) == len(set(synsets)) == 100
+    for index, synset in enumerate(synsets + ("n01440764",)):  # The last one is not in the list.
+        folder = tmp_path / "train" / synset
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((5, 7, 3), index, np.uint8)).save(folder / "a.JPEG")
+    images, labels, num_classes = data_lib.load_split("imagenet100", "train",
+                                                      data_dir=str(tmp_path), image_size=4)
+    assert num_classes == 100 and images.shape == (100, 4, 4, 3)
+    np.testing.assert_array_equal(labels, np.arange(100))
+    assert data_lib.dataset_stats("imagenet100") == data_lib.dataset_stats("imagenet2012")
