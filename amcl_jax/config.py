@@ -15,6 +15,7 @@ import ml_collections
 METHODS = ("simclr",)
 NEGATIVES = ("max", "logsumexp")
 AMCL_LOSSES = ("paper", "released_code")
+ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
@@ -51,7 +52,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl.temperature_hidden_dim = 128
     config.amcl.shared_temperature_net = False
     config.amcl.loss = "paper"  # "released_code" reproduces the authors' released number.
-    config.amcl.chunk_size = 256  # Anchor rows per chunk of the log-sum-exp temperature grid.
+    # Which temperatures come from the network (the temperature ablation; SimCLR only): "both"
+    # (AMCL), "positive" (tau+ only), "negative" (tau- only) or "none"; the other side uses the
+    # global constant simclr.temperature.
+    config.amcl.adaptive_temperature = "both"
+    config.amcl.chunk_size = 32  # Anchor rows per chunk of the log-sum-exp temperature grid
+    # (32 keeps loss + gradient peak memory under 2x NT-Xent's at 4096 per view: bench/run.py).
     # Eq. 2.4 (SimCLR, MoCo): the positive joins the hard max over negatives. Only changes
     # negatives="max": the log-sum-exp always has the positive in it (the soft Eq. 2.4).
     config.amcl.infonce = False
@@ -63,7 +69,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.moco.temperature = 0.1  # Used when amcl.enabled is False.
     config.moco.queue_size = 4096  # Keys per head; >= 2 * batch_size (2N keys enqueued a step).
     config.moco.momentum = 0.99  # EMA of the key encoder and projector.
-    config.moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over total_steps (> 0).
+    config.moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
 
     config.barlow_twins = ml_collections.ConfigDict()  # methods/barlow_twins.py.
     config.barlow_twins.off_diagonal_weight = 5e-3  # lambda.
@@ -71,7 +77,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.byol = ml_collections.ConfigDict()  # methods/byol.py.
     config.byol.momentum = 0.99  # EMA of the target encoder and projector.
-    config.byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over total_steps (> 0).
+    config.byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
 
     config.predictor = ml_collections.ConfigDict()  # SimSiam and BYOL: D -> hidden -> D.
     config.predictor.hidden_dim = 512
@@ -84,6 +90,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
     # similarities, temperatures, log-sum-exps and regularisers stay float32.
     config.model.dtype = "float32"
+    # BatchNorm statistics (encoder and BatchNorm heads): 1 = over the global batch (synchronized
+    # BatchNorm, the default); -1 = per device (each device's shard, as PyTorch DDP without
+    # SyncBatchNorm); G > 1 = G groups laid out like G devices, whatever the real device count.
+    config.model.batch_norm_groups = 1
 
     config.projector = ml_collections.ConfigDict()
     config.projector.hidden_dim = 512
@@ -125,6 +135,16 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.eval.max_bank_examples = -1  # > 0 caps the kNN bank (quick looks on CPU).
     config.eval.max_query_examples = -1
 
+    # Online linear probe: a linear classifier trained during pretraining on stop-gradient
+    # encoder features of the first view (inference-mode BatchNorm, as evaluation sees them; one
+    # extra forward pass per step), SGD + cosine decay; its test-split top-1 is reported at every
+    # kNN evaluation. Needs labels (unlabelled examples, label -1, are left out of its loss).
+    config.online_probe = ml_collections.ConfigDict()
+    config.online_probe.enabled = False
+    config.online_probe.learning_rate = 0.1
+    config.online_probe.momentum = 0.9
+    config.online_probe.num_classes = -1  # -1: the dataset's (resolved at start-up).
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000
     config.checkpoint.max_to_keep = 3
@@ -156,11 +176,33 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "optimizer.schedule", SCHEDULES)
     _one_of(config, "amcl.negatives", NEGATIVES)
     _one_of(config, "amcl.loss", AMCL_LOSSES)
+    _one_of(config, "amcl.adaptive_temperature", ADAPTIVE_TEMPERATURES)
+    if config.amcl.adaptive_temperature != "both" and (
+            config.method != "simclr" or config.amcl.loss != "paper"
+            or (config.amcl.infonce and config.amcl.negatives == "max")):
+        _fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
+              "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
+              "both")
     _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
+    if not isinstance(config.online_probe.enabled, bool):
+        _fail("online_probe.enabled", config.online_probe.enabled, "must be true or false")
+    if config.online_probe.learning_rate <= 0:
+        _fail("online_probe.learning_rate", config.online_probe.learning_rate, "must be > 0")
+    if not 0 <= config.online_probe.momentum < 1:
+        _fail("online_probe.momentum", config.online_probe.momentum, "must be in [0, 1)")
     if config.model.width <= 0:
         _fail("model.width", config.model.width, "must be > 0")
+    groups = config.model.batch_norm_groups
+    if groups == -1:
+        groups = num_devices
+    if not isinstance(config.model.batch_norm_groups, int) or groups < 1:
+        _fail("model.batch_norm_groups", config.model.batch_norm_groups,
+              "must be 1 (global statistics), -1 (per device) or a group count G > 1")
+    if config.batch_size % groups:
+        _fail("model.batch_norm_groups", config.model.batch_norm_groups,
+              f"gives {groups} groups, which must divide batch_size={config.batch_size}")
     if int(config.amcl.num_heads) < 1:
         _fail("amcl.num_heads", config.amcl.num_heads, "must be an integer >= 1")
     if config.amcl.beta < 0:
@@ -190,9 +232,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         if not 0 <= config[section].momentum <= 1:
             _fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")
         _one_of(config, f"{section}.momentum_schedule", ("constant", "cosine"))
-        if (config.method == section and config[section].momentum_schedule == "cosine"
-                and config.total_steps <= 0):
-            _fail(f"{section}.momentum_schedule", "cosine", "needs total_steps > 0")
     if config.barlow_twins.off_diagonal_weight < 0:
         _fail("barlow_twins.off_diagonal_weight", config.barlow_twins.off_diagonal_weight,
               "must be >= 0")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 Metrics = dict[str, jax.Array]
 
 NEGATIVES_CHOICES = ("max", "logsumexp")
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 32
 
 
 class TemperatureFn(Protocol):
@@ -128,7 +128,8 @@ def _pair_grid_temperatures(temperature_fn: TemperatureFn, u: jax.Array, v: jax.
 
 
 def _amcl_max(
-    z: jax.Array, temperature_fn: TemperatureFn, beta: float, omega_dim: float
+    z: jax.Array, temperature_fn: TemperatureFn, beta: float, omega_dim: float,
+    positive_temperature_fn: TemperatureFn | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """Eq. 2.1 with the hard max over negatives. z: (C, 2N, D) float32, normalised."""
     num_views = z.shape[1]
@@ -146,13 +147,17 @@ def _amcl_max(
 
     s_pos = jnp.sum(z * z_pos, axis=-1)  # (C, 2N)
     s_hard = jnp.sum(z * z_hard, axis=-1)
-    # One call on the 2 * 2N pairs per head (positive, hardest negative): O(N) evaluations.
-    tau = _temperatures(
-        temperature_fn,
-        jnp.concatenate([z, z], axis=1),
-        jnp.concatenate([z_pos, z_hard], axis=1),
-    )
-    tau_pos, tau_hard = tau[:, :num_views], tau[:, num_views:]
+    if positive_temperature_fn is None:
+        # One call on the 2 * 2N pairs per head (positive, hardest negative): O(N) evaluations.
+        tau = _temperatures(
+            temperature_fn,
+            jnp.concatenate([z, z], axis=1),
+            jnp.concatenate([z_pos, z_hard], axis=1),
+        )
+        tau_pos, tau_hard = tau[:, :num_views], tau[:, num_views:]
+    else:
+        tau_pos = _temperatures(positive_temperature_fn, z, z_pos)
+        tau_hard = _temperatures(temperature_fn, z, z_hard)
 
     per_anchor = (
         -s_pos / tau_pos
@@ -185,6 +190,7 @@ def _amcl_logsumexp(
     beta: float,
     omega_dim: float,
     chunk_size: int | None,
+    positive_temperature_fn: TemperatureFn | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """Eq. 2.1 with a log-sum-exp over views, chunked over anchors. z: (C, 2N, D) float32."""
     num_heads, num_views, dim = z.shape
@@ -213,6 +219,10 @@ def _amcl_logsumexp(
 
         cos = jnp.einsum("ckd,cjd->ckj", z_chunk, z_all)  # (C, K, 2N)
         tau = _pair_grid_temperatures(temperature_fn, z_chunk, z_all)  # (C, K, 2N)
+        if positive_temperature_fn is not None:
+            z_positive = jnp.take(z_all, positive, axis=1)  # (C, K, D)
+            tau_positive = _temperatures(positive_temperature_fn, z_chunk, z_positive)
+            tau = jnp.where(is_pos, tau_positive[:, :, None], tau)
         logits = cos / tau
         lse = jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, logits), axis=-1)
         pos_logit = jnp.sum(jnp.where(is_pos, logits, 0.0), axis=-1)
@@ -270,6 +280,8 @@ def amcl_contrastive(
     omega_dim: float,
     negatives: str = "max",
     chunk_size: int | None = None,
+    positive_temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array]
+    | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """AMCL loss for SimCLR / MoCo-style methods (the paper's Eq. 2.1), summed over heads.
 
@@ -301,7 +313,10 @@ def amcl_contrastive(
       beta: regulariser weight.
       omega_dim: K in Omega(tau) = (K / 2) log tau + 1 / tau (the head output dimension D).
       negatives: "max" or "logsumexp".
-      chunk_size: anchors per chunk for "logsumexp" (default min(2N, 256)); need not divide 2N.
+      chunk_size: anchors per chunk for "logsumexp" (default min(2N, 32)); need not divide 2N.
+      positive_temperature_fn: None (default): `temperature_fn` gives every temperature. Else it
+        gives the positive pairs' tau+ and `temperature_fn` only the negatives' (the temperature
+        ablation: e.g. a constant for one side, the network for the other). O(N) extra calls.
 
     Returns:
       loss: float32 scalar, mean over the 2N anchors, summed over the C heads.
@@ -320,8 +335,9 @@ def amcl_contrastive(
         raise ValueError(f"need N >= 2 images per batch for negatives, got N = {z_a.shape[1]}")
     z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D) float32
     if negatives == "max":
-        return _amcl_max(z, temperature_fn, beta, omega_dim)
-    return _amcl_logsumexp(z, temperature_fn, beta, omega_dim, chunk_size)
+        return _amcl_max(z, temperature_fn, beta, omega_dim, positive_temperature_fn)
+    return _amcl_logsumexp(z, temperature_fn, beta, omega_dim, chunk_size,
+                           positive_temperature_fn)
 
 
 def released_code_loss(
@@ -558,7 +574,7 @@ def amcl_queue_contrastive(
       of s_n/tau_n (as `amcl_contrastive`). With C = 1, a constant tau and beta = 0 this is
       exactly `moco_infonce`. The (C, chunk, K) temperature grid is built `chunk_size` anchors at
       a time under `jax.lax.map`, each chunk rematerialised in the backward pass; peak memory is
-      C * chunk * K * hidden floats (3 * 256 * 4096 * 128 * 4 B = 1.6 GB at the defaults: lower
+      C * chunk * K * hidden floats (3 * 32 * 4096 * 128 * 4 B = 200 MB at the defaults: lower
       `amcl.chunk_size` on small accelerators).
 
     Args:

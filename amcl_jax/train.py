@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
@@ -71,6 +72,8 @@ class TrainState:
     # Once set, updates are frozen so the state stays the last good one.
     nonfinite_step: jax.Array
     nonfinite_what: jax.Array
+    # Online linear probe {"params": {"kernel", "bias"}, "opt_state"}; {} when disabled.
+    probe: Any = dataclasses.field(default_factory=dict)
 
 
 def params_sha256(params) -> str:
@@ -91,11 +94,61 @@ def create_train_state(config: ml_collections.ConfigDict, model, method, tx) -> 
     size = config.data.image_size
     variables = model.init(init_rng, jnp.zeros((2, size, size, 3), jnp.float32), train=False)
     params = variables["params"]
+    probe = {}
+    if config.online_probe.enabled:
+        features = jax.eval_shape(
+            lambda: model.apply(variables, jnp.zeros((2, size, size, 3)), method="features"))
+        probe_params = init_probe(features.shape[-1], config.online_probe.num_classes)
+        probe = {"params": probe_params,
+                 "opt_state": probe_optimizer(config, total_steps=1).init(probe_params)}
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
         extra=method.init_extra(config, variables, extra_rng), rng=state_rng,
-        nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+        nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32),
+        probe=probe)
+
+
+# --------------------------------------------------------------------------------------------
+# Online linear probe
+# --------------------------------------------------------------------------------------------
+def init_probe(num_features: int, num_classes: int) -> dict[str, jax.Array]:
+    """Zero-initialised linear classifier: kernel (F, K), bias (K,)."""
+    if num_classes < 2:
+        raise ValueError(f"online_probe.num_classes must be >= 2, got {num_classes}")
+    return {"kernel": jnp.zeros((num_features, num_classes), jnp.float32),
+            "bias": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def probe_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+    """SGD with momentum, cosine decay from `online_probe.learning_rate` over the run."""
+    schedule = optax.cosine_decay_schedule(config.online_probe.learning_rate, max(total_steps, 1))
+    return optax.sgd(schedule, momentum=config.online_probe.momentum)
+
+
+def probe_logits(probe_params, features: jax.Array) -> jax.Array:
+    return features.astype(jnp.float32) @ probe_params["kernel"] + probe_params["bias"]
+
+
+def probe_update(probe: dict, features: jax.Array, labels: jax.Array, tx
+                 ) -> tuple[dict, dict[str, jax.Array]]:
+    """One SGD step of the probe on stop-gradient features (B, F); labels (B,), -1 = none."""
+    features = jax.lax.stop_gradient(features.astype(jnp.float32))
+    valid = (labels >= 0).astype(jnp.float32)
+
+    def loss_fn(params):
+        logits = probe_logits(params, features)
+        losses_ = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        loss = jnp.sum(losses_ * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+        return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(probe["params"])
+    updates, opt_state = tx.update(grads, probe["opt_state"], probe["params"])
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * valid
+    metrics = {"probe_loss": loss,
+               "probe_train_top1": jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1.0)}
+    new_probe = {"params": optax.apply_updates(probe["params"], updates), "opt_state": opt_state}
+    return new_probe, metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,10 +276,24 @@ def _flatten_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return flat
 
 
-def train_step(state: TrainState, views: jax.Array, *, model, method, tx, schedule,
-               config) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a global batch of views (V, B, H, W, 3)."""
+def train_step(state: TrainState, views: jax.Array, labels: jax.Array | None = None, *, model,
+               method, tx, schedule, config, total_steps: int | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch of views (V, B, H, W, 3).
+
+    `labels` (B,) feed the online probe (when enabled); `total_steps` (the run's length, for EMA
+    momentum ramps and the probe's schedule) defaults to `config.total_steps`.
+    """
+    if total_steps is None:
+        total_steps = max(int(config.total_steps), 1)
     rng = jax.random.fold_in(state.rng, state.step)
+    probe, probe_metrics = state.probe, {}
+    if state.probe and labels is not None:
+        # Features of the encoder before this update, as evaluation computes them.
+        features = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                               views[0], method="features")
+        probe, probe_metrics = probe_update(state.probe, features, labels,
+                                            probe_optimizer(config, total_steps))
 
     def loss_fn(params):
         out = method.apply_loss(model, config, params, state.batch_stats, state.extra, views, rng)
@@ -235,7 +302,7 @@ def train_step(state: TrainState, views: jax.Array, *, model, method, tx, schedu
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(jnp.add, state.params, updates)
-    extra = method.update_extra(config, params, out.extra, state.step)
+    extra = method.update_extra(config, params, out.extra, state.step, total_steps)
 
     loss_finite = jnp.isfinite(loss)
     grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
@@ -249,10 +316,12 @@ def train_step(state: TrainState, views: jax.Array, *, model, method, tx, schedu
         batch_stats=keep(out.batch_stats, state.batch_stats),
         opt_state=keep(opt_state, state.opt_state),
         extra=keep(extra, state.extra),
+        probe=keep(probe, state.probe),
         nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
         nonfinite_what=jnp.where(first_bad, jnp.where(loss_finite, 2, 1), state.nonfinite_what),
     )
-    metrics = dict(_flatten_metrics(out.metrics), loss=loss, learning_rate=schedule(state.step))
+    metrics = dict(_flatten_metrics(out.metrics), **probe_metrics, loss=loss,
+                   learning_rate=schedule(state.step))
     return new_state, metrics
 
 
@@ -331,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     replicated = NamedSharding(mesh, P())
     views_sharding = NamedSharding(mesh, P(None, "data"))
+    labels_sharding = NamedSharding(mesh, P("data"))
 
     # ---- Input. ----
     train_images, train_labels, num_classes = _load(config, config.data.train_split)
@@ -348,6 +418,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.eval.max_query_examples)
     total_steps = total_steps_for(config, len(train_images))
     mean, std = data_lib.dataset_stats(config.data.dataset)
+    if config.online_probe.enabled and config.online_probe.num_classes == -1:
+        config.online_probe.num_classes = int(num_classes)  # Recorded for load_pretrained.
+        if is_chief:
+            with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+                f.write(config.to_json(indent=2))
     logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps",
                  len(train_images), len(bank_images), len(query_images), num_classes, total_steps)
 
@@ -366,8 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     step_fn = jax.jit(
         functools.partial(train_step, model=model, method=method, tx=tx, schedule=schedule,
-                          config=config),
-        in_shardings=(state_shardings, views_sharding),
+                          config=config, total_steps=total_steps),
+        in_shardings=(state_shardings, views_sharding, labels_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,))
     features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
@@ -406,11 +481,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             config=config, mesh=mesh)
         top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
                                 temperature=config.eval.knn_temperature, num_classes=num_classes)
-        history["knn"] = [e for e in history["knn"] if e["step"] != step] + [
-            {"step": step, "knn_top1": top1}]
-        writer.write_scalars(step, {"knn_top1": top1})
+        entry = {"step": step, "knn_top1": top1}
+        probe_text = ""
+        if state.probe:
+            logits = probe_logits(jax.device_get(state.probe["params"]), queries)
+            entry["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == query_y))
+            probe_text = f", online probe top-1 {100 * entry['online_probe_top1']:.2f}%"
+        history["knn"] = [e for e in history["knn"] if e["step"] != step] + [entry]
+        writer.write_scalars(step, {k: v for k, v in entry.items() if k != "step"})
         print(f"step {step:6d}  kNN top-1 {100 * top1:.2f}% (k={config.eval.knn_k}, "
-              f"T={config.eval.knn_temperature})", flush=True)
+              f"T={config.eval.knn_temperature}){probe_text}", flush=True)
         return top1
 
     # ---- Loop. ----
@@ -440,7 +520,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step == nonfinite_test_step:
             batch["views"] = np.full_like(batch["views"], np.nan)
         views = jax.make_array_from_process_local_data(views_sharding, batch["views"])
-        state, metrics = step_fn(state, views)
+        labels = jax.make_array_from_process_local_data(labels_sharding,
+                                                        batch["label"].astype(np.int32))
+        state, metrics = step_fn(state, views, labels)
         if step % config.log_every_steps == 0 or step == total_steps:
             stop_if_nonfinite()
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -489,6 +571,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "knn_top1_best": max(accuracies.values()),
         "knn_top1_init": accuracies.get(0),
         "knn_history": history["knn"],
+        **({"online_probe_top1": {e["step"]: e for e in history["knn"]}[total_steps].get(
+            "online_probe_top1")} if state.probe else {}),
         "steps": total_steps,
         "method": config.method,
         "amcl": bool(config.amcl.enabled),

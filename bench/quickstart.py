@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "amcl_simclr (default: logsumexp)": ["--config=configs/quickstart.py"],
     "simclr": ["--config=configs/quickstart.py:method=simclr,amcl=false"],
-    "amcl_simclr, negatives=max": ["--config=configs/quickstart.py",
-                                   "--config.amcl.negatives=max"],
+    "amcl_simclr negatives=max": ["--config=configs/quickstart.py",
+                                  "--config.amcl.negatives=max"],
 }
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="bench/results/quickstart_cpu.json")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated subset of: " + ", ".join(VARIANTS))
+                        help="comma-separated subset of: " + ",".join(VARIANTS))
     args = parser.parse_args()
     results = {}
     for name in [v for v in args.variants.split(",") if v]:

@@ -40,6 +40,7 @@ import flax  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from amcl_jax.config import get_default_config  # noqa: E402
 from bench.jax_step import VARIANTS, loss_peak_bytes, make_config, make_jax_step  # noqa: E402
 
 try:
@@ -312,8 +313,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory_batch", type=int, default=4096,
                         help="batch per view N for the loss memory (2N views)")
     parser.add_argument("--memory_chunk_sizes", default=None,
-                        help="logsumexp chunk sizes to analyse (default 256; full 32,64,128,256)")
-    parser.add_argument("--default_chunk_size", type=int, default=256)
+                        help="logsumexp chunk sizes to analyse "
+                        "(default 32,256; full 32,64,128,256)")
+    parser.add_argument("--default_chunk_size", type=int,
+                        default=get_default_config().amcl.chunk_size,
+                        help="the chunk size the headline memory ratio uses (the config default)")
     parser.add_argument("--results_md", default=None,
                         help="full mode: where to write RESULTS.md (default bench/RESULTS.md)")
     args = parser.parse_args(argv)
@@ -324,7 +328,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.jax_variants = args.jax_variants.split(",")
     if "simclr" not in args.jax_variants:
         parser.error("--jax_variants must include simclr (the reference of every ratio)")
-    chunks = args.memory_chunk_sizes or ("256" if args.quick else "32,64,128,256")
+    chunks = args.memory_chunk_sizes or ("32,256" if args.quick else "32,64,128,256")
     args.memory_chunk_sizes = sorted({int(c) for c in chunks.split(",")}
                                      | {args.default_chunk_size})
     args.results_md = args.results_md or os.path.join(BENCH_DIR, "RESULTS.md")
@@ -341,7 +345,9 @@ def main(argv=None) -> dict:
               "batch_sizes_per_view": args.batch_sizes,
               "headline_batch_per_view": HEADLINE_BATCH if HEADLINE_BATCH in args.batch_sizes
               else args.batch_sizes[0],
-              "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
+              "settings": {k: (os.path.relpath(v, os.path.dirname(BENCH_DIR))
+                               if k == "results_md" else v)
+                           for k, v in vars(args).items() if k not in ("output",)},
               "model": {"name": "resnet18", "stem": "cifar", "width": args.width,
                         "dtype": "float32", "image_size": 32, "projector": "512-512-128",
                         "optimizer": "sgd momentum 0.9 wd 5e-4", "ntxent_temperature": 0.5},

@@ -11,7 +11,7 @@ cosine, no warm-up; abcde. For the hard max set amcl.negatives="max" and amcl.in
 
 Expected: MoCo abcde 90.12 +- 0.12 without AMCL in the base repository at 800 epochs and a gain
 with AMCL per the paper. Not run to completion here; cost: about 2x configs/cifar10_moco.py (the
-(3, 256, 4096) temperature grid per chunk; lower amcl.chunk_size if memory is short).
+(3, 32, 4096) temperature grid per chunk; lower amcl.chunk_size if memory is short).
 """
 
 from amcl_jax.config import get_default_config

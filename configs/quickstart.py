@@ -43,7 +43,7 @@ def get_config(arg: str = ""):
     config.data.load_size = 16  # Upsample the 8x8 digits once, then crop 16x16 views.
     config.data.augmentations = "acde"  # Blur on 16x16 digits only erases them.
     config.batch_size = 128
-    config.total_steps = 300
+    config.total_steps = 250
     config.log_every_steps = 25
 
     config.model.name = "resnet18"
@@ -53,9 +53,9 @@ def get_config(arg: str = ""):
 
     config.optimizer.learning_rate = 0.06
     config.optimizer.warmup_steps = 10
-    config.eval.every_steps = 100
+    config.eval.every_steps = 125
     config.eval.knn_k = 50
-    config.checkpoint.every_steps = 100
+    config.checkpoint.every_steps = 125
     _method_defaults(config)
     return config
 

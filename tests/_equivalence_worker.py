@@ -24,23 +24,27 @@ class TinyEncoder(nn.Module):
     stem: str = "cifar"
     dtype: object = jnp.float32
     conv: object = None
+    batch_norm_groups: int = 1
+    batch_norm_group_rows: int = 0
 
     @nn.compact
     def __call__(self, x, train):
         x = nn.Conv(8, (3, 3), use_bias=False, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        x = models.make_norm(train=train, groups=self.batch_norm_groups,
+                             group_rows=self.batch_norm_group_rows, dtype=self.dtype)()(x)
         return jnp.mean(nn.relu(x).astype(jnp.float32), axis=(1, 2))
 
 
 models.ENCODERS["tiny_test"] = (TinyEncoder, lambda width: 8)
 
 
-def tiny_config(method, amcl, dtype="float32"):
+def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1):
     config = get_default_config()
     config.method = method
     config.amcl.enabled = amcl
     config.model.name = "tiny_test"
     config.model.dtype = dtype
+    config.model.batch_norm_groups = batch_norm_groups
     config.data.image_size = 8
     config.batch_size = 16
     config.projector.hidden_dim = 16
@@ -107,15 +111,32 @@ def main():
             "extra": max_relative_error(eight[4], one[4]),
             "has_batch_stats": bool(jax.tree.leaves(eight[3])),
         }
-    # bfloat16: params, gradients, loss and temperatures stay float32; the loss stays close.
-    full = results["simclr", True]
-    half = loss_and_grads(tiny_config("simclr", True, "bfloat16"), jax.devices())
-    report["bfloat16"] = {
-        "loss_dtype": str(half[0].dtype),
-        "grad_dtypes": sorted({str(g.dtype) for g in jax.tree.leaves(half[2])}),
-        "metric_dtypes": sorted({str(np.asarray(m).dtype) for m in jax.tree.leaves(half[1])}),
-        "loss_relative_difference": float(abs(half[0] - full[0]) / abs(full[0])),
-    }
+    # Per-device BatchNorm (-1: one group per device = 8 here) on 8 devices equals the same 8
+    # groups on 1 device, and differs from global statistics. SimSiam: BatchNorm in the encoder,
+    # the projector and the predictor.
+    report["per_device_batch_norm"] = {}
+    for name, amcl in (("simclr", True), ("simsiam", True), ("moco", True)):
+        eight = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=-1), jax.devices())
+        one = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=8), jax.devices()[:1])
+        report["per_device_batch_norm"][f"{name}/amcl={amcl}"] = {
+            "loss": max_relative_error(eight[0], one[0]),
+            "grads": max_relative_error(eight[2], one[2]),
+            "batch_stats": max_relative_error(eight[3], one[3]),
+            "differs_from_global": max_relative_error(eight[0], results[name, amcl][0]),
+        }
+    # bfloat16: params, gradients, loss and temperatures stay float32; the loss stays close. For
+    # the SimCLR heads and for the BatchNorm MLP heads of the other methods.
+    report["bfloat16"] = {}
+    for name in ("simclr", "simsiam", "barlow_twins"):
+        full = results[name, True]
+        half = loss_and_grads(tiny_config(name, True, "bfloat16"), jax.devices())
+        report["bfloat16"][name] = {
+            "loss_dtype": str(half[0].dtype),
+            "grad_dtypes": sorted({str(g.dtype) for g in jax.tree.leaves(half[2])}),
+            "metric_dtypes": sorted({str(np.asarray(m).dtype)
+                                     for m in jax.tree.leaves(half[1])}),
+            "loss_relative_difference": float(abs(half[0] - full[0]) / abs(full[0])),
+        }
     print(json.dumps(report))
     sys.stdout.flush()
 

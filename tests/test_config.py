@@ -16,9 +16,13 @@ BAD_VALUES = [
     ("model.stem", "tiny"),
     ("model.conv_impl", "cudnn"),
     ("model.dtype", "float16"),
+    ("model.batch_norm_groups", 0),
+    ("model.batch_norm_groups", -2),
+    ("model.batch_norm_groups", 3),  # Does not divide the default batch_size.
     ("optimizer.name", "adamw"),
     ("amcl.negatives", "min"),
     ("amcl.loss", "other"),
+    ("amcl.adaptive_temperature", "sometimes"),
     ("amcl.num_heads", 0),
     ("amcl.beta", -0.1),
     ("amcl.temperature_bounds", (0.0, 1.0)),
@@ -96,3 +100,12 @@ def test_main_rejects_unwritable_workdir(tmp_path):
     result = _run_main("--config=configs/quickstart.py", f"--workdir={blocker}/sub")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--workdir" in result.stderr
+
+
+def test_temperature_ablation_is_refused_where_the_loss_has_no_such_split():
+    config = get_default_config()
+    config.method, config.amcl.adaptive_temperature = "moco", "positive"
+    with pytest.raises(ConfigError, match="config.amcl.adaptive_temperature='positive'"):
+        validate_config(config)
+    config.method = "simclr"
+    validate_config(config)

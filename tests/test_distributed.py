@@ -28,10 +28,17 @@ def test_every_method_on_8_devices_equals_1_device():
         for quantity in ("loss", "grads", "batch_stats", "extra"):
             assert errors[quantity] <= 1e-5, (case, quantity, errors)
     assert {"simclr/amcl=True", "simclr/amcl=False"} <= set(report["equivalence"])
-    bf16 = report["bfloat16"]
-    assert bf16["loss_dtype"] == "float32" and bf16["grad_dtypes"] == ["float32"]
-    assert bf16["metric_dtypes"] == ["float32"]  # Temperatures, similarities.
-    assert bf16["loss_relative_difference"] < 5e-2
+    assert set(report["per_device_batch_norm"]) == {
+        "simclr/amcl=True", "simsiam/amcl=True", "moco/amcl=True"}
+    for case, errors in report["per_device_batch_norm"].items():
+        for quantity in ("loss", "grads", "batch_stats"):
+            assert errors[quantity] <= 1e-5, (case, quantity, errors)
+        assert errors["differs_from_global"] > 1e-4, (case, errors)  # The option does something.
+    assert set(report["bfloat16"]) == {"simclr", "simsiam", "barlow_twins"}
+    for name, bf16 in report["bfloat16"].items():
+        assert bf16["loss_dtype"] == "float32" and bf16["grad_dtypes"] == ["float32"], name
+        assert bf16["metric_dtypes"] == ["float32"], name  # Temperatures, similarities.
+        assert bf16["loss_relative_difference"] < 5e-2, (name, bf16)
 
 
 def test_main_on_8_devices_logs_the_1_device_losses_and_checkpoints_move_across(tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_train import tiny_config
 
 from amcl_jax import train
 from amcl_jax.config import get_default_config
@@ -16,26 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_digits_config():
-    config = get_default_config()
-    config.data.dataset = "digits"
-    config.data.image_size = 8
-    config.data.load_size = 8
-    config.data.augmentations = "ae"
-    config.model.width = 0.125
-    config.projector.hidden_dim = 16
-    config.projector.out_dim = 8
-    config.amcl.temperature_hidden_dim = 8
-    config.amcl.num_heads = 2
-    config.batch_size = 16
-    config.total_steps = 2
-    config.log_every_steps = 1
-    config.eval.every_steps = 2
-    config.eval.batch_size = 64
-    config.eval.knn_k = 5
-    config.eval.max_bank_examples = 160
-    config.eval.max_query_examples = 64
-    config.checkpoint.every_steps = 2
-    return config
+    return tiny_config(**{
+        "data.dataset": "digits", "data.load_size": 8, "data.augmentations": "ae",
+        "amcl.num_heads": 2, "total_steps": 2, "log_every_steps": 1, "eval.batch_size": 64,
+        "eval.max_bank_examples": 160, "eval.max_query_examples": 64})
 
 
 @pytest.fixture(scope="module")

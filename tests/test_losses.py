@@ -102,8 +102,10 @@ def ref_nt_xent(z_a, z_b, temperature):
     return total / two_n
 
 
-def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives):
-    """tau_fn(head, u, v) -> float. Returns (loss, metrics)."""
+def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives, tau_pos_fn=None):
+    """tau_fn(head, u, v) -> float (tau_pos_fn, if given, for the positive pairs).
+    Returns (loss, metrics)."""
+    tau_pos_fn = tau_pos_fn or tau_fn
     heads = np_views(z_a, z_b)
     loss = 0.0
     pos_sims, hard_sims, neg_sims = [], [], []
@@ -116,7 +118,7 @@ def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives):
             pos = (i + two_n // 2) % two_n
             negs = [j for j in range(two_n) if j not in (i, pos)]
             s_pos = views[i] @ views[pos]
-            tau_pos = tau_fn(c, views[i], views[pos])
+            tau_pos = tau_pos_fn(c, views[i], views[pos])
             neg_cos = np.array([views[i] @ views[j] for j in negs])
             pos_sims.append(s_pos)
             neg_sims.extend(neg_cos)
@@ -135,7 +137,9 @@ def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives):
                 tau_neg_list.append(tau_hard)
             else:
                 others = [j for j in range(two_n) if j != i]
-                logits = {j: (views[i] @ views[j]) / tau_fn(c, views[i], views[j]) for j in others}
+                logits = {j: (views[i] @ views[j])
+                          / (tau_pos if j == pos else tau_fn(c, views[i], views[j]))
+                          for j in others}
                 lse = np.log(sum(np.exp(logits[j]) for j in others))
                 neg_exp = np.array([np.exp(logits[j]) for j in negs])
                 weights = neg_exp / neg_exp.sum()
@@ -263,6 +267,32 @@ def test_amcl_matches_reference(negatives, num_heads, beta):
             assert metrics[f"{key}_mean"].shape == (num_heads,)
             assert np.all(metrics[f"{key}_min"] <= metrics[f"{key}_mean"] + 1e-6)
             assert np.all(metrics[f"{key}_mean"] <= metrics[f"{key}_max"] + 1e-6)
+
+
+@pytest.mark.parametrize("negatives", ["max", "logsumexp"])
+@pytest.mark.parametrize("adaptive", ["positive", "negative"])
+def test_amcl_with_one_adaptive_side_matches_reference(negatives, adaptive):
+    """The temperature ablation: the network for tau+ only (or tau- only), a constant for the
+    other side; against the NumPy loop with the same split."""
+    num_heads, n, dim, beta, omega_dim = 2, 5, 4, 0.1, 4.0
+    z_a, z_b = random_views(11, num_heads, n, dim)
+    params = make_mlp_params(jax.random.PRNGKey(12), num_heads, dim)
+    net, ref_net = MLPTemperature(params), functools.partial(np_tau, np_params(params))
+    const, ref_const = losses.constant_temperature(0.4), lambda c, u, v: 0.4
+    if adaptive == "positive":
+        fns, ref_fns = (const, net), (ref_const, ref_net)
+    else:
+        fns, ref_fns = (net, const), (ref_net, ref_const)
+    loss, metrics = jax.jit(lambda za, zb: losses.amcl_contrastive(
+        za, zb, fns[0], positive_temperature_fn=fns[1], beta=beta, omega_dim=omega_dim,
+        negatives=negatives, chunk_size=3))(z_a, z_b)
+    ref_loss, ref_metrics = ref_amcl(z_a, z_b, ref_fns[0], beta, omega_dim, negatives,
+                                     tau_pos_fn=ref_fns[1])
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for key in ("tau_pos_mean", "tau_neg_mean"):
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
+    constant_side = "tau_neg_mean" if adaptive == "positive" else "tau_pos_mean"
+    np.testing.assert_allclose(metrics[constant_side], [0.4] * num_heads, rtol=1e-6)
 
 
 def test_logsumexp_with_constant_tau_is_nt_xent():

@@ -173,6 +173,22 @@ def test_ema_update_and_cosine_ramp():
     np.testing.assert_allclose(ramp, [0.99, 0.995, 1.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["moco", "byol"])
+def test_momentum_ramp_uses_the_run_length_when_set_by_epochs(name):
+    """update_extra gets the resolved run length: with total_steps = -1 (num_epochs) the cosine
+    ramp at step 5 of 10 is halfway, m = 1 - (1 - 0.9) / 2."""
+    config = tiny_config(**{"method": name, "amcl.enabled": False})
+    config.total_steps, config.num_epochs = -1, 3
+    config[name].momentum, config[name].momentum_schedule = 0.9, "cosine"
+    validate_config(config)
+    params = {"encoder": {"w": jnp.ones(2)}, "projector": {"w": jnp.ones(2)}}
+    extra = {"target_params": {"encoder": {"w": jnp.zeros(2)}, "projector": {"w": jnp.zeros(2)}}}
+    out = methods.get_method(name).update_extra(config, params, extra, jnp.int32(5), 10)
+    np.testing.assert_allclose(out["target_params"]["encoder"]["w"], [0.05, 0.05], rtol=1e-6)
+    end = methods.get_method(name).update_extra(config, params, extra, jnp.int32(10), 10)
+    np.testing.assert_allclose(end["target_params"]["projector"]["w"], [0.0, 0.0], atol=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------
 # SimSiam / BYOL
 # ---------------------------------------------------------------------------------------------

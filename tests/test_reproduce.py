@@ -8,7 +8,7 @@ import pytest
 from amcl_jax import reproduce, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_TABLES = ("augmentations", "heads", "temperature")
+PAPER_TABLES = ("augmentations", "heads", "temperature", "amcl_choices")
 
 TINY_SPEC = '''
 from amcl_jax.reproduce import Published, Row, Table
@@ -42,6 +42,8 @@ def test_paper_tables_expand_to_valid_configs(name):
                 runnable.append(row)
                 assert config.method == row.method and config.amcl.enabled is row.amcl
         assert any(r.method == "simclr" for r in runnable)
+        if name == "temperature":  # Every ablation row runs (amcl.adaptive_temperature).
+            assert len(runnable) == len(table.rows) == 5
     if name == "augmentations":
         assert len(table.rows) == 40
         published = [r.published for r in table.rows if r.published]

@@ -1,9 +1,12 @@
 """End to end: the real loop on mock TFDS data and on digits, with resume."""
 
+import functools
 import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -49,9 +52,16 @@ def _read_jsonl(path):
 @pytest.mark.parametrize("amcl,negatives", [(True, "max"), (True, "logsumexp"), (False, "max")])
 def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     workdir = str(tmp_path / "run")
-    config = tiny_config(**{"amcl.enabled": amcl, "amcl.negatives": negatives})
+    # The plain SimCLR case also carries the online probe through training, resume and loading.
+    probe = not amcl
+    config = tiny_config(**{"amcl.enabled": amcl, "amcl.negatives": negatives,
+                            "online_probe.enabled": probe})
     with tfds.testing.mock_data(num_examples=24):
         summary = train.train_and_evaluate(config, workdir)
+    assert ("online_probe_top1" in summary) is probe
+    if probe:
+        assert 0.0 <= summary["online_probe_top1"] <= 1.0
+        assert all("online_probe_top1" in e for e in summary["knn_history"])
     assert summary["steps"] == 4 and summary["amcl"] is amcl and summary["method"] == "simclr"
     assert summary["num_devices"] >= 1 and len(summary["params_sha256"]) == 64
     assert 0.0 <= summary["knn_top1"] <= 1.0 and summary["knn_top1_init"] is not None
@@ -61,6 +71,7 @@ def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     assert [r["step"] for r in records] == [2, 4]
     for key in ("loss", "learning_rate", "tau_pos_mean", "pos_sim", "neg_sim", "steps_per_sec"):
         assert key in records[0], key
+    assert ("probe_loss" in records[0] and "probe_train_top1" in records[0]) is probe
     if amcl:
         for key in ("tau_pos_min/head0", "tau_pos_max/head2", "tau_pos_mean/head1"):
             assert key in records[0], key
@@ -124,3 +135,41 @@ def test_quickstart_config_runs_on_digits(tmp_path):
     summary = train.train_and_evaluate(config, str(tmp_path))
     assert summary["dataset"] == "digits" and summary["steps"] == 3
     assert summary["knn_top1_init"] > 0.15  # Random features already beat chance (0.1) on digits.
+
+
+def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
+    """The probe alone reaches ~100% on linearly separable features (unlabelled rows ignored);
+    inside train_step it changes nothing but itself: the encoder update is the same with it."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16)) * 3
+    labels = rng.integers(0, 4, size=256)
+    features = jnp.asarray(centers[labels] + rng.normal(size=(256, 16)) * 0.3, jnp.float32)
+    labels = jnp.asarray(np.where(np.arange(256) % 8 == 0, -1, labels), jnp.int32)
+    config = tiny_config(**{"online_probe.enabled": True, "online_probe.num_classes": 4})
+    tx = train.probe_optimizer(config, total_steps=200)
+    params = train.init_probe(16, 4)
+    probe = {"params": params, "opt_state": tx.init(params)}
+    update = jax.jit(lambda p: train.probe_update(p, features, labels, tx))
+    for _ in range(200):
+        probe, metrics = update(probe)
+    assert float(metrics["probe_train_top1"]) > 0.99
+    logits = train.probe_logits(probe["params"], features)
+    valid = np.asarray(labels) >= 0
+    assert np.mean(np.argmax(logits, -1)[valid] == np.asarray(labels)[valid]) > 0.99
+
+    from amcl_jax import methods, optim
+    results = {}
+    for enabled in (False, True):
+        config = tiny_config(**{"online_probe.enabled": enabled, "online_probe.num_classes": 3})
+        method = methods.get_method("simclr")
+        model = method.build_model(config)
+        tx, schedule = optim.build_optimizer(config, 4)
+        state = train.create_train_state(config, model, method, tx)
+        views = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 3))
+        step = jax.jit(functools.partial(train.train_step, model=model, method=method, tx=tx,
+                                         schedule=schedule, config=config))
+        results[enabled] = step(state, views, jnp.arange(8, dtype=jnp.int32) % 3)
+    (plain, _), (probed, probed_metrics) = results[False], results[True]
+    assert train.params_sha256(plain.params) == train.params_sha256(probed.params)
+    assert not plain.probe and "probe_loss" in probed_metrics
+    assert float(jnp.abs(probed.probe["params"]["kernel"]).sum()) > 0  # The probe did move.

@@ -39,7 +39,11 @@ class Method(abc.ABC):
                    batch_stats, extra, views: jax.Array, rng: jax.Array) -> MethodOutput:
         """views: (V, B, H, W, 3) float32 global batch. Returns the loss to minimise."""
 
-    def update_extra(self, config, params, extra, step):
-        """Called after the optimizer update (EMA targets...). Identity by default."""
-        del config, params, step
+    def update_extra(self, config, params, extra, step, total_steps):
+        """Called after the optimizer update (EMA targets...). Identity by default.
+
+        `step` is the update's 0-based index (traced), `total_steps` the run's length (a Python
+        int, resolved from `total_steps` or `num_epochs`), for schedules such as BYOL's ramp.
+        """
+        del config, params, step, total_steps
         return extra

@@ -49,5 +49,5 @@ class BYOL(Method):
         extra = dict(extra, target_batch_stats=target_batch_stats)
         return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
 
-    def update_extra(self, config, params, extra, step):
-        return common.update_target(config.byol, config.total_steps, params, extra, step)
+    def update_extra(self, config, params, extra, step, total_steps):
+        return common.update_target(config.byol, total_steps, params, extra, step)

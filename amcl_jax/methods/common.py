@@ -60,10 +60,27 @@ class SSLModel(nn.Module):
         return self.encoder(x, train=False)
 
 
+def batch_norm_layout(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """`model.batch_norm_groups` resolved: {} for global statistics (1), else the groups (-1: one
+    per device of the whole run) and the rows of one group in each view's block of
+    `batch_size` rows, as keyword arguments of the encoders and heads."""
+    groups = int(config.model.batch_norm_groups)
+    if groups == -1:
+        groups = jax.device_count()
+    if groups == 1:
+        return {}
+    if groups < 1 or config.batch_size % groups:
+        raise ValueError(f"model.batch_norm_groups={config.model.batch_norm_groups} resolves to "
+                         f"{groups} groups, which must be >= 1 and divide batch_size="
+                         f"{config.batch_size}")
+    return {"batch_norm_groups": groups, "batch_norm_group_rows": config.batch_size // groups}
+
+
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return models.build_encoder(
         config.model.name, width=config.model.width, stem=config.model.stem,
-        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl)
+        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl,
+        **batch_norm_layout(config))
 
 
 def num_heads(config: ml_collections.ConfigDict) -> int:
@@ -76,7 +93,8 @@ def projector(config: ml_collections.ConfigDict, *, batch_norm: bool,
     return models.MultiHeadMLP(
         num_heads=num_heads(config), hidden_dim=config.projector.hidden_dim,
         out_dim=config.projector.out_dim, num_layers=config.projector.num_layers,
-        batch_norm=batch_norm, last_batch_norm=last_batch_norm)
+        batch_norm=batch_norm, last_batch_norm=last_batch_norm,
+        dtype=jnp.dtype(config.model.dtype), **batch_norm_layout(config))
 
 
 def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
@@ -84,7 +102,7 @@ def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
     return models.MultiHeadMLP(
         num_heads=num_heads(config), hidden_dim=config.predictor.hidden_dim,
         out_dim=config.projector.out_dim, num_layers=2, batch_norm=True, last_batch_norm=False,
-        shared_input=False)
+        shared_input=False, dtype=jnp.dtype(config.model.dtype), **batch_norm_layout(config))
 
 
 def split_views(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -75,5 +75,5 @@ class MoCo(Method):
         return MethodOutput(0.5 * (loss_ab + loss_ba), metrics,
                             mutated.get("batch_stats", batch_stats), extra)
 
-    def update_extra(self, config, params, extra, step):
-        return common.update_target(config.moco, config.total_steps, params, extra, step)
+    def update_extra(self, config, params, extra, step, total_steps):
+        return common.update_target(config.moco, total_steps, params, extra, step)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from amcl_jax import losses, models
+from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
 
@@ -51,9 +52,7 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
-    encoder = models.build_encoder(
-        config.model.name, width=config.model.width, stem=config.model.stem,
-        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl)
+    encoder = common.build_encoder(config)
     amcl = config.amcl.enabled
     projector = models.MultiHeadProjector(
         num_heads=config.amcl.num_heads if amcl else 1,
@@ -87,9 +86,18 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
     if config.amcl.infonce and config.amcl.negatives == "max":  # Eq. 2.4.
         return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=config.amcl.beta,
                                        omega_dim=omega_dim(config))
+    # The temperature ablation: the non-adaptive side at the global simclr.temperature.
+    constant = losses.constant_temperature(config.simclr.temperature)
+    negative_fn, positive_fn = {
+        "both": (temperature_fn, None),
+        "positive": (constant, temperature_fn),
+        "negative": (temperature_fn, constant),
+        "none": (constant, None),
+    }[config.amcl.adaptive_temperature]
     return losses.amcl_contrastive(
-        z_a, z_b, temperature_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
-        negatives=config.amcl.negatives, chunk_size=config.amcl.chunk_size)
+        z_a, z_b, negative_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
+        negatives=config.amcl.negatives, chunk_size=config.amcl.chunk_size,
+        positive_temperature_fn=positive_fn)
 
 
 class SimCLR(Method):

@@ -14,6 +14,7 @@ from amcl_jax.models.fast_conv import (
     select_conv,
 )
 from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
+from amcl_jax.models.norm import BatchNorm, make_norm
 from amcl_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -56,10 +57,19 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]
     return ENCODERS[name]
 
 
-def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
-    """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features."""
+def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str,
+                  batch_norm_groups: int = 1, batch_norm_group_rows: int = 0) -> nn.Module:
+    """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features.
+
+    `batch_norm_groups` > 1: per-device BatchNorm statistics (`models/norm.py`); encoders
+    registered without these two attributes only support the default (global statistics).
+    """
     constructor, _ = _lookup(name)
-    return constructor(width=width, stem=stem, dtype=dtype, conv=select_conv(conv_impl))
+    norm = {}
+    if batch_norm_groups != 1:
+        norm = {"batch_norm_groups": batch_norm_groups,
+                "batch_norm_group_rows": batch_norm_group_rows}
+    return constructor(width=width, stem=stem, dtype=dtype, conv=select_conv(conv_impl), **norm)
 
 
 def encoder_feature_dim(name: str, width: float) -> int:
@@ -70,6 +80,7 @@ def encoder_feature_dim(name: str, width: float) -> int:
 
 __all__ = [
     "CONV_IMPLS",
+    "BatchNorm",
     "ENCODERS",
     "BasicBlock",
     "Bottleneck",
@@ -87,5 +98,6 @@ __all__ = [
     "conv_general_dilated_fast_wgrad",
     "encoder_feature_dim",
     "feature_dim",
+    "make_norm",
     "select_conv",
 ]

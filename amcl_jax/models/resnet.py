@@ -4,7 +4,8 @@ Two stems: "cifar" (3x3 conv, stride 1, no max-pool; the standard choice for 32x
 the one used by the AMCL code) and "imagenet" (7x7 conv stride 2 + 3x3 max-pool stride 2).
 Convolutions use PyTorch-style symmetric padding (k // 2 on each side). BatchNorm statistics are
 taken over the whole array given (`axis_name=None`): under `jax.jit` on a globally sharded batch
-that is the global batch, i.e. synchronized BatchNorm for free.
+that is the global batch, i.e. synchronized BatchNorm for free; `batch_norm_groups` > 1 takes them
+per device instead (`models/norm.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from amcl_jax.models.norm import make_norm
 
 ModuleDef = Any
 
@@ -95,6 +98,8 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. jnp.bfloat16); params are always float32.
       conv: the function given to every `nn.Conv` as `conv_general_dilated`
         (e.g. `fast_conv.conv_general_dilated_fast_wgrad`).
+      batch_norm_groups, batch_norm_group_rows: BatchNorm statistics over the whole batch (1 group,
+        the default) or per group of rows, i.e. per device (`models/norm.py`).
 
     `__call__(x, train)`: x (B, H, W, 3) -> (B, F) float32 pooled features,
     F = `ResNet.num_features` = base * 8 * expansion.
@@ -106,6 +111,8 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     dtype: Any = jnp.float32
     conv: Callable[..., jax.Array] = lax.conv_general_dilated
+    batch_norm_groups: int = 1
+    batch_norm_group_rows: int = 0
 
     @property
     def num_features(self) -> int:
@@ -118,8 +125,8 @@ class ResNet(nn.Module):
         base = base_channels(self.width)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  conv_general_dilated=self.conv)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype, axis_name=None)
+        norm = make_norm(train=train, groups=self.batch_norm_groups,
+                         group_rows=self.batch_norm_group_rows, dtype=self.dtype)
 
         if self.stem == "cifar":
             x = conv(base, (3, 3), padding=((1, 1), (1, 1)), name="conv_init")(x)

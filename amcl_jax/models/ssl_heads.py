@@ -20,9 +20,14 @@ tau = lower + (upper - lower) * sigmoid(logit), float32.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from amcl_jax.models.norm import make_norm
 
 
 class _MLPHead(nn.Module):
@@ -34,22 +39,27 @@ class _MLPHead(nn.Module):
     batch_norm: bool
     last_batch_norm: bool
     train: bool
+    dtype: Any = jnp.float32
+    batch_norm_groups: int = 1
+    batch_norm_group_rows: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        norm = lambda name: nn.BatchNorm(use_running_average=not self.train, momentum=0.9,
-                                         epsilon=1e-5, name=name)
+        make = make_norm(train=self.train, groups=self.batch_norm_groups,
+                         group_rows=self.batch_norm_group_rows, dtype=self.dtype)
+        norm = lambda name: make(name=name)
+        dense = functools.partial(nn.Dense, dtype=self.dtype)
         x = x.astype(jnp.float32)
         for layer in range(self.num_layers - 1):
-            x = nn.Dense(self.hidden_dim, use_bias=not self.batch_norm, name=f"dense_{layer}")(x)
+            x = dense(self.hidden_dim, use_bias=not self.batch_norm, name=f"dense_{layer}")(x)
             if self.batch_norm:
                 x = norm(f"bn_{layer}")(x)
             x = nn.relu(x)
         last = self.num_layers - 1
-        x = nn.Dense(self.out_dim, use_bias=not self.last_batch_norm, name=f"dense_{last}")(x)
+        x = dense(self.out_dim, use_bias=not self.last_batch_norm, name=f"dense_{last}")(x)
         if self.last_batch_norm:
             x = norm(f"bn_{last}")(x)
-        return x
+        return x.astype(jnp.float32)
 
 
 class MultiHeadMLP(nn.Module):
@@ -62,6 +72,9 @@ class MultiHeadMLP(nn.Module):
       last_batch_norm: BatchNorm (with scale and bias) after the output layer too.
       shared_input: True: `x` is (B, F), seen by every head (projectors); False: `x` is (C, B, F),
         head c sees x[c] (predictors on per-head projections).
+      dtype: computation dtype of the Dense layers and BatchNorm outputs (bfloat16 for mixed
+        precision); params, BatchNorm statistics and the output stay float32.
+      batch_norm_groups, batch_norm_group_rows: global (1) or per-device BatchNorm (norm.py).
 
     `__call__(x, train)` -> (C, B, out_dim) float32.
     """
@@ -73,6 +86,9 @@ class MultiHeadMLP(nn.Module):
     batch_norm: bool = True
     last_batch_norm: bool = False
     shared_input: bool = True
+    dtype: Any = jnp.float32
+    batch_norm_groups: int = 1
+    batch_norm_group_rows: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -87,7 +103,7 @@ class MultiHeadMLP(nn.Module):
             out_axes=0,
             axis_size=self.num_heads,
         )(self.hidden_dim, self.out_dim, self.num_layers, self.batch_norm, self.last_batch_norm,
-          train, name="heads")
+          train, self.dtype, self.batch_norm_groups, self.batch_norm_group_rows, name="heads")
         return heads(x)
 
 

@@ -1,0 +1,122 @@
+"""Optimisation attempt for the CPU train step: convolution formulations, layer by layer.
+
+    python bench/conv_attempts.py --output bench/results/conv_attempts_cpu.json
+
+For the 3x3 convolutions of ResNet-18 (CIFAR stem) at 64 images per view (128 views), times
+forward + backward (value and gradients w.r.t. input and kernel, jitted) of:
+- `lax`: XLA's own convolution (forward, input gradient and weight gradient);
+- `fast_wgrad`: the project's default on CPU (`models/fast_conv.py`): lax forward and input
+  gradient, weight gradient as one matmul per kernel tap;
+- `im2col`: forward as ONE matmul over the 9 shifted windows concatenated on the channel axis
+  ((B*Ho*Wo, 9*Cin) @ (9*Cin, Cout)), gradients by JAX's autodiff of that (so the weight
+  gradient is one matmul too, and the input gradient a matmul plus the windows' transpose).
+Variants are timed in interleaved rounds (median), so load from other processes hits all alike.
+Prediction before measuring: XLA:CPU's forward and input-gradient convolutions run well below its
+matmul speed, so `im2col` should beat `fast_wgrad` by ~1.3-1.5x per layer, at 9x the input's
+activation memory per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from amcl_jax.models.fast_conv import conv_general_dilated_fast_wgrad  # noqa: E402
+
+# (H=W, Cin, Cout, stride) of ResNet-18's 3x3 convolutions (CIFAR stem), one per stage.
+LAYERS = ((32, 64, 64, 1), (16, 128, 128, 1), (8, 256, 256, 1), (4, 512, 512, 1))
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_lax(x, w, stride):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                    dimension_numbers=DN)
+
+
+def conv_fast_wgrad(x, w, stride):
+    return conv_general_dilated_fast_wgrad(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                           dimension_numbers=DN)
+
+
+def conv_im2col(x, w, stride):
+    kh, kw, cin, cout = w.shape
+    batch, height, width, _ = x.shape
+    ho, wo = (height + 2 - kh) // stride + 1, (width + 2 - kw) // stride + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    windows = [padded[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
+               for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(windows, axis=-1).reshape(batch * ho * wo, kh * kw * cin)
+    return (patches @ w.reshape(kh * kw * cin, cout)).reshape(batch, ho, wo, cout)
+
+
+VARIANTS = {"lax": conv_lax, "fast_wgrad": conv_fast_wgrad, "im2col": conv_im2col}
+
+
+def make_step(conv, stride):
+    def loss(x, w):
+        return jnp.sum(conv(x, w, stride) ** 2) * 1e-3
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128, help="images per call (2 x 64 views)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", default="bench/results/conv_attempts_cpu.json")
+    args = parser.parse_args()
+    report = {"command": "python bench/conv_attempts.py " + " ".join(sys.argv[1:]),
+              "batch": args.batch, "load_average_at_start": list(os.getloadavg()),
+              "backend": jax.default_backend(), "layers": []}
+    key = jax.random.key(0)
+    for size, cin, cout, stride in LAYERS:
+        x = jax.random.normal(key, (args.batch, size, size, cin))
+        w = jax.random.normal(key, (3, 3, cin, cout)) * 0.05
+        steps = {name: make_step(conv, stride) for name, conv in VARIANTS.items()}
+        reference = None
+        for name, step in steps.items():  # Compile, and check the three agree.
+            value, grads = jax.block_until_ready(step(x, w))
+            if reference is None:
+                reference = (value, grads)
+            else:
+                for got, want in zip(jax.tree.leaves((value, grads)),
+                                     jax.tree.leaves(reference), strict=True):
+                    scale = float(jnp.max(jnp.abs(want))) + 1e-12
+                    error = float(jnp.max(jnp.abs(got - want))) / scale
+                    assert error < 1e-3, (name, size, error)
+        times = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                jax.block_until_ready(step(x, w))
+                times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        row = {"input": [args.batch, size, size, cin], "cout": cout, "stride": stride,
+               "median_seconds": medians,
+               "speedup_over_fast_wgrad": {n: medians["fast_wgrad"] / m
+                                           for n, m in medians.items()}}
+        report["layers"].append(row)
+        print(f"{size:3d}x{size:<3d} {cin:4d}->{cout:<4d} " + "  ".join(
+            f"{n} {m * 1e3:8.1f} ms" for n, m in medians.items()), flush=True)
+    total = {n: sum(r["median_seconds"][n] for r in report["layers"]) for n in VARIANTS}
+    report["total_seconds"] = total
+    report["im2col_over_fast_wgrad_speedup"] = total["fast_wgrad"] / total["im2col"]
+    print("total " + "  ".join(f"{n} {t:.3f} s" for n, t in total.items())
+          + f"  im2col speedup over fast_wgrad {report['im2col_over_fast_wgrad_speedup']:.2f}x")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
