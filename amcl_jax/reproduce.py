@@ -335,6 +335,13 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
 def protocol_text(config: ml_collections.ConfigDict, scale: str, linear_probe: bool) -> str:
     cap = lambda n, what: f"all {what}" if n <= 0 else f"{n} {what}"  # noqa: E731
     train_size = config.data.get("max_train_examples", -1)
+    bank = config.eval.max_bank_examples
+    if config.data.eval_train_split == config.data.train_split and train_size > 0:
+        # The trainer's bank is then the pretraining subset itself (train.py).
+        bank = train_size if bank <= 0 else min(bank, train_size)
+        bank_text = f"the {bank} pretraining images"
+    else:
+        bank_text = f"{cap(bank, 'images')} of `{config.data.eval_train_split}`"
     epochs = (f"{config.num_epochs} epochs" if config.total_steps < 0
               else f"{config.total_steps} steps")
     text = (
@@ -345,8 +352,7 @@ def protocol_text(config: ml_collections.ConfigDict, scale: str, linear_probe: b
         f"{config.optimizer.name} with a {config.optimizer.schedule} schedule (per-method "
         f"learning rates of the released code). Metric: weighted kNN top-1 (%) with "
         f"k={config.eval.knn_k}, T={config.eval.knn_temperature}, cosine similarity on "
-        f"L2-normalised backbone features, bank = {cap(config.eval.max_bank_examples, 'images')}"
-        f" of `{config.data.eval_train_split}`, queries = "
+        f"L2-normalised backbone features, bank = {bank_text}, queries = "
         f"{cap(config.eval.max_query_examples, 'images')} of `{config.data.eval_test_split}`, "
         f"evaluated every {config.eval.every_steps} steps and at the end; 'best' is the best "
         f"over those evaluations (the paper's protocol), 'final' the last. Mean +- sample std "
