@@ -1,0 +1,103 @@
+"""Optimisation attempt for the CPU train step: XLA:CPU flags that route convolutions elsewhere.
+
+    python bench/xla_flags.py --output bench/results/xla_flags_cpu.json
+
+XLA:CPU can hand dots and convolutions to other libraries (oneDNN, XNNPACK, YNNPACK) through
+debug flags. For each flag setting, a fresh process (flags are read at start-up) times the
+forward + backward (value and gradients w.r.t. input and kernel, jitted) of the two 3x3
+convolutions where XLA:CPU is furthest behind PyTorch (32x32x64 and 16x16x128, 128 images), with
+the stock lax convolution and with the project's default on CPU (`fast_wgrad`). Prediction before
+measuring: a library convolution (oneDNN is what PyTorch uses) would reach PyTorch's ~2x on these
+layers if XLA:CPU really dispatched to it. Medians of 5 runs per setting; the settings run one
+after another, and the no-flag setting runs first and last so that drift shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SETTINGS = {
+    "default": "",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "onednn_convolution": "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
+    "xnn_convolution": "--xla_cpu_experimental_xnn_fusion_type=individual_convolution",
+    "ynn_convolution_dot": "--xla_cpu_experimental_ynn_fusion_type="
+                           "individual_convolution,individual_dot",
+    "no_eigen_threads": "--xla_cpu_multi_thread_eigen=false",
+    "default_again": "",  # Brackets the drift of the machine over the run.
+}
+LAYERS = ((32, 64, 64), (16, 128, 128))
+
+
+def child(batch: int, rounds: int) -> dict:
+    """Runs in the subprocess: times each layer with each convolution."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from amcl_jax.models.fast_conv import conv_general_dilated_fast_wgrad
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    convs = {"lax": lax.conv_general_dilated, "fast_wgrad": conv_general_dilated_fast_wgrad}
+    out = {}
+    for size, cin, cout in LAYERS:
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
+        w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.05
+        for name, conv in convs.items():
+            def loss(x, w, conv=conv):
+                return jnp.sum(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn) ** 2)
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            jax.block_until_ready(step(x, w))
+            times = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                jax.block_until_ready(step(x, w))
+                times.append(time.perf_counter() - start)
+            out[f"{size}x{size}x{cin}/{name}"] = statistics.median(times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", default="bench/results/xla_flags_cpu.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.batch, args.rounds)))
+        return
+    report = {"command": "python bench/xla_flags.py " + " ".join(sys.argv[1:]),
+              "batch": args.batch, "load_average_at_start": list(os.getloadavg()),
+              "settings": {}}
+    for name, flags in SETTINGS.items():
+        env = dict(os.environ, XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="2")
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
+             "--rounds", str(args.rounds)], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            report["settings"][name] = {"xla_flags": flags, "error": done.stderr[-2000:]}
+            print(f"{name:22s} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        seconds = json.loads(done.stdout.strip().splitlines()[-1])
+        report["settings"][name] = {"xla_flags": flags, "median_seconds": seconds}
+        print(f"{name:22s} " + "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in seconds.items()),
+              flush=True)
+    base = report["settings"]["default"].get("median_seconds", {})
+    report["speedup_over_default"] = {
+        name: {k: base[k] / v for k, v in entry["median_seconds"].items() if k in base}
+        for name, entry in report["settings"].items() if "median_seconds" in entry}
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
