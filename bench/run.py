@@ -17,9 +17,10 @@ Measures in one process, side by side:
 Writes a JSON with the ratios, their goals, the raw figures, device, versions and batch sizes.
 The full mode (no --quick) sweeps batch sizes and writes `bench/RESULTS.md` and a PNG next to it.
 PyTorch is optional (`pip install -r bench/requirements.txt`); without it the torch ratio is null.
-Runtime on 2 idle Zen 3 cores (estimated from per-step figures): --quick ~8-10 min; full ~55-70 min
-(batches 32, 64, 128, 256; three JAX compiles per batch). Under heavy load from other processes
-both grow several-fold (a --quick run at load average ~8 took ~25 min).
+Runtime on 2 Zen 3 cores, measured: --quick 3.9 min idle; full with --steps 5 29 min (batches
+32, 64, 128, 256; three JAX compiles per batch), so ~50 min with the default 10 rounds. Under
+heavy load from other processes both grow several-fold (a --quick run at load average ~8 took
+~25 min).
 """
 
 from __future__ import annotations
