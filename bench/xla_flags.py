@@ -39,21 +39,15 @@ def child(batch: int, rounds: int) -> dict:
     """Runs in the subprocess: times each layer with each convolution."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax
-    import jax.numpy as jnp
-    from jax import lax
 
-    from amcl_jax.models.fast_conv import conv_general_dilated_fast_wgrad
+    from bench.conv_attempts import VARIANTS, make_step
 
-    dn = ("NHWC", "HWIO", "NHWC")
-    convs = {"lax": lax.conv_general_dilated, "fast_wgrad": conv_general_dilated_fast_wgrad}
     out = {}
     for size, cin, cout in LAYERS:
         x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
         w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.05
-        for name, conv in convs.items():
-            def loss(x, w, conv=conv):
-                return jnp.sum(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn) ** 2)
-            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        for name in ("lax", "fast_wgrad"):
+            step = make_step(VARIANTS[name], stride=1)
             jax.block_until_ready(step(x, w))
             times = []
             for _ in range(rounds):
