@@ -296,6 +296,27 @@ def test_temperature_shape_bounds_and_pair_grid(shared):
     np.testing.assert_allclose(grid, pairs.reshape(C, 4, 6), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_pair_grid_gradient_equals_autodiff_of_the_per_pair_network(shared):
+    """pair_grid's hand-written gradient (relu_pair_logits) = plain autodiff through __call__ on
+    every (a, b) pair, for the params and both inputs."""
+    net, params = _temperature(shared)
+    u, v = _uv(7, rows_u=4, rows_v=6)
+    weights = jax.random.normal(jax.random.key(8), (C, 4, 6))
+
+    def via_grid(params, u, v):
+        return jnp.sum(weights * jnp.log(BoundTemperature(net, params).pair_grid(u, v)))
+
+    def via_pairs(params, u, v):
+        tau = BoundTemperature(net, params)(jnp.repeat(u, 6, axis=1), jnp.tile(v, (1, 4, 1)))
+        return jnp.sum(weights * jnp.log(tau.reshape(C, 4, 6)))
+
+    got = jax.jit(jax.grad(via_grid, argnums=(0, 1, 2)))(params, u, v)
+    want = jax.jit(jax.grad(via_pairs, argnums=(0, 1, 2)))(params, u, v)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-6)
+
+
 def test_temperature_param_shapes_shared_vs_per_head():
     _, per_head = _temperature(shared=False)
     _, shared = _temperature(shared=True)

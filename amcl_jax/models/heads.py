@@ -75,13 +75,15 @@ class _SplitFirstLayer(nn.Module):
 
     The kernel is initialised as one Dense on the concatenation (lecun-normal, fan-in 2D).
     `grid=False`: u, v (..., M, D) -> W_u u + W_v v + b: (..., M, hidden).
-    `grid=True`:  u (..., A, D), v (..., B, D) -> (..., A, B, hidden), every (row of u, row of v).
+    `grid=True`:  u (..., A, D), v (..., B, D) -> (W_u u + b, W_v v), (..., A, hidden) and
+    (..., B, hidden): the two halves of every (row of u, row of v) pair's pre-activation.
     """
 
     hidden_dim: int
 
     @nn.compact
-    def __call__(self, u: jax.Array, v: jax.Array, grid: bool) -> jax.Array:
+    def __call__(self, u: jax.Array, v: jax.Array, grid: bool
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
         dim = u.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (2 * dim, self.hidden_dim),
                             jnp.float32)
@@ -89,8 +91,57 @@ class _SplitFirstLayer(nn.Module):
         hu = u @ kernel[:dim] + bias
         hv = v @ kernel[dim:]
         if grid:
-            return hu[..., :, None, :] + hv[..., None, :, :]
+            return hu, hv
         return hu + hv
+
+
+@jax.custom_vjp
+def relu_pair_logits(hu: jax.Array, hv: jax.Array, w: jax.Array) -> jax.Array:
+    """sum_h w[h] relu(hu[..., a, h] + hv[..., b, h]): hu (..., A, H), hv (..., B, H), w (H,).
+
+    Returns (..., A, B). The temperature MLP's hidden layer and read-out over a grid of pairs,
+    with a hand-written gradient: autodiff of the same expression broadcasts the cotangent to an
+    (A, B, H) tensor and reduces it along its middle axes, ~4x slower on CPU than the three
+    masked contractions below (bench: the grid's vjp at 512 views, 3 heads, hidden 128).
+    """
+    return jnp.einsum("...abh,h->...ab", nn.relu(hu[..., :, None, :] + hv[..., None, :, :]), w)
+
+
+def _relu_pair_logits_fwd(hu, hv, w):
+    return relu_pair_logits(hu, hv, w), (hu, hv, w)
+
+
+def _relu_pair_logits_bwd(residuals, g):
+    hu, hv, w = residuals
+    pre = hu[..., :, None, :] + hv[..., None, :, :]  # Recomputed: (..., A, B, H)
+    active = (pre > 0).astype(g.dtype)
+    g_hu = jnp.einsum("...abh,...ab->...ah", active, g) * w
+    g_hv = jnp.einsum("...abh,...ab->...bh", active, g) * w
+    g_w = jnp.einsum("...abh,...ab->h", nn.relu(pre), g)
+    return g_hu, g_hv, g_w
+
+
+relu_pair_logits.defvjp(_relu_pair_logits_fwd, _relu_pair_logits_bwd)
+
+
+class _Readout(nn.Module):
+    """The MLP's last layer, hidden -> 1: the params of `nn.Dense(1)` (same names, shapes and
+    initialisers, so the same values), applied per pair or over a grid of pairs."""
+
+    hidden_dim: int
+
+    def setup(self) -> None:
+        self.kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.hidden_dim, 1),
+                                 jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros_init(), (1,), jnp.float32)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        """hidden (..., H) -> (...)."""
+        return (hidden @ self.kernel)[..., 0] + self.bias[0]
+
+    def grid(self, hu: jax.Array, hv: jax.Array) -> jax.Array:
+        """hu (..., A, H), hv (..., B, H) -> read-out of relu(hu_a + hv_b): (..., A, B)."""
+        return relu_pair_logits(hu, hv, self.kernel[:, 0]) + self.bias[0]
 
 
 class _TemperatureMLP(nn.Module):
@@ -100,15 +151,15 @@ class _TemperatureMLP(nn.Module):
 
     def setup(self) -> None:
         self.first = _SplitFirstLayer(self.hidden_dim)
-        self.out = nn.Dense(1, dtype=jnp.float32)
+        self.out = _Readout(self.hidden_dim)
 
     def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
         """u, v: (..., M, D) -> (..., M)."""
-        return self.out(nn.relu(self.first(u, v, grid=False)))[..., 0]
+        return self.out(nn.relu(self.first(u, v, grid=False)))
 
     def pair_grid(self, u: jax.Array, v: jax.Array) -> jax.Array:
         """u: (..., A, D), v: (..., B, D) -> (..., A, B)."""
-        return self.out(nn.relu(self.first(u, v, grid=True)))[..., 0]
+        return self.out.grid(*self.first(u, v, grid=True))
 
 
 class TemperatureNet(nn.Module):
