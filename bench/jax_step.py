@@ -13,6 +13,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from amcl_jax import losses, methods, models, optim
 from amcl_jax.config import get_default_config
@@ -46,8 +49,9 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
                   ) -> tuple[Callable[[], float], float]:
     """(step, compile_seconds): `step()` runs one update (views (2, B, S, S, 3)), returns seconds.
 
-    The state is donated and carried inside the closure, as in `train_and_evaluate`; the first
-    call (compilation included) is made here.
+    The state is donated and carried inside the closure, as in `train_and_evaluate`, replicated
+    over a data mesh of every device with the views split along the batch (synchronized
+    BatchNorm); the first call (compilation included) is made here.
     """
     import time
 
@@ -62,9 +66,20 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
         batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
         extra=method.init_extra(config, variables, rng), rng=rng,
         nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+    # As `train_and_evaluate`: one data axis over every device (state replicated, views split
+    # along the batch); with one device this is the plain single-device program.
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, P())
+    views_sharding = NamedSharding(mesh, P(None, "data"))
+    state_shardings = jax.tree.map(lambda _: replicated, state)
+    state = jax.device_put(state, state_shardings)
     jitted = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
-                                       schedule=schedule, config=config), donate_argnums=(0,))
-    views = jax.random.normal(rng, (2, config.batch_size, size, size, 3), jnp.float32)
+                                       schedule=schedule, config=config), donate_argnums=(0,),
+                     in_shardings=(state_shardings, views_sharding),
+                     out_shardings=(state_shardings, replicated))
+    views = jax.device_put(
+        jax.random.normal(rng, (2, config.batch_size, size, size, 3), jnp.float32),
+        views_sharding)
     holder = {"state": state}
 
     def step() -> float:

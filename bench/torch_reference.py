@@ -106,10 +106,12 @@ def make_train_step(*, batch_per_view: int, image_size: int = 32, width: float =
                     channels_last: bool, seed: int = 0, temperature: float = 0.5):
     """A closure running one SGD update on a fixed batch and returning the loss as a float.
 
-    Uses every core (`torch.set_num_threads(os.cpu_count())`) and, with `channels_last`, NHWC
+    Uses every core this process may run on (one thread each) and, with `channels_last`, NHWC
     memory format for the model and the input (oneDNN's preferred CPU layout).
     """
-    torch.set_num_threads(os.cpu_count() or 1)
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    torch.set_num_threads(cores)
     torch.manual_seed(seed)
     model = SimCLRResNet18(width=width)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -61,3 +61,22 @@ def test_loss_peak_bytes_is_positive(kwargs):
     stats = loss_peak_bytes(batch_per_view=8, dim=16, **kwargs)
     assert stats["peak_bytes"] > 0
     assert stats["argument_size_in_bytes"] > 0
+
+
+@pytest.mark.parametrize("size,stride", [(8, 1), (6, 2), (7, 1)])
+def test_conv_attempts_compute_the_lax_convolution_and_its_gradients(size, stride):
+    """Every formulation `bench/conv_attempts.py` times (im2col, Winograd, ...) is the same conv."""
+    from bench.conv_attempts import VARIANTS, conv_lax
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 7))
+    g = jax.random.normal(jax.random.PRNGKey(2), (2, (size - 1) // stride + 1,
+                                                  (size - 1) // stride + 1, 7))
+    with jax.default_matmul_precision("highest"):
+        want_y, vjp = jax.vjp(lambda x, w: conv_lax(x, w, stride), x, w)
+        want = (want_y, *vjp(g))
+        for name, conv in VARIANTS.items():
+            got_y, vjp = jax.vjp(lambda x, w, conv=conv: conv(x, w, stride), x, w)
+            for got_part, want_part in zip((got_y, *vjp(g)), want, strict=True):
+                np.testing.assert_allclose(got_part, want_part, rtol=1e-4, atol=1e-4,
+                                           err_msg=name)
