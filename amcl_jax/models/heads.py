@@ -100,9 +100,9 @@ def relu_pair_logits(hu: jax.Array, hv: jax.Array, w: jax.Array) -> jax.Array:
     """sum_h w[h] relu(hu[..., a, h] + hv[..., b, h]): hu (..., A, H), hv (..., B, H), w (H,).
 
     Returns (..., A, B). The temperature MLP's hidden layer and read-out over a grid of pairs,
-    with a hand-written gradient: autodiff of the same expression broadcasts the cotangent to an
-    (A, B, H) tensor and reduces it along its middle axes, ~4x slower on CPU than the three
-    masked contractions below (bench: the grid's vjp at 512 views, 3 heads, hidden 128).
+    with a hand-written gradient: autodiff of the same expression reduces (A, B, H) tensors over
+    their outer axis; the two fused masked reductions of the backward pass make the AMCL
+    log-sum-exp loss + gradient ~2x faster on CPU at 512 views, at a slightly lower peak memory.
     """
     return jnp.einsum("...abh,h->...ab", nn.relu(hu[..., :, None, :] + hv[..., None, :, :]), w)
 
@@ -113,12 +113,17 @@ def _relu_pair_logits_fwd(hu, hv, w):
 
 def _relu_pair_logits_bwd(residuals, g):
     hu, hv, w = residuals
-    pre = hu[..., :, None, :] + hv[..., None, :, :]  # Recomputed: (..., A, B, H)
-    active = (pre > 0).astype(g.dtype)
-    g_hu = jnp.einsum("...abh,...ab->...ah", active, g) * w
-    g_hv = jnp.einsum("...abh,...ab->...bh", active, g) * w
-    g_w = jnp.einsum("...abh,...ab->h", nn.relu(pre), g)
-    return g_hu, g_hv, g_w
+    # With m_abh = [hu_ah + hv_bh > 0]: s_ah = sum_b m g_ab, t_bh = sum_a m g_ab, and then
+    # d/dhu = w s, d/dhv = w t, d/dw = sum_a hu s + sum_b hv t (as relu(x) = m x). Each sum is one
+    # reduction over a middle axis with H innermost, which XLA fuses with the mask: no (A, B, H)
+    # tensor is stored (the t side builds the grid as (B, A, H)).
+    s = jnp.sum(jnp.where(hu[..., :, None, :] + hv[..., None, :, :] > 0, g[..., None], 0),
+                axis=-2)
+    t = jnp.sum(jnp.where(hv[..., :, None, :] + hu[..., None, :, :] > 0,
+                          jnp.swapaxes(g, -1, -2)[..., None], 0), axis=-2)
+    batch_axes = tuple(range(hu.ndim - 1))
+    g_w = jnp.sum(hu * s, axis=batch_axes) + jnp.sum(hv * t, axis=batch_axes)
+    return s * w, t * w, g_w
 
 
 relu_pair_logits.defvjp(_relu_pair_logits_fwd, _relu_pair_logits_bwd)
