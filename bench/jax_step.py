@@ -27,6 +27,12 @@ VARIANTS: dict[str, dict] = {
     "amcl_max": {"amcl.enabled": True, "amcl.negatives": "max"},
     "amcl_logsumexp": {"amcl.enabled": True, "amcl.negatives": "logsumexp"},
 }
+# Optimisation attempts at the step level (timed only when named in `--jax_variants`): SimCLR
+# with a given `model.conv_impl`, to compare against "simclr" (the configured default).
+ATTEMPT_VARIANTS: dict[str, dict] = {
+    f"simclr_conv_{impl}": {"amcl.enabled": False, "model.conv_impl": impl}
+    for impl in ("lax", "fast_wgrad", "per_shape")
+}
 
 
 def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",

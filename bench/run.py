@@ -42,7 +42,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from amcl_jax.config import get_default_config  # noqa: E402
-from bench.jax_step import VARIANTS, loss_peak_bytes, make_config, make_jax_step  # noqa: E402
+from bench.jax_step import (  # noqa: E402
+    ATTEMPT_VARIANTS,
+    VARIANTS,
+    loss_peak_bytes,
+    make_config,
+    make_jax_step,
+)
 
 try:
     import torch
@@ -73,7 +79,8 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
     """Builds every variant at this batch size, then times them in interleaved rounds."""
     steps, build = {}, {}
     for name in args.jax_variants:
-        config = make_config(batch_per_view=batch_per_view, overrides=VARIANTS[name],
+        config = make_config(batch_per_view=batch_per_view,
+                             overrides={**VARIANTS, **ATTEMPT_VARIANTS}[name],
                              width=args.width, conv_impl=args.conv_impl)
         steps[name], compile_seconds = make_jax_step(config)
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
@@ -305,7 +312,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the build")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--conv_impl", default="auto")
-    parser.add_argument("--jax_variants", default=",".join(VARIANTS))
+    parser.add_argument("--jax_variants", default=",".join(VARIANTS),
+                        help="comma-separated, of: " + ",".join([*VARIANTS, *ATTEMPT_VARIANTS]))
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--pipeline_batch", type=int, default=256)
     parser.add_argument("--pipeline_examples", type=int, default=50_000)
@@ -329,6 +337,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.jax_variants = args.jax_variants.split(",")
     if "simclr" not in args.jax_variants:
         parser.error("--jax_variants must include simclr (the reference of every ratio)")
+    unknown = set(args.jax_variants) - set(VARIANTS) - set(ATTEMPT_VARIANTS)
+    if unknown:
+        parser.error(f"--jax_variants: unknown {sorted(unknown)}; allowed: "
+                     + ", ".join([*VARIANTS, *ATTEMPT_VARIANTS]))
     chunks = args.memory_chunk_sizes or ("32,256" if args.quick else "32,64,128,256")
     args.memory_chunk_sizes = sorted({int(c) for c in chunks.split(",")}
                                      | {args.default_chunk_size})

@@ -20,6 +20,7 @@ from amcl_jax.models import (
     TemperatureNet,
     build_encoder,
     conv_general_dilated_fast_wgrad,
+    conv_general_dilated_per_shape,
     encoder_feature_dim,
     feature_dim,
     select_conv,
@@ -208,6 +209,69 @@ def test_resnet_gradients_fast_wgrad_equal_lax(stage_sizes, block_cls, stem):
          if "kernel" in jax.tree_util.keystr(path)])
     for r, f in zip(jax.tree.leaves(ref), jax.tree.leaves(fast), strict=True):
         np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-5)
+
+
+def test_resnet_gradients_per_shape_equal_lax():
+    """ResNet-18-like (imagenet stem) at 16x16: every per-shape formulation is used (Winograd on
+    4x4 and 2x2, im2col on the stride-2 3x3 convs, fast_wgrad on the 7x7 stem and 1x1 shortcut)."""
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    make = lambda conv_impl: ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, width=0.125,
+                                    stem="imagenet", conv=select_conv(conv_impl))
+    variables = _init(make("lax"), x)
+
+    def grads(conv_impl):
+        def loss(params):
+            out, _ = make(conv_impl).apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                mutable=["batch_stats"])
+            return jnp.sum(out**2)
+
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(jax.grad(loss))(variables["params"])
+
+    for r, f in zip(jax.tree.leaves(grads("lax")), jax.tree.leaves(grads("per_shape")),
+                    strict=True):
+        np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "size", "formulation"),
+    [
+        (2, "SAME", 8, "im2col"),
+        (2, ((1, 1), (1, 1)), 9, "im2col"),
+        (1, ((1, 1), (1, 1)), 4, "winograd"),
+        (1, "SAME", 2, "winograd"),
+        (1, "SAME", 8, "fast_wgrad"),  # above WINOGRAD_MAX_PIXELS
+        (1, "SAME", 3, "fast_wgrad"),  # odd
+        (1, "VALID", 4, "fast_wgrad"),
+    ],
+)
+def test_per_shape_conv_matches_lax_and_takes_the_measured_formulation(stride, padding, size,
+                                                                       formulation):
+    lhs = jax.random.normal(jax.random.key(0), (2, size, size, 5))
+    rhs = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
+
+    def loss(conv, lhs, rhs):
+        out = conv(lhs, rhs, (stride, stride), padding, dimension_numbers=_DN)
+        return jnp.sum(jnp.sin(out)), out
+
+    with jax.default_matmul_precision("highest"):
+        (_, want_out), want = jax.value_and_grad(
+            lambda a, b: loss(lax.conv_general_dilated, a, b), argnums=(0, 1),
+            has_aux=True)(lhs, rhs)
+        (_, got_out), got = jax.value_and_grad(
+            lambda a, b: loss(conv_general_dilated_per_shape, a, b), argnums=(0, 1),
+            has_aux=True)(lhs, rhs)
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    primitives = {eqn.primitive.name for eqn in jax.make_jaxpr(
+        lambda a, b: conv_general_dilated_per_shape(a, b, (stride, stride), padding,
+                                                    dimension_numbers=_DN))(lhs, rhs).jaxpr.eqns}
+    took = ("fast_wgrad" if "custom_vjp_call" in primitives else
+            "lax" if "conv_general_dilated" in primitives else
+            "winograd" if "concatenate" not in primitives else "im2col")
+    assert took == formulation, primitives
 
 
 def test_select_conv():

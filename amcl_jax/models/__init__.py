@@ -11,6 +11,7 @@ import flax.linen as nn
 from amcl_jax.models.fast_conv import (
     CONV_IMPLS,
     conv_general_dilated_fast_wgrad,
+    conv_general_dilated_per_shape,
     select_conv,
 )
 from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
@@ -96,6 +97,7 @@ __all__ = [
     "ViT",
     "build_encoder",
     "conv_general_dilated_fast_wgrad",
+    "conv_general_dilated_per_shape",
     "encoder_feature_dim",
     "feature_dim",
     "make_norm",

@@ -160,14 +160,121 @@ def conv_general_dilated_fast_wgrad(
     return _conv_nhwc_fast_wgrad(lhs, rhs, strides, pads, precision, preferred_element_type)
 
 
-CONV_IMPLS = ("auto", "lax", "fast_wgrad")
+# ---------------------------------------------------------------------------------------------
+# Per-shape choice (`model.conv_impl="per_shape"`, the CPU default)
+# ---------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): y = A^T [(G w G^T) * (B^T d B)] A for each 4x4 input tile d.
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# Largest output H * W where Winograd is used (bench/results/conv_attempts_cpu.json: 1.30x at
+# 4x4x512, within noise at 8x8, slower at 16x16 and 32x32).
+WINOGRAD_MAX_PIXELS = 16
+
+
+def _winograd_input_transform(padded: jax.Array, axis: int) -> jax.Array:
+    """B^T d along `axis` for every tile: 2T + 2 entries (window 4, step 2) -> (4, ..., T)."""
+    even = lax.slice_in_dim(padded, 0, None, 2, axis)
+    odd = lax.slice_in_dim(padded, 1, None, 2, axis)
+    n = even.shape[axis]
+    e0, e1 = lax.slice_in_dim(even, 0, n - 1, axis=axis), lax.slice_in_dim(even, 1, n, axis=axis)
+    o0, o1 = lax.slice_in_dim(odd, 0, n - 1, axis=axis), lax.slice_in_dim(odd, 1, n, axis=axis)
+    return jnp.stack([e0 - e1, o0 + e1, e1 - o0, o0 - o1])
+
+
+def winograd_conv_nhwc(lhs: jax.Array, rhs: jax.Array, precision: Any = None) -> jax.Array:
+    """3x3, stride 1, padding 1 convolution by Winograd F(2x2, 3x3); H and W even. NHWC/HWIO.
+
+    16 (tiles, Cin) @ (Cin, Cout) matmuls between elementwise input/output transforms: 2.25x
+    fewer multiplications than the direct form; autodiff of it gives Winograd-form gradients.
+    """
+    batch, height, width, cin = lhs.shape
+    cout = rhs.shape[-1]
+    padded = jnp.pad(lhs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    v = _winograd_input_transform(padded, 2)  # (4, B, H + 2, W / 2, Cin): columns first
+    v = _winograd_input_transform(v, 2)  # (4 rows, 4 columns, B, H / 2, W / 2, Cin)
+    th, tw = height // 2, width // 2
+    v = v.reshape(16, batch * th * tw, cin)
+    g = jnp.asarray(_WINOGRAD_G, rhs.dtype)
+    u = jnp.einsum("ai,ijck,bj->abck", g, rhs, g, precision=precision).reshape(16, cin, cout)
+    m = jnp.einsum("ptc,pck->ptk", v, u, precision=precision).reshape(4, 4, batch, th, tw, cout)
+    rows = jnp.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]])  # A^T along rows
+    out = jnp.stack([rows[:, 0] + rows[:, 1] + rows[:, 2],
+                     rows[:, 1] - rows[:, 2] - rows[:, 3]], axis=1)  # then along columns
+    return out.transpose(2, 3, 0, 4, 1, 5).reshape(batch, height, width, cout)
+
+
+def im2col_conv_nhwc(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
+                     pads: tuple[tuple[int, int], ...], precision: Any = None) -> jax.Array:
+    """The convolution as ONE matmul: (B Ho Wo, kh kw Cin) windows @ (kh kw Cin, Cout)."""
+    kh, kw, cin, cout = rhs.shape
+    batch, height, width, _ = lhs.shape
+    sh, sw = strides
+    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                     ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0),
+                      (0, 0, 0)))
+    ho = (padded.shape[1] - kh) // sh + 1
+    wo = (padded.shape[2] - kw) // sw + 1
+    windows = [padded[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+               for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(windows, axis=-1).reshape(batch * ho * wo, kh * kw * cin)
+    out = jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+    return out.reshape(batch, ho, wo, cout)
+
+
+def conv_general_dilated_per_shape(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` computed by the formulation measured fastest for its shape on
+    XLA:CPU (`bench/conv_attempts.py`), for float32 NHWC/HWIO 3x3 convolutions:
+
+    - stride 2: `im2col_conv_nhwc` (1.53x over `fast_wgrad` on ResNet-18's 32x32 -> 16x16 conv);
+    - stride 1, padding 1, even output of at most `WINOGRAD_MAX_PIXELS` pixels (ResNet-18's last
+      stage): `winograd_conv_nhwc` (1.30x at 4x4x512);
+    - anything else: `conv_general_dilated_fast_wgrad` (and through it lax for other layouts).
+    Same values as lax up to float32 rounding; same signature.
+    """
+    strides = tuple(int(s) for s in window_strides)
+    plain = (
+        lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+        and preferred_element_type in (None, jnp.float32)
+        and _is_nhwc_hwio(tuple(lhs.shape), tuple(rhs.shape), dimension_numbers)
+        and tuple(rhs.shape[:2]) == (3, 3) and len(strides) == 2
+        and _is_unit(lhs_dilation) and _is_unit(rhs_dilation)
+        and feature_group_count == 1 and batch_group_count == 1
+    )
+    pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[0:2], strides) if plain else None
+    if pads is not None:
+        height, width = lhs.shape[1:3]
+        if strides == (2, 2):
+            return im2col_conv_nhwc(lhs, rhs, strides, pads, precision)
+        if (strides == (1, 1) and pads == ((1, 1), (1, 1)) and height % 2 == 0
+                and width % 2 == 0 and height * width <= WINOGRAD_MAX_PIXELS):
+            return winograd_conv_nhwc(lhs, rhs, precision)
+    return conv_general_dilated_fast_wgrad(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+
+
+CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape")
 
 
 def select_conv(impl: str) -> ConvFn:
     """The conv function for `model.conv_impl`.
 
     "lax": `lax.conv_general_dilated`; "fast_wgrad": `conv_general_dilated_fast_wgrad`;
-    "auto": fast_wgrad on the CPU backend (where XLA's weight gradient is slow), lax elsewhere.
+    "per_shape": `conv_general_dilated_per_shape`; "auto": fast_wgrad on the CPU backend (where
+    XLA's weight gradient is slow), lax elsewhere.
     """
     if impl == "auto":
         impl = "fast_wgrad" if jax.default_backend() == "cpu" else "lax"
@@ -175,4 +282,6 @@ def select_conv(impl: str) -> ConvFn:
         return lax.conv_general_dilated
     if impl == "fast_wgrad":
         return conv_general_dilated_fast_wgrad
+    if impl == "per_shape":
+        return conv_general_dilated_per_shape
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
