@@ -86,7 +86,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
-    config.model.conv_impl = "auto"  # "auto": fast weight-gradient conv on CPU, lax elsewhere.
+    config.model.conv_impl = "auto"  # "auto": per_shape on CPU (models/fast_conv.py), else lax.
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
     # similarities, temperatures, log-sum-exps and regularisers stay float32.
     config.model.dtype = "float32"

@@ -277,10 +277,12 @@ def test_per_shape_conv_matches_lax_and_takes_the_measured_formulation(stride, p
 def test_select_conv():
     assert select_conv("lax") is lax.conv_general_dilated
     assert select_conv("fast_wgrad") is conv_general_dilated_fast_wgrad
-    expected = conv_general_dilated_fast_wgrad if jax.default_backend() == "cpu" else (
+    assert select_conv("per_shape") is conv_general_dilated_per_shape
+    expected = conv_general_dilated_per_shape if jax.default_backend() == "cpu" else (
         lax.conv_general_dilated)
     assert select_conv("auto") is expected
-    with pytest.raises(ValueError, match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad'"):
+    with pytest.raises(ValueError,
+                       match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad', 'per_shape'"):
         select_conv("cudnn")
 
 

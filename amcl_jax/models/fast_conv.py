@@ -15,6 +15,10 @@ Supported fast path (everything a ResNet needs): 2-D NHWC inputs with HWIO kerne
 explicit or string ('SAME', 'VALID', 'SAME_LOWER') padding, no input/kernel dilation,
 `feature_group_count == batch_group_count == 1`. Any other call falls back to the plain
 `lax.conv_general_dilated` (same result, stock gradients).
+
+`conv_general_dilated_per_shape` (the CPU default, `model.conv_impl="auto"`) goes further, per
+layer shape, by what `bench/conv_attempts.py` measured: one im2col matmul for stride-2 3x3
+convolutions, Winograd F(2x2, 3x3) for small stride-1 3x3 ones, the above for the rest.
 """
 
 from __future__ import annotations
@@ -273,11 +277,11 @@ def select_conv(impl: str) -> ConvFn:
     """The conv function for `model.conv_impl`.
 
     "lax": `lax.conv_general_dilated`; "fast_wgrad": `conv_general_dilated_fast_wgrad`;
-    "per_shape": `conv_general_dilated_per_shape`; "auto": fast_wgrad on the CPU backend (where
-    XLA's weight gradient is slow), lax elsewhere.
+    "per_shape": `conv_general_dilated_per_shape`; "auto": per_shape on the CPU backend (where
+    XLA's weight gradient is slow and its convolutions lag its matmuls), lax elsewhere.
     """
     if impl == "auto":
-        impl = "fast_wgrad" if jax.default_backend() == "cpu" else "lax"
+        impl = "per_shape" if jax.default_backend() == "cpu" else "lax"
     if impl == "lax":
         return lax.conv_general_dilated
     if impl == "fast_wgrad":
