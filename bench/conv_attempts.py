@@ -39,7 +39,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from amcl_jax.models.fast_conv import conv_general_dilated_fast_wgrad  # noqa: E402
+from amcl_jax.models.fast_conv import (  # noqa: E402
+    conv_general_dilated_fast_wgrad,
+    im2col_conv_nhwc,
+    winograd_conv_nhwc,
+)
 
 # (H=W, Cin, Cout, stride) of ResNet-18's 3x3 convolutions (CIFAR stem), one per stage.
 # Plus the stride-2 3x3 convolution that opens stage 2 (the largest of the three stride-2 ones).
@@ -70,9 +74,8 @@ def _patches(x, kernel_hw, stride):
 
 
 def conv_im2col(x, w, stride):
-    kh, kw, cin, cout = w.shape
-    patches, (ho, wo) = _patches(x, (kh, kw), stride)
-    return (patches @ w.reshape(kh * kw * cin, cout)).reshape(x.shape[0], ho, wo, cout)
+    """`models.fast_conv.im2col_conv_nhwc`, padding 1."""
+    return im2col_conv_nhwc(x, w, (stride, stride), ((1, 1), (1, 1)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -94,38 +97,12 @@ def _im2col_wgrad_bwd(stride, residuals, g):
 
 conv_im2col_wgrad.defvjp(_im2col_wgrad_fwd, _im2col_wgrad_bwd)
 
-# Winograd F(2x2, 3x3): y = A^T [(G w G^T) * (B^T d B)] A per 4x4 input tile d, 2x2 output tile.
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-
-
-def _winograd_input_transform(padded, axis):
-    """B^T d along `axis` for every tile: 2T + 2 entries (stride 2, window 4) -> (4, ..., T)."""
-    even = lax.slice_in_dim(padded, 0, None, 2, axis)
-    odd = lax.slice_in_dim(padded, 1, None, 2, axis)
-    n = even.shape[axis]
-    e0, e1 = lax.slice_in_dim(even, 0, n - 1, axis=axis), lax.slice_in_dim(even, 1, n, axis=axis)
-    o0, o1 = lax.slice_in_dim(odd, 0, n - 1, axis=axis), lax.slice_in_dim(odd, 1, n, axis=axis)
-    return jnp.stack([e0 - e1, o0 + e1, e1 - o0, o0 - o1])
-
-
 def conv_winograd(x, w, stride):
-    """3x3 'SAME' convolution by Winograd F(2x2, 3x3) (stride 1, even H and W), else fast_wgrad."""
-    batch, height, width, cin = x.shape
-    cout = w.shape[-1]
-    if stride != 1 or w.shape[:2] != (3, 3) or height % 2 or width % 2:
+    """Winograd F(2x2, 3x3) (`models.fast_conv.winograd_conv_nhwc`) where it applies (3x3,
+    stride 1, even H and W), else fast_wgrad."""
+    if stride != 1 or w.shape[:2] != (3, 3) or x.shape[1] % 2 or x.shape[2] % 2:
         return conv_fast_wgrad(x, w, stride)
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    v = _winograd_input_transform(padded, 2)  # (4, B, H + 2, W / 2, Cin): columns
-    v = _winograd_input_transform(v, 2)  # (4 rows, 4 columns, B, H / 2, W / 2, Cin)
-    th, tw = height // 2, width // 2
-    v = v.reshape(16, batch * th * tw, cin)
-    g = jnp.asarray(_WINOGRAD_G, w.dtype)
-    u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, cin, cout)
-    m = jnp.einsum("ptc,pck->ptk", v, u).reshape(4, 4, batch, th, tw, cout)
-    rows = jnp.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]])  # A^T along rows
-    y = jnp.stack([rows[:, 0] + rows[:, 1] + rows[:, 2],
-                   rows[:, 1] - rows[:, 2] - rows[:, 3]], axis=1)  # then along columns
-    return y.transpose(2, 3, 0, 4, 1, 5).reshape(batch, height, width, cout)
+    return winograd_conv_nhwc(x, w)
 
 
 VARIANTS = {"lax": conv_lax, "fast_wgrad": conv_fast_wgrad, "im2col": conv_im2col,
