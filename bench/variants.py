@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results/variants_cpu.json")
     args = parser.parse_args()
     overrides = shared_overrides(args.steps, args.data_dir)
+    args.workdir = os.path.abspath(args.workdir)  # main.py runs from the repo root.
+    os.makedirs(args.workdir, exist_ok=True)
     results = {}
     for name in [v for v in args.variants.split(",") if v]:
         if name not in VARIANTS:
