@@ -42,6 +42,7 @@ from jax import lax  # noqa: E402
 from amcl_jax.models.fast_conv import (  # noqa: E402
     conv_general_dilated_fast_wgrad,
     im2col_conv_nhwc,
+    im2col_patches,
     winograd_conv_nhwc,
 )
 
@@ -62,17 +63,6 @@ def conv_fast_wgrad(x, w, stride):
                                            dimension_numbers=DN)
 
 
-def _patches(x, kernel_hw, stride):
-    """(B*Ho*Wo, kh*kw*Cin) windows of x (padding 1) and the output's (Ho, Wo)."""
-    kh, kw = kernel_hw
-    batch, height, width, cin = x.shape
-    ho, wo = (height + 2 - kh) // stride + 1, (width + 2 - kw) // stride + 1
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    windows = [padded[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
-               for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(windows, axis=-1).reshape(batch * ho * wo, kh * kw * cin), (ho, wo)
-
-
 def conv_im2col(x, w, stride):
     """`models.fast_conv.im2col_conv_nhwc`, padding 1."""
     return im2col_conv_nhwc(x, w, (stride, stride), ((1, 1), (1, 1)))
@@ -90,7 +80,7 @@ def _im2col_wgrad_fwd(x, w, stride):
 def _im2col_wgrad_bwd(stride, residuals, g):
     x, w = residuals
     _, x_vjp = jax.vjp(lambda x: conv_lax(x, w, stride), x)
-    patches, _ = _patches(x, w.shape[:2], stride)
+    patches, _ = im2col_patches(x, w.shape[:2], (stride, stride), ((1, 1), (1, 1)))
     w_grad = (patches.T @ g.reshape(-1, w.shape[-1])).reshape(w.shape)
     return x_vjp(g)[0], w_grad
 

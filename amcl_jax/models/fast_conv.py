@@ -68,6 +68,31 @@ def _explicit_pads(padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int],
     return pads if len(pads) == 2 else None
 
 
+def _plain_nhwc_pads(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, ...], padding: Any,
+                     lhs_dilation: Sequence[int] | None, rhs_dilation: Sequence[int] | None,
+                     dimension_numbers: Any, feature_group_count: int, batch_group_count: int
+                     ) -> tuple[tuple[int, int], ...] | None:
+    """Explicit pads of a plain 2-D NHWC/HWIO conv (no dilation, no groups), else None."""
+    supported = (
+        _is_nhwc_hwio(tuple(lhs.shape), tuple(rhs.shape), dimension_numbers)
+        and len(strides) == 2
+        and _is_unit(lhs_dilation)
+        and _is_unit(rhs_dilation)
+        and feature_group_count == 1
+        and batch_group_count == 1
+    )
+    return _explicit_pads(padding, lhs.shape[1:3], rhs.shape[0:2], strides) if supported else None
+
+
+def _pad_hw(lhs: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    """lhs (B, H, W, C) padded by pads ((top, bottom), (left, right)); negative pads crop.
+
+    lax.pad (unlike jnp.pad) accepts the negative pads lax convs allow."""
+    return lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                   ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0),
+                    (0, 0, 0)))
+
+
 def _lax_conv_nhwc(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
                    pads: tuple[tuple[int, int], ...], precision: Any,
                    preferred_element_type: Any) -> jax.Array:
@@ -98,10 +123,7 @@ def _bwd(strides, pads, precision, preferred_element_type, residuals, g):
     kh, kw, cin, cout = rhs.shape
     batch, ho, wo, _ = g.shape
     sh, sw = strides
-    # lax.pad (unlike jnp.pad) also accepts the negative pads lax convs allow.
-    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                     ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0),
-                      (0, 0, 0)))
+    padded = _pad_hw(lhs, pads)
     g_flat = g.reshape(batch * ho * wo, cout)
     window = (batch, (ho - 1) * sh + 1, (wo - 1) * sw + 1, cin)
 
@@ -145,16 +167,8 @@ def conv_general_dilated_fast_wgrad(
     output (B, Ho, Wo, Cout); other layouts, dilations or grouped convs use the plain lax conv.
     """
     strides = tuple(int(s) for s in window_strides)
-    supported = (
-        _is_nhwc_hwio(tuple(lhs.shape), tuple(rhs.shape), dimension_numbers)
-        and len(strides) == 2
-        and _is_unit(lhs_dilation)
-        and _is_unit(rhs_dilation)
-        and feature_group_count == 1
-        and batch_group_count == 1
-    )
-    pads = (_explicit_pads(padding, lhs.shape[1:3], rhs.shape[0:2], strides)
-            if supported else None)
+    pads = _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count, batch_group_count)
     if pads is None:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -206,22 +220,27 @@ def winograd_conv_nhwc(lhs: jax.Array, rhs: jax.Array, precision: Any = None) ->
     return out.transpose(2, 3, 0, 4, 1, 5).reshape(batch, height, width, cout)
 
 
-def im2col_conv_nhwc(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
-                     pads: tuple[tuple[int, int], ...], precision: Any = None) -> jax.Array:
-    """The convolution as ONE matmul: (B Ho Wo, kh kw Cin) windows @ (kh kw Cin, Cout)."""
-    kh, kw, cin, cout = rhs.shape
-    batch, height, width, _ = lhs.shape
+def im2col_patches(lhs: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
+                   pads: tuple[tuple[int, int], ...]) -> tuple[jax.Array, tuple[int, int]]:
+    """(B Ho Wo, kh kw Cin) windows of lhs (NHWC) on the channel axis, and the output's (Ho, Wo)."""
+    kh, kw = kernel_hw
+    batch, cin = lhs.shape[0], lhs.shape[-1]
     sh, sw = strides
-    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                     ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0),
-                      (0, 0, 0)))
+    padded = _pad_hw(lhs, pads)
     ho = (padded.shape[1] - kh) // sh + 1
     wo = (padded.shape[2] - kw) // sw + 1
     windows = [padded[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
                for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(windows, axis=-1).reshape(batch * ho * wo, kh * kw * cin)
+    return jnp.concatenate(windows, axis=-1).reshape(batch * ho * wo, kh * kw * cin), (ho, wo)
+
+
+def im2col_conv_nhwc(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
+                     pads: tuple[tuple[int, int], ...], precision: Any = None) -> jax.Array:
+    """The convolution as ONE matmul: (B Ho Wo, kh kw Cin) windows @ (kh kw Cin, Cout)."""
+    kh, kw, cin, cout = rhs.shape
+    patches, (ho, wo) = im2col_patches(lhs, (kh, kw), strides, pads)
     out = jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
-    return out.reshape(batch, ho, wo, cout)
+    return out.reshape(lhs.shape[0], ho, wo, cout)
 
 
 def conv_general_dilated_per_shape(
@@ -247,15 +266,12 @@ def conv_general_dilated_per_shape(
     Same values as lax up to float32 rounding; same signature.
     """
     strides = tuple(int(s) for s in window_strides)
-    plain = (
-        lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-        and preferred_element_type in (None, jnp.float32)
-        and _is_nhwc_hwio(tuple(lhs.shape), tuple(rhs.shape), dimension_numbers)
-        and tuple(rhs.shape[:2]) == (3, 3) and len(strides) == 2
-        and _is_unit(lhs_dilation) and _is_unit(rhs_dilation)
-        and feature_group_count == 1 and batch_group_count == 1
-    )
-    pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[0:2], strides) if plain else None
+    float32_3x3 = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+                   and preferred_element_type in (None, jnp.float32)
+                   and rhs.ndim == 4 and tuple(rhs.shape[:2]) == (3, 3))
+    pads = _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count,
+                            batch_group_count) if float32_3x3 else None
     if pads is not None:
         height, width = lhs.shape[1:3]
         if strides == (2, 2):
