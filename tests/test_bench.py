@@ -80,3 +80,57 @@ def test_conv_attempts_compute_the_lax_convolution_and_its_gradients(size, strid
             for got_part, want_part in zip((got_y, *vjp(g)), want, strict=True):
                 np.testing.assert_allclose(got_part, want_part, rtol=1e-4, atol=1e-4,
                                            err_msg=name)
+
+
+def _resnet18_cifar_conv_flops(batch: int, base: int, size: int) -> int:
+    """Closed form: ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool), base channels."""
+    flops = 2 * batch * size * size * base * 9 * 3  # stem
+    cin, hw = base, size
+    for stage in range(4):
+        cout = base * 2**stage
+        stride = 1 if stage == 0 else 2
+        hw //= stride
+        out = batch * hw * hw * cout
+        flops += 2 * out * 9 * cin  # first conv of the first block
+        flops += 3 * 2 * out * 9 * cout  # its second conv and the second block's two
+        if stride != 1 or cin != cout:
+            flops += 2 * out * cin  # 1x1 projection shortcut
+        cin = cout
+    return flops
+
+
+def test_profile_step_counts_the_convolution_flops_of_resnet18():
+    from bench.jax_step import VARIANTS, make_config
+    from bench.profile_step import conv_forward_flops
+
+    config = make_config(batch_per_view=2, overrides=VARIANTS["simclr"], width=0.125,
+                         image_size=16)
+    assert conv_forward_flops(config, 4) == _resnet18_cifar_conv_flops(4, 8, 16)
+
+
+def test_profile_step_buckets_xla_instructions_by_their_flax_scope():
+    from bench.profile_step import jax_bucket
+
+    prefix = "jit(train_step)/"
+    assert jax_bucket(prefix + "jvp(ContrastiveModel)/encoder/BasicBlock_0/Conv_1/"
+                      "conv_general_dilated") == "conv_forward"
+    assert jax_bucket(prefix + "transpose(jvp(ContrastiveModel))/encoder/BasicBlock_0/Conv_0/"
+                      "transpose(jvp())/conv_general_dilated") == "conv_backward"
+    assert jax_bucket(prefix + "transpose(jvp(ContrastiveModel))/encoder/BasicBlock_1/Conv_1/"
+                      "while/body/closed_call/dot_general") == "conv_backward"
+    assert jax_bucket(prefix + "jvp(ContrastiveModel)/encoder/BatchNorm_0/sub") == "batch_norm"
+    assert jax_bucket(prefix + "jvp(ContrastiveModel)/projector/Dense_0/dot_general") == "other"
+    assert jax_bucket("") == "other"
+
+
+def test_profile_step_maps_the_trace_of_the_real_step_to_buckets():
+    from bench.jax_step import VARIANTS, make_config
+    from bench.profile_step import profile_jax
+
+    config = make_config(batch_per_view=2, overrides=VARIANTS["simclr"], width=0.125,
+                         image_size=8)
+    result = profile_jax(config, steps=1)
+    buckets = result["bucket_seconds"]
+    # Every bucket the ResNet has shows up: the thunk names of the trace were found in the HLO.
+    assert buckets["conv_forward"] > 0 and buckets["conv_backward"] > 0 and buckets["other"] > 0
+    assert sum(buckets.values()) <= 2 * result["step_seconds"]
