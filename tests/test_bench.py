@@ -134,3 +134,21 @@ def test_profile_step_maps_the_trace_of_the_real_step_to_buckets():
     # Every bucket the ResNet has shows up: the thunk names of the trace were found in the HLO.
     assert buckets["conv_forward"] > 0 and buckets["conv_backward"] > 0 and buckets["other"] > 0
     assert sum(buckets.values()) <= 2 * result["step_seconds"]
+
+
+def test_core_scaling_host_memory_study_settings_and_ratios():
+    from bench.core_scaling import ALLOCATOR_SETTINGS, ratios, settings
+
+    todo = settings(2, "host_memory")
+    assert set(todo) == {f"{f}_{n}" for f in ("jax", "torch") for n in ALLOCATOR_SETTINGS}
+    assert todo["jax_hugetlb"]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert all(s["cores"] == "all" for s in todo.values())
+    median = {"jax_default": 6.0, "jax_hugetlb": 5.0, "jax_no_mmap": 6.0,
+              "torch_default": 4.0, "torch_hugetlb": 3.0, "torch_no_mmap": 2.0}
+    out = ratios(median, 2, "host_memory")
+    assert out["jax_over_torch_throughput_default"] == pytest.approx(4.0 / 6.0)
+    assert out["jax_speedup_hugetlb"] == pytest.approx(1.2)
+    assert out["torch_speedup_no_mmap"] == pytest.approx(2.0)
+    assert out["jax_over_torch_throughput_best_of_each"] == pytest.approx(2.0 / 5.0)
+    with pytest.raises(ValueError, match="--study"):
+        settings(2, "bogus")
