@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
 CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape")  # as models.fast_conv
+XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as models.fast_conv.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
 AUGMENTATION_LETTERS = "abcde"
@@ -86,7 +87,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
-    config.model.conv_impl = "auto"  # "auto": per_shape on CPU (models/fast_conv.py), else lax.
+    # "auto": lax, except per_shape where YNNPACK runs the convolutions (models/fast_conv.py).
+    config.model.conv_impl = "auto"
+    # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
+    # (XLA's own convolution is >2x faster here: bench/conv_attempts.py); "none"; "jaxlib": both,
+    # jaxlib 0.10's default.
+    config.model.xla_cpu_ynnpack = "dot"
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
     # similarities, temperatures, log-sum-exps and regularisers stay float32.
     config.model.dtype = "float32"
@@ -171,6 +177,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "model.name", tuple(models.ENCODERS))
     _one_of(config, "model.stem", STEMS)
     _one_of(config, "model.conv_impl", CONV_IMPLS)
+    _one_of(config, "model.xla_cpu_ynnpack", XLA_CPU_YNNPACK)
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "optimizer.name", OPTIMIZERS)
     _one_of(config, "optimizer.schedule", SCHEDULES)

@@ -34,8 +34,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from amcl_jax import data as data_lib
-from amcl_jax import knn, methods, optim
+from amcl_jax import knn, methods, models, optim
 from amcl_jax.config import validate_config
+from amcl_jax.methods.common import xla_cpu_ynnpack
 
 
 class NonFiniteError(RuntimeError):
@@ -235,6 +236,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: --workdir must be a pretraining workdir")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """`jax.jit` compiler options for the programs that run the model (`model.xla_cpu_ynnpack`;
+    a config written before that field existed gets its default)."""
+    return models.xla_compiler_options(xla_cpu_ynnpack(config))
 
 
 def load_pretrained(workdir: str, step: int | None = None):
@@ -444,8 +451,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           config=config, total_steps=total_steps),
         in_shardings=(state_shardings, views_sharding, labels_sharding),
         out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,))
-    features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
+        donate_argnums=(0,), compiler_options=compiler_options(config))
+    features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"),
+                          compiler_options=compiler_options(config))
 
     # ---- Checkpoints: auto-resume from the workdir. ----
     manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)

@@ -20,6 +20,13 @@ Third attempt, `winograd`: Winograd F(2x2, 3x3) for the stride-1 convolutions (t
 uses `fast_wgrad`): 2.25x fewer multiplications, as 16 (tiles, Cin) @ (Cin, Cout) matmuls between
 cheap input/output transforms; autodiff of it gives Winograd-form input and weight gradients too.
 Predicted ~1.5x on the 32x32x64 layers, where XLA's convolution runs at half its matmul speed.
+
+`--xla_cpu_ynnpack` compiles every variant with that `model.xla_cpu_ynnpack` setting. The results
+above were measured with "jaxlib" (YNNPACK convolutions and dots, jaxlib 0.10's default, before
+the project chose otherwise); with the project's "dot" (XLA's own convolutions):
+
+    python bench/conv_attempts.py --xla_cpu_ynnpack dot \
+        --output bench/results/conv_attempts_dot_cpu.json
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from amcl_jax.models.fast_conv import (  # noqa: E402
+    XLA_CPU_YNNPACK,
     conv_general_dilated_fast_wgrad,
     im2col_conv_nhwc,
     im2col_patches,
     winograd_conv_nhwc,
+    xla_compiler_options,
 )
 
 # (H=W, Cin, Cout, stride) of ResNet-18's 3x3 convolutions (CIFAR stem), one per stage.
@@ -99,10 +108,11 @@ VARIANTS = {"lax": conv_lax, "fast_wgrad": conv_fast_wgrad, "im2col": conv_im2co
             "im2col_wgrad": conv_im2col_wgrad, "winograd": conv_winograd}
 
 
-def make_step(conv, stride):
+def make_step(conv, stride, ynnpack: str = "jaxlib"):
     def loss(x, w):
         return jnp.sum(conv(x, w, stride) ** 2) * 1e-3
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)),
+                   compiler_options=xla_compiler_options(ynnpack))
 
 
 def main() -> None:
@@ -110,15 +120,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="images per call (2 x 64 views)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", default="bench/results/conv_attempts_cpu.json")
+    parser.add_argument("--xla_cpu_ynnpack", default="jaxlib", choices=tuple(XLA_CPU_YNNPACK),
+                        help="which XLA:CPU ops YNNPACK runs (model.xla_cpu_ynnpack)")
     args = parser.parse_args()
     report = {"command": "python bench/conv_attempts.py " + " ".join(sys.argv[1:]),
-              "batch": args.batch, "load_average_at_start": list(os.getloadavg()),
+              "batch": args.batch, "xla_cpu_ynnpack": args.xla_cpu_ynnpack,
+              "load_average_at_start": list(os.getloadavg()),
               "backend": jax.default_backend(), "layers": []}
     key = jax.random.key(0)
     for size, cin, cout, stride in LAYERS:
         x = jax.random.normal(key, (args.batch, size, size, cin))
         w = jax.random.normal(key, (3, 3, cin, cout)) * 0.05
-        steps = {name: make_step(conv, stride) for name, conv in VARIANTS.items()}
+        steps = {name: make_step(conv, stride, args.xla_cpu_ynnpack)
+                 for name, conv in VARIANTS.items()}
         reference = None
         for name, step in steps.items():  # Compile, and check the three agree.
             value, grads = jax.block_until_ready(step(x, w))

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from amcl_jax import losses, methods, models, optim
 from amcl_jax.config import get_default_config
-from amcl_jax.train import TrainState, train_step
+from amcl_jax.train import TrainState, compiler_options, train_step
 
 # name -> config overrides ("section.field": value).
 VARIANTS: dict[str, dict] = {
@@ -33,6 +33,13 @@ ATTEMPT_VARIANTS: dict[str, dict] = {
     f"simclr_conv_{impl}": {"amcl.enabled": False, "model.conv_impl": impl}
     for impl in ("lax", "fast_wgrad", "per_shape")
 }
+# ... and with a given `model.xla_cpu_ynnpack` (which XLA:CPU ops YNNPACK runs), with the
+# default convolution and with the stock lax one.
+ATTEMPT_VARIANTS.update({
+    f"simclr{conv}_ynnpack_{setting}": {"amcl.enabled": False, "model.xla_cpu_ynnpack": setting,
+                                        **({"model.conv_impl": "lax"} if conv else {})}
+    for setting in ("jaxlib", "dot", "none") for conv in ("", "_conv_lax")
+})
 
 
 def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",
@@ -82,7 +89,8 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
     jitted = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
                                        schedule=schedule, config=config), donate_argnums=(0,),
                      in_shardings=(state_shardings, views_sharding),
-                     out_shardings=(state_shardings, replicated))
+                     out_shardings=(state_shardings, replicated),
+                     compiler_options=compiler_options(config))
     views = jax.device_put(
         jax.random.normal(rng, (2, config.batch_size, size, size, 3), jnp.float32),
         views_sharding)

@@ -17,6 +17,13 @@ with `torch.profiler`, and splits each into the same buckets:
 The convolution layers' forward FLOPs (2 * output size * kh * kw * Cin, summed over every conv)
 give each framework's forward convolution rate in GFLOP/s. The question it answers: is the gap
 to PyTorch in the convolution kernels, in the rest of the step, or spread over both?
+
+`attributed_share` is the buckets' sum over the step's wall time. The split holds where it is
+near 1, as with YNNPACK convolutions (`--xla_cpu_ynnpack jaxlib`, the setting of
+`bench/results/profile_step_cpu.json`). XLA's own convolution thunks (the project's default
+"dot") hand their work to the intra-op thread pool and their trace events do not cover it: the
+share falls well below 1 (`bench/results/profile_step_dot_cpu.json`) and the buckets are not a
+split of the step; per-layer timings (`bench/conv_attempts.py --xla_cpu_ynnpack dot`) are.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from amcl_jax import methods  # noqa: E402
+from amcl_jax.models import XLA_CPU_YNNPACK  # noqa: E402
 from bench.jax_step import VARIANTS, make_config, make_jax_step  # noqa: E402
 
 BUCKETS = ("conv_forward", "conv_backward", "batch_norm", "other")
@@ -114,6 +122,7 @@ def profile_jax(config, steps: int) -> dict:
         seconds[jax_bucket(op_names[name])] += event["dur"] * 1e-6 / steps
     return {"step_seconds": wall / steps,
             "bucket_seconds": {b: seconds[b] for b in BUCKETS},
+            "attributed_share": sum(seconds[b] for b in BUCKETS) / (wall / steps),
             "unmatched_event_seconds": dict(unmatched.most_common(5))}
 
 
@@ -154,13 +163,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per framework")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--output", default="bench/results/profile_step_cpu.json")
+    parser.add_argument("--xla_cpu_ynnpack", default=None, choices=tuple(XLA_CPU_YNNPACK),
+                        help="model.xla_cpu_ynnpack (default: the config's default)")
     args = parser.parse_args(argv)
     config = make_config(batch_per_view=args.batch, overrides=VARIANTS["simclr"])
+    if args.xla_cpu_ynnpack is not None:
+        config.model.xla_cpu_ynnpack = args.xla_cpu_ynnpack
     flops = conv_forward_flops(config, 2 * args.batch)
     report = {"command": "python bench/profile_step.py " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv),
               "batch_per_view": args.batch, "steps": args.steps,
-              "conv_impl": config.model.conv_impl, "jax": jax.__version__,
+              "conv_impl": config.model.conv_impl,
+              "xla_cpu_ynnpack": config.model.xla_cpu_ynnpack, "jax": jax.__version__,
               "load_average_at_start": list(os.getloadavg()),
               "conv_forward_gflop_per_step": flops / 1e9, "frameworks": {}}
     runs = {"jax": lambda: profile_jax(config, args.steps)}

@@ -6,10 +6,16 @@ XLA:CPU can hand dots and convolutions to other libraries (oneDNN, XNNPACK, YNNP
 debug flags. For each flag setting, a fresh process (flags are read at start-up) times the
 forward + backward (value and gradients w.r.t. input and kernel, jitted) of the two 3x3
 convolutions where XLA:CPU is furthest behind PyTorch (32x32x64 and 16x16x128, 128 images), with
-the stock lax convolution and with the project's default on CPU (`fast_wgrad`). Prediction before
-measuring: a library convolution (oneDNN is what PyTorch uses) would reach PyTorch's ~2x on these
-layers if XLA:CPU really dispatched to it. Medians of 5 runs per setting; the settings run one
-after another, and the no-flag setting runs first and last so that drift shows.
+the stock lax convolution and with `fast_wgrad` (`models/fast_conv.py`), and the stock forward
+pass alone (`lax_forward`, with its GFLOP/s). Prediction before measuring: a library convolution
+(oneDNN is what PyTorch uses) would reach PyTorch's ~2x on these layers if XLA:CPU really
+dispatched to it. Medians of 5 runs per setting; the settings run one after another, and the
+no-flag setting runs first and last so that drift shows.
+
+The oneDNN/XNNPACK flags cannot reach these convolutions: jaxlib 0.10 already hands them to
+YNNPACK ("ynn_fusion" in the compiled HLO), which those flags leave in place. The settings
+`ynnpack_dots_only` and `no_ynnpack` take them back to XLA's own kernel, which is what the
+project now does per program (`model.xla_cpu_ynnpack`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ SETTINGS = {
     "ynn_convolution_dot": "--xla_cpu_experimental_ynn_fusion_type="
                            "individual_convolution,individual_dot",
     "no_eigen_threads": "--xla_cpu_multi_thread_eigen=false",
+    # jaxlib 0.10 runs convolutions and dots in YNNPACK by default, which the library flags
+    # above leave in place; these take the convolutions (and the dots) back to XLA's own kernels.
+    "ynnpack_dots_only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+    "no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type=",
     "default_again": "",  # Brackets the drift of the machine over the run.
 }
 LAYERS = ((32, 64, 64), (16, 128, 128))
@@ -46,8 +56,9 @@ def child(batch: int, rounds: int) -> dict:
     for size, cin, cout in LAYERS:
         x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
         w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.05
-        for name in ("lax", "fast_wgrad"):
-            step = make_step(VARIANTS[name], stride=1)
+        forward = jax.jit(lambda x, w: VARIANTS["lax"](x, w, 1))  # The forward pass alone.
+        for name in ("lax_forward", "lax", "fast_wgrad"):
+            step = forward if name == "lax_forward" else make_step(VARIANTS[name], stride=1)
             jax.block_until_ready(step(x, w))
             times = []
             for _ in range(rounds):
@@ -84,6 +95,14 @@ def main() -> None:
         report["settings"][name] = {"xla_flags": flags, "median_seconds": seconds}
         print(f"{name:22s} " + "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in seconds.items()),
               flush=True)
+    # The forward convolution's rate: 2 * output size * 9 * Cin FLOPs.
+    flops = {f"{size}x{size}x{cin}": 2 * args.batch * size * size * cout * 9 * cin
+             for size, cin, cout in LAYERS}
+    for entry in report["settings"].values():
+        if "median_seconds" in entry:
+            entry["lax_forward_gflop_per_second"] = {
+                layer: flops[layer] / 1e9 / entry["median_seconds"][f"{layer}/lax_forward"]
+                for layer in flops}
     base = report["settings"]["default"].get("median_seconds", {})
     report["speedup_over_default"] = {
         name: {k: base[k] / v for k, v in entry["median_seconds"].items() if k in base}

@@ -134,6 +134,8 @@ def test_profile_step_maps_the_trace_of_the_real_step_to_buckets():
     # Every bucket the ResNet has shows up: the thunk names of the trace were found in the HLO.
     assert buckets["conv_forward"] > 0 and buckets["conv_backward"] > 0 and buckets["other"] > 0
     assert sum(buckets.values()) <= 2 * result["step_seconds"]
+    assert result["attributed_share"] == pytest.approx(
+        sum(buckets.values()) / result["step_seconds"])
 
 
 def test_core_scaling_host_memory_study_settings_and_ratios():

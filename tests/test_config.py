@@ -1,9 +1,11 @@
 """Invalid config values fail at start-up with one line naming the field."""
 
+import json
 import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from amcl_jax.config import ConfigError, get_default_config, validate_config
@@ -15,6 +17,7 @@ BAD_VALUES = [
     ("model.name", "resnet19"),
     ("model.stem", "tiny"),
     ("model.conv_impl", "cudnn"),
+    ("model.xla_cpu_ynnpack", "eigen"),
     ("model.dtype", "float16"),
     ("model.batch_norm_groups", 0),
     ("model.batch_norm_groups", -2),
@@ -109,3 +112,20 @@ def test_temperature_ablation_is_refused_where_the_loss_has_no_such_split():
         validate_config(config)
     config.method = "simclr"
     validate_config(config)
+
+
+def test_xla_cpu_ynnpack_settings_and_configs_written_before_the_field():
+    from amcl_jax import config as config_lib
+    from amcl_jax import models, train
+
+    assert config_lib.XLA_CPU_YNNPACK == tuple(models.XLA_CPU_YNNPACK)
+    config = get_default_config()
+    assert config.model.xla_cpu_ynnpack == models.DEFAULT_XLA_CPU_YNNPACK
+    assert train.compiler_options(config) == models.xla_compiler_options(
+        config.model.xla_cpu_ynnpack)
+    old = ml_collections.ConfigDict(json.loads(config.to_json()))
+    del old.model["xla_cpu_ynnpack"]
+    assert "xla_cpu_ynnpack" not in old.model
+    assert train.compiler_options(old) == train.compiler_options(config)
+    config.model.xla_cpu_ynnpack = "jaxlib"
+    assert train.compiler_options(config) is None

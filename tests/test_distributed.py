@@ -47,8 +47,13 @@ def test_main_on_8_devices_logs_the_1_device_losses_and_checkpoints_move_across(
     one = _runs.baseline()
     assert _runs.summary(eight)["num_devices"] == 8 and _runs.summary(one)["num_devices"] == 1
     losses_8, losses_1 = _runs.losses(eight), _runs.losses(one)
-    for step in (1, 2, 3, 4):
-        np.testing.assert_allclose(losses_8[step], losses_1[step], rtol=1e-5, err_msg=step)
+    # Step 1 is the same parameters summed in another order; each update then compounds that
+    # reordering (XLA:CPU's convolution blocks by the per-device batch): measured relative
+    # differences 0, 0, 7e-7 and 3.4e-5 at steps 1-4. Per-device BatchNorm statistics instead of
+    # global ones would differ by far more (test above: > 1e-4 in one step's loss).
+    np.testing.assert_allclose(losses_8[1], losses_1[1], rtol=1e-5)
+    for step in (2, 3, 4):
+        np.testing.assert_allclose(losses_8[step], losses_1[step], rtol=1e-4, err_msg=step)
 
     # Written on 8 devices, restored on 1 (and the other way): the same parameters, bit for bit.
     on_one = _runs.copy_workdir(eight, str(tmp_path / "eight_then_one"))

@@ -9,6 +9,7 @@ import pytest
 from jax import lax
 
 from amcl_jax.models import (
+    XLA_CPU_YNNPACK,
     BasicBlock,
     Bottleneck,
     BoundTemperature,
@@ -22,8 +23,10 @@ from amcl_jax.models import (
     conv_general_dilated_fast_wgrad,
     conv_general_dilated_per_shape,
     encoder_feature_dim,
+    fast_conv,
     feature_dim,
     select_conv,
+    xla_compiler_options,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -278,12 +281,65 @@ def test_select_conv():
     assert select_conv("lax") is lax.conv_general_dilated
     assert select_conv("fast_wgrad") is conv_general_dilated_fast_wgrad
     assert select_conv("per_shape") is conv_general_dilated_per_shape
-    expected = conv_general_dilated_per_shape if jax.default_backend() == "cpu" else (
-        lax.conv_general_dilated)
-    assert select_conv("auto") is expected
+    # "auto": per_shape only where YNNPACK runs the convolutions (XLA:CPU, "jaxlib"), else lax.
+    cpu = jax.default_backend() == "cpu"
+    assert select_conv("auto") is lax.conv_general_dilated
+    for setting in ("dot", "none"):
+        assert select_conv("auto", setting) is lax.conv_general_dilated
+    assert select_conv("auto", "jaxlib") is (
+        conv_general_dilated_per_shape if cpu else lax.conv_general_dilated)
     with pytest.raises(ValueError,
                        match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad', 'per_shape'"):
         select_conv("cudnn")
+
+
+# ---------------------------------------------------------------------------------------------
+# model.xla_cpu_ynnpack: which XLA:CPU ops YNNPACK runs
+# ---------------------------------------------------------------------------------------------
+def _conv_and_dot(x, w, m):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN), x.reshape(
+        -1, x.shape[-1]) @ m
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+@pytest.mark.parametrize("setting,ynn_conv,ynn_dot",
+                         [("jaxlib", True, True), ("dot", False, True), ("none", False, False)])
+def test_xla_cpu_ynnpack_sends_convolutions_and_dots_where_it_says(setting, ynn_conv, ynn_dot):
+    # YNNPACK takes convolutions from 32 channels on (jaxlib 0.10.2), dots of any size.
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+    m = jax.random.normal(jax.random.key(2), (32, 24))
+    options = xla_compiler_options(setting)
+    assert (options is None) == (setting == "jaxlib")
+    compiled = jax.jit(_conv_and_dot, compiler_options=options).lower(x, w, m).compile()
+    text = compiled.as_text()
+    # An op YNNPACK runs sits inside a "ynn_fusion" computation; one XLA runs itself is a plain
+    # instruction of the entry computation (the two outputs are separate, so nothing fuses them).
+    entry = text[text.index("ENTRY"):]
+    assert (" convolution(" not in entry) == ynn_conv, entry
+    assert (" dot(" not in entry) == ynn_dot, entry
+    assert ("ynn_fusion" in text) == (ynn_conv or ynn_dot)
+    # Same values whichever library computes them.
+    with jax.default_matmul_precision("highest"):
+        want = _conv_and_dot(x, w, m)
+    for got, ref in zip(compiled(x, w, m), want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_xla_cpu_ynnpack_off_cpu_and_bad_values():
+    assert set(XLA_CPU_YNNPACK) == {"jaxlib", "dot", "none"}
+    for setting in XLA_CPU_YNNPACK:
+        assert xla_compiler_options(setting, backend="gpu") is None
+        assert xla_compiler_options(setting, backend="tpu") is None
+    with pytest.raises(ValueError, match=r"model\.xla_cpu_ynnpack.*'jaxlib', 'dot', 'none'"):
+        xla_compiler_options("eigen")
+
+
+def test_an_option_this_jaxlib_rejects_is_dropped_with_a_warning(monkeypatch):
+    assert not fast_conv._cpu_option_accepted("xla_cpu_experimental_ynn_fusion_type",
+                                              "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+    monkeypatch.setattr(fast_conv, "_cpu_option_accepted", lambda name, value: False)
+    assert xla_compiler_options("dot", backend="cpu") is None
 
 
 # ---------------------------------------------------------------------------------------------

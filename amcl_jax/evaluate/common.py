@@ -7,6 +7,7 @@ written.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -41,10 +42,15 @@ def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examp
     return images, labels, num_classes
 
 
-def features_fn_for_layer(model, layer: str) -> Callable[[dict, jax.Array], jax.Array]:
-    """A jitted `fn(variables, images (B, H, W, 3)) -> (B, F) float32` for `layer`."""
+def features_fn_for_layer(model, layer: str, compiler_options: dict | None = None
+                          ) -> Callable[[dict, jax.Array], jax.Array]:
+    """A jitted `fn(variables, images (B, H, W, 3)) -> (B, F) float32` for `layer`.
+
+    `compiler_options`: for `jax.jit`, as `train.compiler_options(config)` gives them.
+    """
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if layer == "backbone":
-        return jax.jit(lambda variables, x: model.apply(variables, x, method="features"))
+        return jit(lambda variables, x: model.apply(variables, x, method="features"))
     match = re.fullmatch(r"head(\d+)", layer)
     if match is None and layer != "heads":
         raise ValueError(f"feature layer {layer!r}: allowed are backbone, head0, head1, ..., heads")
@@ -60,9 +66,9 @@ def features_fn_for_layer(model, layer: str) -> Callable[[dict, jax.Array], jax.
             z = projections(variables, x)
             z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
             return jnp.transpose(z, (1, 0, 2)).reshape(x.shape[0], -1)
-        return jax.jit(all_heads)
+        return jit(all_heads)
     head = int(match.group(1))
-    return jax.jit(lambda variables, x: projections(variables, x)[head])
+    return jit(lambda variables, x: projections(variables, x)[head])
 
 
 def extract(config, features_fn, variables, images: np.ndarray, labels: np.ndarray

@@ -16,6 +16,7 @@ of a batch, temperatures for them are evaluated on the first `max_anchors` ancho
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -54,7 +55,7 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
             bounds=tuple(config.amcl.temperature_bounds),
             shared=config.amcl.shared_temperature_net), params["temperature_net"])
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=train.compiler_options(config))
     def pairs(variables, views):  # views (2, B, H, W, 3)
         batch = views.shape[1]
         _, z = model.apply(variables, views.reshape((-1,) + views.shape[2:]), train=False)
@@ -159,7 +160,8 @@ def make_figures(workdir: str, *, out_dir: str | None = None, step: int | None =
     _histograms(paths["similarities"], f"Pair similarities, {name}", stats["pos_cos"],
                 stats["neg_cos"], "cosine similarity")
     features, feature_labels = common.extract(
-        config, common.features_fn_for_layer(model, "backbone"), variables, images, labels)
+        config, common.features_fn_for_layer(
+            model, "backbone", train.compiler_options(config)), variables, images, labels)
     _embedding_plot(paths["features"], features, feature_labels, embedding,
                     f"Backbone features ({embedding.upper()}), {name}")
 

@@ -68,7 +68,7 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         config, config.data.eval_train_split, max_bank)
     query_images, query_labels, _ = common.load_labelled_split(
         config, config.data.eval_test_split, max_query)
-    features_fn = common.features_fn_for_layer(model, layer)
+    features_fn = common.features_fn_for_layer(model, layer, train.compiler_options(config))
     bank, bank_y = common.extract(config, features_fn, variables, bank_images, bank_labels)
     queries, query_y = common.extract(config, features_fn, variables, query_images, query_labels)
     top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=temperature,

@@ -237,7 +237,8 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
         config, train_split, probe.max_train_examples)
     test_images, test_labels, _ = common.load_labelled_split(
         config, test_split, probe.max_test_examples)
-    features_fn = common.features_fn_for_layer(model, probe.feature_layer)
+    features_fn = common.features_fn_for_layer(
+        model, probe.feature_layer, train.compiler_options(config))
     train_features, train_y = common.extract(config, features_fn, variables, train_images,
                                              train_labels)
     test_features, test_y = common.extract(config, features_fn, variables, test_images,

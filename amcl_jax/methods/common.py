@@ -76,11 +76,16 @@ def batch_norm_layout(config: ml_collections.ConfigDict) -> dict[str, int]:
     return {"batch_norm_groups": groups, "batch_norm_group_rows": config.batch_size // groups}
 
 
+def xla_cpu_ynnpack(config: ml_collections.ConfigDict) -> str:
+    """`model.xla_cpu_ynnpack`; a config written before the field existed gets its default."""
+    return config.model.get("xla_cpu_ynnpack", models.DEFAULT_XLA_CPU_YNNPACK)
+
+
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return models.build_encoder(
         config.model.name, width=config.model.width, stem=config.model.stem,
         dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl,
-        **batch_norm_layout(config))
+        xla_cpu_ynnpack=xla_cpu_ynnpack(config), **batch_norm_layout(config))
 
 
 def num_heads(config: ml_collections.ConfigDict) -> int:

@@ -10,9 +10,13 @@ import flax.linen as nn
 
 from amcl_jax.models.fast_conv import (
     CONV_IMPLS,
+    DEFAULT_XLA_CPU_YNNPACK,
+    XLA_CPU_YNNPACK,
     conv_general_dilated_fast_wgrad,
     conv_general_dilated_per_shape,
     select_conv,
+    xla_compiler_options,
+    ynnpack_runs_convolutions,
 )
 from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
 from amcl_jax.models.norm import BatchNorm, make_norm
@@ -59,8 +63,11 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]
 
 
 def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str,
-                  batch_norm_groups: int = 1, batch_norm_group_rows: int = 0) -> nn.Module:
+                  batch_norm_groups: int = 1, batch_norm_group_rows: int = 0,
+                  xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK) -> nn.Module:
     """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features.
+
+    `conv_impl`, `xla_cpu_ynnpack`: as `select_conv`.
 
     `batch_norm_groups` > 1: per-device BatchNorm statistics (`models/norm.py`); encoders
     registered without these two attributes only support the default (global statistics).
@@ -70,7 +77,8 @@ def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: 
     if batch_norm_groups != 1:
         norm = {"batch_norm_groups": batch_norm_groups,
                 "batch_norm_group_rows": batch_norm_group_rows}
-    return constructor(width=width, stem=stem, dtype=dtype, conv=select_conv(conv_impl), **norm)
+    return constructor(width=width, stem=stem, dtype=dtype,
+                       conv=select_conv(conv_impl, xla_cpu_ynnpack), **norm)
 
 
 def encoder_feature_dim(name: str, width: float) -> int:
@@ -81,6 +89,7 @@ def encoder_feature_dim(name: str, width: float) -> int:
 
 __all__ = [
     "CONV_IMPLS",
+    "DEFAULT_XLA_CPU_YNNPACK",
     "BatchNorm",
     "ENCODERS",
     "BasicBlock",
@@ -95,6 +104,7 @@ __all__ = [
     "ResNet50",
     "TemperatureNet",
     "ViT",
+    "XLA_CPU_YNNPACK",
     "build_encoder",
     "conv_general_dilated_fast_wgrad",
     "conv_general_dilated_per_shape",
@@ -102,4 +112,6 @@ __all__ = [
     "feature_dim",
     "make_norm",
     "select_conv",
+    "xla_compiler_options",
+    "ynnpack_runs_convolutions",
 ]

@@ -1,9 +1,15 @@
-"""A drop-in `lax.conv_general_dilated` with a faster weight gradient on XLA:CPU.
+"""Which kernels run the convolutions on XLA:CPU, and formulations for when YNNPACK runs them.
 
-XLA:CPU computes the weight gradient of a convolution (the "backward filter" conv) up to ~20x
-slower than oneDNN at high resolution and few channels, which makes it the bottleneck of a
-ResNet train step on CPU. Here the forward pass and the input gradient are the stock lax ones,
-and the weight gradient is written as one matmul per kernel tap:
+jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK by default. Its convolution weight
+gradient (the "backward filter" conv) is up to ~20x slower than oneDNN's at high resolution and
+few channels, and its forward 3x3 convolution runs at less than half the speed of XLA's own
+(Eigen) kernel (`bench/xla_flags.py`, `bench/conv_attempts.py`). The project therefore compiles
+its programs with YNNPACK for dots only (`xla_compiler_options`, `model.xla_cpu_ynnpack="dot"`),
+and the stock lax convolution is then the fastest (`model.conv_impl="auto"` picks it).
+
+With YNNPACK running the convolutions (`model.xla_cpu_ynnpack="jaxlib"`) the formulations below
+are faster than lax. `conv_general_dilated_fast_wgrad`: the forward pass and the input gradient
+are the stock lax ones, and the weight gradient is written as one matmul per kernel tap:
 
     dW[i, j] = patch(i, j)^T @ g,  patch(i, j): (B*Ho*Wo, Cin),  g: (B*Ho*Wo, Cout)
 
@@ -16,19 +22,22 @@ explicit or string ('SAME', 'VALID', 'SAME_LOWER') padding, no input/kernel dila
 `feature_group_count == batch_group_count == 1`. Any other call falls back to the plain
 `lax.conv_general_dilated` (same result, stock gradients).
 
-`conv_general_dilated_per_shape` (the CPU default, `model.conv_impl="auto"`) goes further, per
-layer shape, by what `bench/conv_attempts.py` measured: one im2col matmul for stride-2 3x3
-convolutions, Winograd F(2x2, 3x3) for small stride-1 3x3 ones, the above for the rest.
+`conv_general_dilated_per_shape` (what `model.conv_impl="auto"` picks when YNNPACK runs the
+convolutions) goes further, per layer shape, by what `bench/conv_attempts.py` measured then: one
+im2col matmul for stride-2 3x3 convolutions, Winograd F(2x2, 3x3) for small stride-1 3x3 ones,
+the above for the rest.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
@@ -179,7 +188,7 @@ def conv_general_dilated_fast_wgrad(
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-shape choice (`model.conv_impl="per_shape"`, the CPU default)
+# Per-shape choice (`model.conv_impl="per_shape"`; "auto" where YNNPACK runs the convolutions)
 # ---------------------------------------------------------------------------------------------
 # Winograd F(2x2, 3x3): y = A^T [(G w G^T) * (B^T d B)] A for each 4x4 input tile d.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -286,18 +295,76 @@ def conv_general_dilated_per_shape(
         preferred_element_type=preferred_element_type)
 
 
+# ---------------------------------------------------------------------------------------------
+# Which XLA:CPU library runs the convolutions and dots (`model.xla_cpu_ynnpack`)
+# ---------------------------------------------------------------------------------------------
+# jaxlib 0.10 hands XLA:CPU's convolutions and dots to YNNPACK ("ynn_fusion" in the compiled
+# HLO). On the x86 CPUs measured its 3x3 convolutions run at less than half the speed of XLA's
+# own (Eigen) kernel, while its dots are on par (`bench/xla_flags.py`, `bench/run.py`). The
+# option is read per compiled program (`jax.jit(..., compiler_options=...)`), so it touches only
+# the project's own programs and only on the CPU backend.
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# setting -> value of the XLA option (None: leave jaxlib's default alone).
+XLA_CPU_YNNPACK = {
+    "jaxlib": None,  # jaxlib's default: convolutions and dots in YNNPACK.
+    "dot": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",  # dots in YNNPACK, convolutions in XLA's own.
+    "none": "",  # neither: XLA's own kernels for both.
+}
+DEFAULT_XLA_CPU_YNNPACK = "dot"  # as `model.xla_cpu_ynnpack`'s default in amcl_jax/config.py.
+
+
+@functools.cache
+def _cpu_option_accepted(name: str, value: str) -> bool:
+    """Whether this jaxlib's XLA:CPU accepts the compiler option (it is experimental)."""
+    try:
+        on_cpu = jax.device_put(jnp.zeros((), jnp.float32), jax.devices("cpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(on_cpu).compile()
+    except Exception as error:  # noqa: BLE001 - any rejection means "do not pass it".
+        logging.warning("XLA:CPU rejects %s=%r (%s); compiling with jaxlib's defaults",
+                        name, value, str(error).splitlines()[0])
+        return False
+    return True
+
+
+def xla_compiler_options(ynnpack: str, backend: str | None = None) -> dict[str, Any] | None:
+    """`compiler_options` for `jax.jit` of the project's model programs (`model.xla_cpu_ynnpack`).
+
+    None off the CPU backend (`backend`, default `jax.default_backend()`), for "jaxlib", and when
+    this jaxlib does not know the option (a warning says so).
+    """
+    if ynnpack not in XLA_CPU_YNNPACK:
+        raise ValueError(f"model.xla_cpu_ynnpack must be one of {tuple(XLA_CPU_YNNPACK)}, "
+                         f"got {ynnpack!r}")
+    value = XLA_CPU_YNNPACK[ynnpack]
+    if value is None or (backend or jax.default_backend()) != "cpu":
+        return None
+    if not _cpu_option_accepted(_YNN_OPTION, value):
+        return None
+    return {_YNN_OPTION: value}
+
+
 CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape")
 
 
-def select_conv(impl: str) -> ConvFn:
-    """The conv function for `model.conv_impl`.
+def ynnpack_runs_convolutions(xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK,
+                              backend: str | None = None) -> bool:
+    """Whether the project's programs compiled with this setting leave convolutions to YNNPACK:
+    on the CPU backend with "jaxlib", or when this jaxlib does not accept the option."""
+    return ((backend or jax.default_backend()) == "cpu"
+            and xla_compiler_options(xla_cpu_ynnpack, backend) is None)
+
+
+def select_conv(impl: str, xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK) -> ConvFn:
+    """The conv function for `model.conv_impl` (and `model.xla_cpu_ynnpack`, which "auto" reads).
 
     "lax": `lax.conv_general_dilated`; "fast_wgrad": `conv_general_dilated_fast_wgrad`;
-    "per_shape": `conv_general_dilated_per_shape`; "auto": per_shape on the CPU backend (where
-    XLA's weight gradient is slow and its convolutions lag its matmuls), lax elsewhere.
+    "per_shape": `conv_general_dilated_per_shape`; "auto": per_shape where YNNPACK runs the
+    convolutions (XLA:CPU with `xla_cpu_ynnpack="jaxlib"`: its weight gradient is slow), lax
+    everywhere else: XLA's own CPU convolution is faster than every formulation here
+    (`bench/conv_attempts.py --xla_cpu_ynnpack dot`), as are GPU and TPU convolutions.
     """
     if impl == "auto":
-        impl = "per_shape" if jax.default_backend() == "cpu" else "lax"
+        impl = "per_shape" if ynnpack_runs_convolutions(xla_cpu_ynnpack) else "lax"
     if impl == "lax":
         return lax.conv_general_dilated
     if impl == "fast_wgrad":
