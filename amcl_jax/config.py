@@ -90,7 +90,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     # "auto": lax, except per_shape where YNNPACK runs the convolutions (models/fast_conv.py).
     config.model.conv_impl = "auto"
     # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
-    # (XLA's own convolution is >2x faster here: bench/conv_attempts.py); "none"; "jaxlib": both,
+    # (XLA's own convolution is >2x faster here: bench/xla_flags.py); "none"; "jaxlib": both,
     # jaxlib 0.10's default.
     config.model.xla_cpu_ynnpack = "dot"
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,

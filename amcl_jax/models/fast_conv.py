@@ -3,9 +3,10 @@
 jaxlib 0.10's XLA:CPU hands convolutions and dots to YNNPACK by default. Its convolution weight
 gradient (the "backward filter" conv) is up to ~20x slower than oneDNN's at high resolution and
 few channels, and its forward 3x3 convolution runs at less than half the speed of XLA's own
-(Eigen) kernel (`bench/xla_flags.py`, `bench/conv_attempts.py`). The project therefore compiles
-its programs with YNNPACK for dots only (`xla_compiler_options`, `model.xla_cpu_ynnpack="dot"`),
-and the stock lax convolution is then the fastest (`model.conv_impl="auto"` picks it).
+(Eigen) kernel on ResNet-18's 32x32x64 layer (`bench/xla_flags.py`, `bench/conv_attempts.py`).
+The project therefore compiles its programs with YNNPACK for dots only (`xla_compiler_options`,
+`model.xla_cpu_ynnpack="dot"`), and the stock lax convolution is then the fastest
+(`model.conv_impl="auto"` picks it).
 
 With YNNPACK running the convolutions (`model.xla_cpu_ynnpack="jaxlib"`) the formulations below
 are faster than lax. `conv_general_dilated_fast_wgrad`: the forward pass and the input gradient
@@ -299,10 +300,11 @@ def conv_general_dilated_per_shape(
 # Which XLA:CPU library runs the convolutions and dots (`model.xla_cpu_ynnpack`)
 # ---------------------------------------------------------------------------------------------
 # jaxlib 0.10 hands XLA:CPU's convolutions and dots to YNNPACK ("ynn_fusion" in the compiled
-# HLO). On the x86 CPUs measured its 3x3 convolutions run at less than half the speed of XLA's
-# own (Eigen) kernel, while its dots are on par (`bench/xla_flags.py`, `bench/run.py`). The
-# option is read per compiled program (`jax.jit(..., compiler_options=...)`), so it touches only
-# the project's own programs and only on the CPU backend.
+# HLO). On the x86 CPU measured, its forward 3x3 convolution at 32x32x64 runs at less than half
+# the speed of XLA's own (Eigen) kernel and its backward is slower still (`bench/xla_flags.py`),
+# while its dots are on par (the step with "none" is within 2% of "dot":
+# `bench/results/ynnpack_cpu.json`). The option is read per compiled program (`jax.jit(...,
+# compiler_options=...)`), so it touches only the project's own programs and only on CPU.
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # setting -> value of the XLA option (None: leave jaxlib's default alone).
 XLA_CPU_YNNPACK = {
