@@ -21,7 +21,7 @@ pages, so a fresh 2 MiB page faults once instead of 512 4 KiB ones); `no_mmap`
 (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=2**31-1: freed memory stays in the heap for reuse).
 Why: XLA:CPU allocates each execution's scratch memory (one block for the whole step) anew
 and the kernel maps it in 4 KiB page by page, ~310,000 minor faults per step, PyTorch ~290,000
-(bench/results/host_memory_cpu.json).
+(bench/results/host_memory_cpu.json, measured with YNNPACK convolutions, jaxlib's default then).
 """
 
 from __future__ import annotations
