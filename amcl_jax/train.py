@@ -446,14 +446,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logging.info("model %s, %d parameters", config.model.name, num_params)
 
+    options = compiler_options(config)
     step_fn = jax.jit(
         functools.partial(train_step, model=model, method=method, tx=tx, schedule=schedule,
                           config=config, total_steps=total_steps),
         in_shardings=(state_shardings, views_sharding, labels_sharding),
         out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,), compiler_options=compiler_options(config))
+        donate_argnums=(0,), compiler_options=options)
     features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"),
-                          compiler_options=compiler_options(config))
+                          compiler_options=options)
 
     # ---- Checkpoints: auto-resume from the workdir. ----
     manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)

@@ -31,9 +31,8 @@ the above for the rest.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import jax
@@ -315,7 +314,7 @@ XLA_CPU_YNNPACK = {
 DEFAULT_XLA_CPU_YNNPACK = "dot"  # as `model.xla_cpu_ynnpack`'s default in amcl_jax/config.py.
 
 
-@functools.cache
+@cache
 def _cpu_option_accepted(name: str, value: str) -> bool:
     """Whether this jaxlib's XLA:CPU accepts the compiler option (it is experimental)."""
     try:
