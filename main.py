@@ -68,12 +68,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from amcl_jax.distributed import DistributedSetupError, initialize_from_environment
+    from amcl_jax.distributed import DistributedSetupError, finish, initialize_from_environment
 
     try:  # Before anything touches a device: a multi-host run must see every host's devices.
         initialize_from_environment()
     except DistributedSetupError as e:
         _fail(str(e))
+    _run()  # An error exits from inside (`_fail`), leaving the peers to the runtime's error path.
+    finish()  # Multi-process: all processes leave together (no-op on one).
+
+
+def _run() -> None:
     import jax
 
     from amcl_jax.config import ConfigError, validate_config

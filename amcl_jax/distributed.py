@@ -13,7 +13,8 @@ device, and decides from the environment alone:
 
 Otherwise nothing is initialised: a single host never waits for peers that will not come.
 When it does connect it says so first (who it is, whom it waits for, for how long), so a missing
-peer shows up as a message and then a timeout error, never as a silent hang.
+peer shows up as a message and then a timeout error, never as a silent hang. A run that ends
+normally (finished or preempted) leaves through `finish()`, all processes together.
 """
 
 from __future__ import annotations
@@ -102,4 +103,29 @@ def initialize_from_environment(environ=None) -> bool:
     print(f"jax.distributed ready: process {jax.process_index()} of {jax.process_count()}, "
           f"{jax.local_device_count()} local / {jax.device_count()} global devices",
           file=sys.stderr, flush=True)
+    return True
+
+
+def finish() -> bool:
+    """Leaves a multi-process run in order, before Python's own teardown; True if it did.
+
+    For a run that ended normally (finished, or checkpointed after a preemption) on every
+    process. All processes meet at a barrier, then `jax.distributed.shutdown()` disconnects them
+    (its own barrier) before process 0 stops the coordination service. Without it each process
+    leaves at interpreter exit on its own schedule, and a process still tearing down (slow under
+    load) can find the service already gone and abort with SIGABRT: a completed run reported
+    as a crash. Not for error paths: a peer that failed never reaches the barrier, and the
+    coordination service's error propagation is what stops the others then.
+    """
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return False
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("amcl_jax: finished")
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    jax.distributed.shutdown()
+    print(f"jax.distributed.shutdown: {where}, after all processes finished", file=sys.stderr,
+          flush=True)
     return True

@@ -559,6 +559,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 save(step)
             manager.wait_until_finished()
             manager.close()
+            writer.close()
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous_handler)
             print(f"Preempted: checkpoint saved at step {step}; run the same command to resume.",
@@ -572,7 +573,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(total_steps)
     manager.wait_until_finished()
     manager.close()
-    writer.flush()
+    writer.close()
 
     accuracies = {e["step"]: e["knn_top1"] for e in history["knn"]}
     summary = {

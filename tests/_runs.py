@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -83,12 +84,16 @@ class Run:
         with open(self.stderr_path) as f:
             return f.read()
 
+    def report(self) -> str:
+        """Exit code, stdout and the informative end of stderr, for an assertion message."""
+        return (f"exit {self.process.returncode} ({self.stderr_path}):\n{self.stdout[-2000:]}\n"
+                f"{stderr_excerpt(self.stderr)}")
+
     def wait_for(self, text: str, timeout: float = 240) -> None:
         deadline = time.time() + timeout
         while text not in self.stdout:
             if self.process.poll() is not None:
-                raise AssertionError(f"exited ({self.process.returncode}) before {text!r}:\n"
-                                     f"{self.stdout}\n{self.stderr[-3000:]}")
+                raise AssertionError(f"before {text!r}: {self.report()}")
             if time.time() > deadline:
                 self.kill()
                 raise AssertionError(f"no {text!r} within {timeout} s:\n{self.stdout}")
@@ -102,7 +107,7 @@ class Run:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"timed out:\n{self.stdout}\n{self.stderr[-3000:]}") from None
+            raise AssertionError(f"timed out: {self.report()}") from None
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -111,8 +116,22 @@ class Run:
 
     def check(self, timeout: float = 300) -> Run:
         code = self.wait(timeout)
-        assert code == 0, f"exit {code}:\n{self.stdout}\n{self.stderr[-3000:]}"
+        assert code == 0, self.report()
         return self
+
+
+def stderr_excerpt(stderr: str, limit: int = 6000) -> str:
+    """The end of a process's stderr without Python's list of loaded extension modules.
+
+    A fatal error (abort, segfault) prints the thread stacks and then that list, which alone
+    fills any fixed-size tail; the error line and the stacks are what explain the failure.
+    """
+    stderr = re.sub(r"\nExtension modules: .*?\(total: \d+\)", "\n[extension modules]", stderr,
+                    flags=re.DOTALL)
+    fatal = stderr.find("Fatal Python error")
+    if fatal >= 0:  # Keep the lines before it too: what the process was doing.
+        return stderr[max(0, fatal - limit // 3):][:limit]
+    return stderr[-limit:]
 
 
 def summary(workdir: str) -> dict:

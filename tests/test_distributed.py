@@ -21,7 +21,7 @@ from amcl_jax.config import ConfigError, get_default_config, validate_config
 def test_every_method_on_8_devices_equals_1_device():
     result = subprocess.run([sys.executable, "tests/_equivalence_worker.py"], cwd=_runs.ROOT,
                             env=_runs.run_env(8), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for case, errors in report["equivalence"].items():
         assert errors["has_batch_stats"], case
@@ -85,7 +85,7 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
         first[1].wait_for("step      2/")
         first[1].signal(signal.SIGTERM)  # Only one host is told; both must stop at one step.
         for run in first:
-            assert run.wait(240) == 0, run.stderr[-3000:]
+            assert run.wait(240) == 0, run.report()
         stops = [[line for line in run.stdout.splitlines() if line.startswith("Preempted")]
                  for run in first]
         assert len(stops[0]) == 1 and stops[0] == stops[1], stops
@@ -93,6 +93,9 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
         second = start("second")
         for run in second:
             run.check(240)
+        for i, run in enumerate([*first, *second]):  # Left together, not each on its own.
+            assert (f"jax.distributed.shutdown: process {i % 2} of 2, after all processes "
+                    "finished") in run.stderr, run.report()
     finally:
         for run in [*locals().get("first", []), *locals().get("second", [])]:
             run.kill()
@@ -103,6 +106,10 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
     assert sorted(losses_2) == list(range(1, _runs.TOTAL_STEPS + 1))
     for step in (1, 2, 3):
         np.testing.assert_allclose(losses_2[step], losses_1[step], rtol=1e-5, err_msg=step)
+
+
+def test_finish_is_a_no_op_in_a_single_process():
+    assert distributed.finish() is False
 
 
 def test_quickstart_batch_divides_by_8_devices():

@@ -25,7 +25,7 @@ def test_kill_9_then_sigterm_then_resume_is_bit_exact(tmp_path):
     preempted = _runs.Run(workdir, env, tag="b")
     preempted.wait_for("step      6/")
     preempted.signal(signal.SIGTERM)
-    assert preempted.wait() == 0, preempted.stderr[-3000:]
+    assert preempted.wait() == 0, preempted.report()
     assert "Resumed from checkpoint at step" in preempted.stdout
     assert "Preempted: checkpoint saved at step" in preempted.stdout
 
