@@ -93,6 +93,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     # (XLA's own convolution is >2x faster here: bench/xla_flags.py); "none"; "jaxlib": both,
     # jaxlib 0.10's default.
     config.model.xla_cpu_ynnpack = "dot"
+    # CPU backend, ResNets, training only: each block's activations are computed once instead of
+    # XLA:CPU recomputing them inside the backward pass (models/resnet.py `fusion_barrier`).
+    config.model.cpu_fusion_barriers = True
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
     # similarities, temperatures, log-sum-exps and regularisers stay float32.
     config.model.dtype = "float32"
@@ -193,6 +196,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
+    if not isinstance(config.model.get("cpu_fusion_barriers", True), bool):
+        _fail("model.cpu_fusion_barriers", config.model.cpu_fusion_barriers,
+              "must be true or false")
     if not isinstance(config.online_probe.enabled, bool):
         _fail("online_probe.enabled", config.online_probe.enabled, "must be true or false")
     if config.online_probe.learning_rate <= 0:

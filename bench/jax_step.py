@@ -40,6 +40,9 @@ ATTEMPT_VARIANTS.update({
                                         **({"model.conv_impl": "lax"} if conv else {})}
     for setting in ("jaxlib", "dot", "none") for conv in ("", "_conv_lax")
 })
+# ... and without the CPU fusion barriers on the ResNet's activations (models/resnet.py).
+ATTEMPT_VARIANTS["simclr_no_fusion_barriers"] = {"amcl.enabled": False,
+                                                 "model.cpu_fusion_barriers": False}
 
 
 def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",

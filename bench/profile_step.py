@@ -113,8 +113,11 @@ def profile_jax(config, steps: int) -> dict:
     events = events["traceEvents"] if isinstance(events, dict) else events
     seconds = collections.Counter()
     unmatched = collections.Counter()
+    kinds = collections.Counter()
     for event in events:
         name = event.get("name", "")
+        if event.get("ph") == "X" and name in op_names:
+            kinds[thunk_kind(name)] += event["dur"] * 1e-6 / steps
         if event.get("ph") != "X" or name not in op_names:
             if event.get("ph") == "X" and not name.startswith(("$", "Thunk", "Pjit")):
                 unmatched[name] += event["dur"] * 1e-6 / steps
@@ -123,7 +126,14 @@ def profile_jax(config, steps: int) -> dict:
     return {"step_seconds": wall / steps,
             "bucket_seconds": {b: seconds[b] for b in BUCKETS},
             "attributed_share": sum(seconds[b] for b in BUCKETS) / (wall / steps),
-            "unmatched_event_seconds": dict(unmatched.most_common(5))}
+            "unmatched_event_seconds": dict(unmatched.most_common(5)),
+            "thunk_kind_seconds": {k: round(v, 4) for k, v in kinds.most_common(8)},
+            "conditionals_in_program": step.compiled_text().count(" conditional(")}
+
+
+def thunk_kind(name: str) -> str:
+    """An HLO instruction's kind from its name: "transpose_copy_fusion.28" -> its prefix."""
+    return re.sub(r"\.\d+$", "", name)
 
 
 def torch_bucket(name: str) -> str | None:
@@ -165,16 +175,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="bench/results/profile_step_cpu.json")
     parser.add_argument("--xla_cpu_ynnpack", default=None, choices=tuple(XLA_CPU_YNNPACK),
                         help="model.xla_cpu_ynnpack (default: the config's default)")
+    parser.add_argument("--no_fusion_barriers", action="store_true",
+                        help="model.cpu_fusion_barriers=False (default: the config's, True)")
     args = parser.parse_args(argv)
     config = make_config(batch_per_view=args.batch, overrides=VARIANTS["simclr"])
     if args.xla_cpu_ynnpack is not None:
         config.model.xla_cpu_ynnpack = args.xla_cpu_ynnpack
+    if args.no_fusion_barriers:
+        config.model.cpu_fusion_barriers = False
     flops = conv_forward_flops(config, 2 * args.batch)
     report = {"command": "python bench/profile_step.py " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv),
               "batch_per_view": args.batch, "steps": args.steps,
               "conv_impl": config.model.conv_impl,
-              "xla_cpu_ynnpack": config.model.xla_cpu_ynnpack, "jax": jax.__version__,
+              "xla_cpu_ynnpack": config.model.xla_cpu_ynnpack,
+              "cpu_fusion_barriers": config.model.cpu_fusion_barriers, "jax": jax.__version__,
               "load_average_at_start": list(os.getloadavg()),
               "conv_forward_gflop_per_step": flops / 1e9, "frameworks": {}}
     runs = {"jax": lambda: profile_jax(config, args.steps)}

@@ -136,6 +136,21 @@ def test_profile_step_maps_the_trace_of_the_real_step_to_buckets():
     assert sum(buckets.values()) <= 2 * result["step_seconds"]
     assert result["attributed_share"] == pytest.approx(
         sum(buckets.values()) / result["step_seconds"])
+    # The thunks named after HLO instructions, by kind; the ResNet's convolutions are among them.
+    kinds = result["thunk_kind_seconds"]
+    assert kinds and all(s > 0 and not k[-1].isdigit() for k, s in kinds.items())
+    assert sum(kinds.values()) <= 2 * result["step_seconds"]
+    # CPU training step: the ResNet's fusion barriers are in the program (1 + 2 per block, each
+    # in the forward and the backward pass).
+    assert result["conditionals_in_program"] == 2 * (1 + 2 * 8)
+
+
+def test_profile_step_thunk_kinds():
+    from bench.profile_step import thunk_kind
+
+    assert thunk_kind("transpose_copy_fusion.28") == "transpose_copy_fusion"
+    assert thunk_kind("wrapped_reduce-window.160") == "wrapped_reduce-window"
+    assert thunk_kind("convolution") == "convolution"
 
 
 def test_core_scaling_host_memory_study_settings_and_ratios():

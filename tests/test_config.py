@@ -129,3 +129,24 @@ def test_xla_cpu_ynnpack_settings_and_configs_written_before_the_field():
     assert train.compiler_options(old) == train.compiler_options(config)
     config.model.xla_cpu_ynnpack = "jaxlib"
     assert train.compiler_options(config) is None
+
+
+def test_cpu_fusion_barriers_reach_the_resnet_and_old_configs_get_them():
+    from amcl_jax.methods import common
+
+    config = get_default_config()
+    assert config.model.cpu_fusion_barriers is True
+    assert common.build_encoder(config).cpu_fusion_barriers is True
+    config.model.cpu_fusion_barriers = False
+    assert common.build_encoder(config).cpu_fusion_barriers is False
+    old = ml_collections.ConfigDict(json.loads(get_default_config().to_json()))
+    del old.model["cpu_fusion_barriers"]
+    validate_config(old)
+    assert common.build_encoder(old).cpu_fusion_barriers is True
+    config.model.name = "vit_s"  # No barriers to switch off; the option is accepted and moot.
+    common.build_encoder(config)
+    loaded = json.loads(get_default_config().to_json())  # A config.json edited by hand.
+    loaded["model"]["cpu_fusion_barriers"] = "yes"
+    with pytest.raises(ConfigError, match="config.model.cpu_fusion_barriers='yes' is invalid: "
+                                          "must be true or false"):
+        validate_config(ml_collections.ConfigDict(loaded))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,7 @@ from amcl_jax.models import (
     encoder_feature_dim,
     fast_conv,
     feature_dim,
+    fusion_barrier,
     select_conv,
     xla_compiler_options,
 )
@@ -212,6 +215,54 @@ def test_resnet_gradients_fast_wgrad_equal_lax(stage_sizes, block_cls, stem):
          if "kernel" in jax.tree_util.keystr(path)])
     for r, f in zip(jax.tree.leaves(ref), jax.tree.leaves(fast), strict=True):
         np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("stage_sizes", "block_cls", "stem"),
+    [((1, 1), BasicBlock, "cifar"), ((1,), Bottleneck, "imagenet")],
+)
+def test_cpu_fusion_barriers_keep_values_and_gradients_and_sit_where_they_should(
+        stage_sizes, block_cls, stem):
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    make = lambda on: ResNet(stage_sizes=stage_sizes, block_cls=block_cls, width=0.125,
+                             stem=stem, cpu_fusion_barriers=on)
+    variables = _init(make(False), x)
+
+    def loss(on, params):
+        out, updates = make(on).apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out**2), updates
+
+    programs = {on: jax.jit(jax.value_and_grad(functools.partial(loss, on), has_aux=True))
+                for on in (False, True)}
+    (value_off, stats_off), grads_off = programs[False](variables["params"])
+    (value_on, stats_on), grads_on = programs[True](variables["params"])
+    np.testing.assert_allclose(value_on, value_off, rtol=1e-6)
+    for on, off in zip(jax.tree.leaves((grads_on, stats_on)),
+                       jax.tree.leaves((grads_off, stats_off)), strict=True):
+        np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-7)
+
+    # One conditional per barrier in the forward pass and one in the backward: after the stem and
+    # on each block's inner activations (1 for a BasicBlock, 2 for a Bottleneck) and output.
+    per_block = 2 if block_cls is BasicBlock else 3
+    barriers = 1 + sum(stage_sizes) * per_block
+    texts = {on: program.lower(variables["params"]).compile().as_text()
+             for on, program in programs.items()}
+    assert texts[True].count(" conditional(") == 2 * barriers
+    assert texts[False].count(" conditional(") == 0
+    # Evaluation (no backward pass) never gets them.
+    features = jax.jit(lambda x: make(True).apply(variables, x, train=False))
+    assert " conditional(" not in features.lower(x).compile().as_text()
+
+
+def test_fusion_barrier_is_the_identity_nan_included():
+    x = jnp.asarray([[np.nan, -0.0, 1.5], [2.0, np.inf, -3.0]], jnp.float32)
+    for value in (x, x.at[0, 0].set(0.5), x.astype(jnp.bfloat16)):
+        got = jax.jit(fusion_barrier)(value)
+        assert got.dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(value, np.float32))
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(fusion_barrier(v) * v))(x[1]),
+                                  2 * x[1])
 
 
 def test_resnet_gradients_per_shape_equal_lax():

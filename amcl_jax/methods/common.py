@@ -85,7 +85,9 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return models.build_encoder(
         config.model.name, width=config.model.width, stem=config.model.stem,
         dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl,
-        xla_cpu_ynnpack=xla_cpu_ynnpack(config), **batch_norm_layout(config))
+        xla_cpu_ynnpack=xla_cpu_ynnpack(config),
+        cpu_fusion_barriers=config.model.get("cpu_fusion_barriers", True),
+        **batch_norm_layout(config))
 
 
 def num_heads(config: ml_collections.ConfigDict) -> int:

@@ -28,6 +28,7 @@ from amcl_jax.models.resnet import (
     ResNet34,
     ResNet50,
     feature_dim,
+    fusion_barrier,
 )
 from amcl_jax.models.ssl_heads import CrossCorrelationTemperatures, MultiHeadMLP
 from amcl_jax.models.vit import ViT, vit_feature_dim
@@ -64,21 +65,25 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]
 
 def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str,
                   batch_norm_groups: int = 1, batch_norm_group_rows: int = 0,
-                  xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK) -> nn.Module:
+                  xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK,
+                  cpu_fusion_barriers: bool = True) -> nn.Module:
     """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features.
 
-    `conv_impl`, `xla_cpu_ynnpack`: as `select_conv`.
+    `conv_impl`, `xla_cpu_ynnpack`: as `select_conv`. `cpu_fusion_barriers`: as `ResNet`'s
+    (ResNets only; the ViTs have no BatchNorm chains for XLA:CPU to recompute).
 
     `batch_norm_groups` > 1: per-device BatchNorm statistics (`models/norm.py`); encoders
     registered without these two attributes only support the default (global statistics).
     """
     constructor, _ = _lookup(name)
-    norm = {}
+    options = {}
     if batch_norm_groups != 1:
-        norm = {"batch_norm_groups": batch_norm_groups,
-                "batch_norm_group_rows": batch_norm_group_rows}
+        options = {"batch_norm_groups": batch_norm_groups,
+                   "batch_norm_group_rows": batch_norm_group_rows}
+    if not cpu_fusion_barriers and name.startswith("resnet"):
+        options["cpu_fusion_barriers"] = False
     return constructor(width=width, stem=stem, dtype=dtype,
-                       conv=select_conv(conv_impl, xla_cpu_ynnpack), **norm)
+                       conv=select_conv(conv_impl, xla_cpu_ynnpack), **options)
 
 
 def encoder_feature_dim(name: str, width: float) -> int:
@@ -108,6 +113,7 @@ __all__ = [
     "build_encoder",
     "conv_general_dilated_fast_wgrad",
     "conv_general_dilated_per_shape",
+    "fusion_barrier",
     "encoder_feature_dim",
     "feature_dim",
     "make_norm",
