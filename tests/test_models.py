@@ -28,6 +28,7 @@ from amcl_jax.models import (
     fast_conv,
     feature_dim,
     fusion_barrier,
+    keep_predicate,
     select_conv,
     xla_compiler_options,
 )
@@ -258,9 +259,12 @@ def test_cpu_fusion_barriers_keep_values_and_gradients_and_sit_where_they_should
 def test_fusion_barrier_is_the_identity_nan_included():
     x = jnp.asarray([[np.nan, -0.0, 1.5], [2.0, np.inf, -3.0]], jnp.float32)
     for value in (x, x.at[0, 0].set(0.5), x.astype(jnp.bfloat16)):
-        got = jax.jit(fusion_barrier)(value)
-        assert got.dtype == value.dtype
-        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(value, np.float32))
+        for keep in (None, jnp.asarray(True), jnp.asarray(False)):
+            got = jax.jit(fusion_barrier)(value, keep)
+            assert got.dtype == value.dtype
+            np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                          np.asarray(value, np.float32))
+    assert bool(keep_predicate(x[1])) and not bool(keep_predicate(x))
     np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(fusion_barrier(v) * v))(x[1]),
                                   2 * x[1])
 

@@ -29,6 +29,7 @@ from amcl_jax.models.resnet import (
     ResNet50,
     feature_dim,
     fusion_barrier,
+    keep_predicate,
 )
 from amcl_jax.models.ssl_heads import CrossCorrelationTemperatures, MultiHeadMLP
 from amcl_jax.models.vit import ViT, vit_feature_dim
@@ -114,6 +115,7 @@ __all__ = [
     "conv_general_dilated_fast_wgrad",
     "conv_general_dilated_per_shape",
     "fusion_barrier",
+    "keep_predicate",
     "encoder_feature_dim",
     "feature_dim",
     "make_norm",

@@ -29,7 +29,7 @@ ModuleDef = Any
 STEMS = ("cifar", "imagenet")
 
 
-def fusion_barrier(x: jax.Array) -> jax.Array:
+def fusion_barrier(x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
     """x, computed once: an identity that XLA:CPU does not fuse across.
 
     XLA:CPU duplicates cheap elementwise producers into each consumer. In a ResNet's backward
@@ -39,15 +39,25 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
     activation: 1.0 s of a 4.1 s ResNet-18 step at 64 images per view on 2 cores
     (`bench/profile_step.py`, "thunk_kind_seconds"). `lax.optimization_barrier` does not stop
     it (XLA:CPU removes barriers before fusion); a conditional is a computation boundary it
-    keeps. The predicate depends on the data so the branch cannot be folded away; both branches
-    return x (the second, taken only if x's first element is NaN, adds 0).
+    keeps. Its predicate `keep` must be a runtime value, so that the branch cannot be folded
+    away: `keep_predicate(a)` of a replicated array (a parameter) adds no communication on a
+    sharded batch, where reading x's own first element would broadcast it from the device that
+    holds it (the default, for a single device). Both branches return x (the second adds 0).
     """
-    first = x.reshape(-1)[0]
-    return lax.cond(first == first, lambda v: v, lambda v: v + jnp.zeros((), v.dtype), x)
+    if keep is None:
+        keep = keep_predicate(x)
+    return lax.cond(keep, lambda v: v, lambda v: v + jnp.zeros((), v.dtype), x)
 
 
-def _barrier(x: jax.Array, enabled: bool) -> jax.Array:
-    return fusion_barrier(x) if enabled else x
+def keep_predicate(a: jax.Array) -> jax.Array:
+    """A scalar bool XLA cannot evaluate at compile time: a's first element equals itself
+    (false only if it is NaN; `fusion_barrier` returns x either way)."""
+    first = a.reshape(-1)[0]
+    return first == first
+
+
+def _barrier(x: jax.Array, keep: jax.Array | None) -> jax.Array:
+    return x if keep is None else fusion_barrier(x, keep)
 
 
 class BasicBlock(nn.Module):
@@ -60,22 +70,22 @@ class BasicBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
-    fusion_barriers: bool = False  # `fusion_barrier` on the activations that convolutions read.
 
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """`keep`: given, a `fusion_barrier` with it on the activations the convolutions read."""
         residual = x
         y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
-        y = _barrier(nn.relu(self.norm()(y)), self.fusion_barriers)
+        y = _barrier(nn.relu(self.norm()(y)), keep)
         y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
         y = self.norm()(y)
         if residual.shape != y.shape:
             residual = self.conv(self.filters, (1, 1), self.strides, padding="VALID",
                                  name="conv_proj")(residual)
             residual = self.norm(name="norm_proj")(residual)
-        return _barrier(nn.relu(residual + y), self.fusion_barriers)
+        return _barrier(nn.relu(residual + y), keep)
 
 
 class Bottleneck(nn.Module):
@@ -88,24 +98,24 @@ class Bottleneck(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
-    fusion_barriers: bool = False  # As BasicBlock's.
 
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """`keep`: as BasicBlock's."""
         residual = x
         y = self.conv(self.filters, (1, 1), padding="VALID")(x)
-        y = _barrier(nn.relu(self.norm()(y)), self.fusion_barriers)
+        y = _barrier(nn.relu(self.norm()(y)), keep)
         y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)
-        y = _barrier(nn.relu(self.norm()(y)), self.fusion_barriers)
+        y = _barrier(nn.relu(self.norm()(y)), keep)
         y = self.conv(self.filters * self.expansion, (1, 1), padding="VALID")(y)
         y = self.norm()(y)
         if residual.shape != y.shape:
             residual = self.conv(self.filters * self.expansion, (1, 1), self.strides,
                                  padding="VALID", name="conv_proj")(residual)
             residual = self.norm(name="norm_proj")(residual)
-        return _barrier(nn.relu(residual + y), self.fusion_barriers)
+        return _barrier(nn.relu(residual + y), keep)
 
 
 def base_channels(width: float) -> int:
@@ -158,23 +168,23 @@ class ResNet(nn.Module):
                                  conv_general_dilated=self.conv)
         norm = make_norm(train=train, groups=self.batch_norm_groups,
                          group_rows=self.batch_norm_group_rows, dtype=self.dtype)
-        # Only a training step has the backward pass the barriers are for.
-        barriers = self.cpu_fusion_barriers and train and jax.default_backend() == "cpu"
-
         if self.stem == "cifar":
-            x = conv(base, (3, 3), padding=((1, 1), (1, 1)), name="conv_init")(x)
-            x = _barrier(nn.relu(norm(name="bn_init")(x)), barriers)
+            stem = conv(base, (3, 3), padding=((1, 1), (1, 1)), name="conv_init")
         else:
-            x = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")(x)
-            x = nn.relu(norm(name="bn_init")(x))
-            x = _barrier(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
-                         barriers)
+            stem = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")
+        x = nn.relu(norm(name="bn_init")(stem(x)))
+        keep = None  # Only a training step has the backward pass the barriers are for.
+        if self.cpu_fusion_barriers and train and jax.default_backend() == "cpu":
+            # From a (replicated) parameter: no communication on a sharded batch.
+            keep = keep_predicate(stem.variables["params"]["kernel"])
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = _barrier(x, keep)
 
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = self.block_cls(base * 2**stage, conv=conv, norm=norm, strides=strides,
-                                   fusion_barriers=barriers)(x)
+                x = self.block_cls(base * 2**stage, conv=conv, norm=norm, strides=strides)(x, keep)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
