@@ -162,3 +162,40 @@ def test_single_host_start_does_not_initialise(monkeypatch):
                             "TPU_WORKER", "OMPI_")):
             monkeypatch.delenv(name)
     assert distributed.initialize_from_environment() is False
+
+
+_BARRIER_COLLECTIVES = """
+import json, re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from amcl_jax.models import BasicBlock, ResNet
+
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+x = jax.device_put(jnp.ones((16, 8, 8, 3)), NamedSharding(mesh, P("data")))
+out = {}
+for on in (False, True):
+    model = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, width=0.125, cpu_fusion_barriers=on)
+    variables = model.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
+
+    def loss(params, x):
+        y, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                           train=True, mutable=["batch_stats"])
+        return jnp.sum(y ** 2)
+
+    text = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile().as_text()
+    out[str(on)] = {op: len(re.findall(rf" {op}(-start)?\\(", text)) for op in (
+        "all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter",
+        "conditional")}
+print(json.dumps(out))
+"""
+
+
+def test_cpu_fusion_barriers_add_no_communication_on_a_sharded_batch():
+    result = subprocess.run([sys.executable, "-c", _BARRIER_COLLECTIVES], cwd=_runs.ROOT,
+                            env=_runs.run_env(8), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    off, on = counts["False"], counts["True"]
+    assert off["all-reduce"] > 0  # Synchronized BatchNorm over the 8 devices: the test can see.
+    assert on.pop("conditional") == 2 * (1 + 2 * 2) and off.pop("conditional") == 0
+    assert on == off  # The barriers' predicate is a replicated parameter: nothing to broadcast.
