@@ -18,6 +18,11 @@ The convolution layers' forward FLOPs (2 * output size * kh * kw * Cin, summed o
 give each framework's forward convolution rate in GFLOP/s. The question it answers: is the gap
 to PyTorch in the convolution kernels, in the rest of the step, or spread over both?
 
+`thunk_kind_seconds` sums the JAX thunks by instruction kind (the HLO name without its number,
+e.g. "transpose_copy_fusion", "wrapped_reduce-window"), the view that showed the weight gradients'
+transposed copies recomputing BatchNorm chains (`model.cpu_fusion_barriers`; compare
+`--no_fusion_barriers`); `conditionals_in_program` counts those barriers in the compiled step.
+
 `attributed_share` is the buckets' sum over the step's wall time. The split holds where it is
 near 1, as with YNNPACK convolutions (`--xla_cpu_ynnpack jaxlib`, the setting of
 `bench/results/profile_step_cpu.json`). XLA's own convolution thunks (the project's default
