@@ -196,7 +196,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
-    if not isinstance(config.model.get("cpu_fusion_barriers", True), bool):
+    if not isinstance(config.model.get("cpu_fusion_barriers", False), bool):  # Absent: fine.
         _fail("model.cpu_fusion_barriers", config.model.cpu_fusion_barriers,
               "must be true or false")
     if not isinstance(config.online_probe.enabled, bool):

@@ -81,12 +81,17 @@ def xla_cpu_ynnpack(config: ml_collections.ConfigDict) -> str:
     return config.model.get("xla_cpu_ynnpack", models.DEFAULT_XLA_CPU_YNNPACK)
 
 
+def cpu_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
+    """`model.cpu_fusion_barriers`; a config written before the field existed gets them (True)."""
+    return config.model.get("cpu_fusion_barriers", True)
+
+
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return models.build_encoder(
         config.model.name, width=config.model.width, stem=config.model.stem,
         dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl,
         xla_cpu_ynnpack=xla_cpu_ynnpack(config),
-        cpu_fusion_barriers=config.model.get("cpu_fusion_barriers", True),
+        cpu_fusion_barriers=cpu_fusion_barriers(config),
         **batch_norm_layout(config))
 
 
