@@ -14,14 +14,16 @@ Prediction before measuring the last setting: if XLA:CPU leaves the second core 
 running each half of the batch on its own device (own thread) should approach the one-core time
 divided by the core count.
 
-`--study host_memory` times both frameworks on every core under three glibc allocator settings
+`--study host_memory` times both frameworks on every core under four glibc allocator settings
 (environment variables, read at process start) and counts the minor page faults per step:
 `default`; `hugetlb` (GLIBC_TUNABLES=glibc.malloc.hugetlb=1: malloc asks for transparent huge
 pages, so a fresh 2 MiB page faults once instead of 512 4 KiB ones); `no_mmap`
-(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=2**31-1: freed memory stays in the heap for reuse).
+(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=2**31-1: freed memory stays in the heap for reuse);
+`no_mmap_one_arena` (the same with MALLOC_ARENA_MAX=1, so that worker threads use that heap too).
 Why: XLA:CPU allocates each execution's scratch memory (one block for the whole step) anew
-and the kernel maps it in 4 KiB page by page, ~310,000 minor faults per step, PyTorch ~290,000
-(bench/results/host_memory_cpu.json, measured with YNNPACK convolutions, jaxlib's default then).
+and the kernel maps it in 4 KiB page by page: ~211,000 minor faults per step, PyTorch ~257,000
+(bench/results/host_memory_cpu.json; ~310,000 and ~290,000 in a first run with YNNPACK
+convolutions, jaxlib's default then).
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ ALLOCATOR_SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
     "hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "no_mmap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+    # ... and every thread on the main heap: XLA allocates the step's scratch block on a worker
+    # thread, whose own arena would still map a block that large afresh each time.
+    "no_mmap_one_arena": {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                          "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
 }
 
 
