@@ -13,12 +13,18 @@ Measures in one process, side by side:
   32x32 uint8 images, alone on the same cores: views/s and source images/s.
 - peak memory of loss + gradient (XLA memory analysis, compile only) for the AMCL loss (C=3,
   both negative modes, temperature net) over NT-Xent (C=1) at a large batch.
+- utilisation of each step (`bench/flops.py`): model FLOPs per second over the device's
+  data-sheet peak (MFU; GPUs) and over the best matmul rate measured on it (every device).
+
+`--dtype bfloat16` runs both frameworks' steps in bfloat16 (JAX `model.dtype`, PyTorch
+autocast). On a GPU machine the same command times both there (PyTorch on CUDA when it sees it).
 
 Writes a JSON with the ratios, their goals, the raw figures, device, versions and batch sizes.
-The full mode (no --quick) sweeps batch sizes and writes `bench/RESULTS.md` and a PNG next to it.
+The full mode (no --quick) sweeps batch sizes and writes `bench/RESULTS.md` and its PNG
+(`bench/results/throughput_vs_batch.png`).
 PyTorch is optional (`pip install -r bench/requirements.txt`); without it the torch ratio is null.
-Runtime on 2 Zen 3 cores, measured: --quick 3.9 min idle; full with --steps 5 29 min (batches
-32, 64, 128, 256; three JAX compiles per batch), so ~50 min with the default 10 rounds. Under
+Runtime on 2 Zen 3 cores, measured: --quick 3.0 min idle; full with --steps 5 19 min (batches
+32, 64, 128, 256; three JAX compiles per batch), so ~30 min with the default 10 rounds. Under
 heavy load from other processes both grow several-fold (a --quick run at load average ~8 took
 ~25 min).
 """
@@ -42,6 +48,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from amcl_jax.config import get_default_config  # noqa: E402
+from bench import flops  # noqa: E402
 from bench.jax_step import (  # noqa: E402
     ATTEMPT_VARIANTS,
     VARIANTS,
@@ -81,14 +88,15 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
     for name in args.jax_variants:
         config = make_config(batch_per_view=batch_per_view,
                              overrides={**VARIANTS, **ATTEMPT_VARIANTS}[name],
-                             width=args.width, conv_impl=args.conv_impl)
+                             width=args.width, conv_impl=args.conv_impl, dtype=args.dtype)
         steps[name], compile_seconds = make_jax_step(config)
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
         log(f"  built {name} (first step incl. compile {compile_seconds:.1f} s)")
     if torch_reference is not None and not args.no_torch:
         for name, channels_last in TORCH_LAYOUTS.items():
             step, _ = torch_reference.make_train_step(
-                batch_per_view=batch_per_view, width=args.width, channels_last=channels_last)
+                batch_per_view=batch_per_view, width=args.width, channels_last=channels_last,
+                dtype=args.dtype)
 
             def timed(step=step) -> float:
                 start = time.perf_counter()
@@ -115,6 +123,43 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
             images_per_second=2 * batch_per_view / median,
             source_images_per_second=batch_per_view / median)
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# MFU
+# --------------------------------------------------------------------------------------------
+def peak_flops(args) -> dict:
+    """The device's nominal peak (GPU data sheets) and the matmul rate each framework reaches."""
+    from amcl_jax.train import compiler_options
+
+    config = make_config(batch_per_view=HEADLINE_BATCH, overrides=VARIANTS["simclr"],
+                         dtype=args.dtype)
+    measured = {"jax": flops.measured_matmul_flops_per_second(
+        args.dtype, compiler_options=compiler_options(config))}
+    if torch_reference is not None and not args.no_torch:
+        measured["torch"] = torch_reference.matmul_flops_per_second(args.dtype)
+    return {"nominal": flops.nominal_peak_flops(args.dtype), "measured_matmul": measured,
+            "measured_matmul_best_flops_per_second": max(
+                m["flops_per_second"] for m in measured.values())}
+
+
+def add_utilisation(steps: dict, batch_per_view: int, peak: dict, args) -> dict:
+    """Per timed step: model FLOP/s, MFU (nominal peak) and matmul utilisation (measured).
+
+    Every step is credited with the SimCLR model's FLOPs: the same network in PyTorch, and
+    AMCL's two extra projection heads add 0.1% at 64 per view (the loss is not counted).
+    """
+    config = make_config(batch_per_view=batch_per_view, overrides=VARIANTS["simclr"],
+                         width=args.width, dtype=args.dtype)
+    model_flops = flops.model_flops_per_step(config, batch_per_view)["step"]
+    for entry in steps.values():
+        seconds = entry["median_step_seconds"]
+        entry["model_flops_per_step"] = model_flops
+        entry["model_flops_per_second"] = model_flops / seconds
+        entry["mfu"] = flops.utilisation(model_flops, seconds, peak["nominal"]["flops_per_second"])
+        entry["matmul_utilisation"] = flops.utilisation(
+            model_flops, seconds, peak["measured_matmul_best_flops_per_second"])
+    return steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +302,10 @@ def write_results_md(report: dict, md_path: str, png_path: str) -> None:
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch per view (2 views per step)")
     ax.set_ylabel("images/s (both views)")
-    ax.set_title(f"Train step, ResNet-18 CIFAR, fp32, {report['device']['cpu_count']} CPU cores")
+    device = report["device"]
+    where = (f"{device['cpu_count']} CPU cores" if device["jax_backend"] == "cpu"
+             else device["jax_device_kind"])
+    ax.set_title(f"Train step, ResNet-18 CIFAR, {report['model']['dtype']}, {where}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -286,12 +334,27 @@ def write_results_md(report: dict, md_path: str, png_path: str) -> None:
     for b in batches:
         lines.append(f"| {b} | " + " | ".join(
             f"{sweep[str(b)][name]['images_per_second']:.1f}" for name in names) + " |")
+    peak = report["peak_flops"]
+    lines += ["", f"## Utilisation ({report['model']['dtype']})", "",
+              "Model FLOPs per step (matmuls and convolutions, forward x 3; `bench/flops.py`) "
+              "over the step time, against the data-sheet peak (MFU; "
+              f"{peak['nominal']['source']}) and against the best matmul rate measured on the "
+              f"same device ({peak['measured_matmul_best_flops_per_second'] / 1e12:.3g} "
+              "TFLOP/s).", "",
+              "| batch/view | " + " | ".join(f"{name} MFU / matmul util." for name in names)
+              + " |", "|---" * (len(names) + 1) + "|"]
+    for b in batches:
+        lines.append(f"| {b} | " + " | ".join(
+            f"{_percent(sweep[str(b)][name]['mfu'])} / "
+            f"{_percent(sweep[str(b)][name]['matmul_utilisation'])}" for name in names) + " |")
     pipe = report.get("pipeline")
     if pipe:
         lines += ["", f"Pipeline (`train_iterator`, \"abcde\", random 32x32 uint8): "
                   f"{pipe['source_images_per_second']:.0f} source images/s, "
                   f"{pipe['views_per_second']:.0f} views/s."]
-    lines += ["", f"![throughput vs batch]({os.path.basename(png_path)})", ""]
+    # The PNG's path relative to the Markdown file, so that the link works where both are.
+    image = os.path.relpath(os.path.abspath(png_path), os.path.dirname(os.path.abspath(md_path)))
+    lines += ["", f"![throughput vs batch]({image})", ""]
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
 
@@ -312,6 +375,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the build")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--conv_impl", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the model's compute dtype (JAX `model.dtype`, PyTorch autocast)")
     parser.add_argument("--jax_variants", default=",".join(VARIANTS),
                         help="comma-separated, of: " + ",".join([*VARIANTS, *ATTEMPT_VARIANTS]))
     parser.add_argument("--no_torch", action="store_true")
@@ -362,7 +427,7 @@ def main(argv=None) -> dict:
                                if k == "results_md" else v)
                            for k, v in vars(args).items() if k not in ("output",)},
               "model": {"name": "resnet18", "stem": "cifar", "width": args.width,
-                        "dtype": "float32", "image_size": 32, "projector": "512-512-128",
+                        "dtype": args.dtype, "image_size": 32, "projector": "512-512-128",
                         "optimizer": "sgd momentum 0.9 wd 5e-4", "ntxent_temperature": 0.5},
               "goals": {k: " ".join(str(x) for x in v) for k, v in GOALS.items()}}
     if torch is None:
@@ -376,6 +441,13 @@ def main(argv=None) -> dict:
     for batch in args.batch_sizes:
         log(f"train steps at batch {batch} per view")
         report["steps_by_batch"][str(batch)] = time_steps(batch, args)
+
+    # After the steps: the large matmuls move glibc's threshold for mapping fresh memory, which
+    # moved the PyTorch step's time by ~10% when they ran first (host allocator attempt).
+    log("peak FLOP/s: data sheet and measured matmuls")
+    report["peak_flops"] = peak_flops(args)
+    for batch, steps in report["steps_by_batch"].items():
+        add_utilisation(steps, int(batch), report["peak_flops"], args)
 
     log("input pipeline")
     report["pipeline"] = pipeline_rate(args)
@@ -400,7 +472,15 @@ def main(argv=None) -> dict:
     for name, entry in report["ratios"].items():
         value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
         print(f"{name:36s} {value:>8s}  goal {entry['goal']:8s} met={entry['met']}")
+    for name, entry in headline.items():
+        print(f"{name:36s} {entry['model_flops_per_second'] / 1e12:8.3f} model TFLOP/s  "
+              f"MFU {_percent(entry['mfu'])}  matmul utilisation "
+              f"{_percent(entry['matmul_utilisation'])}")
     return report
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ Mirrors `amcl_jax.models.ResNet18(stem="cifar")` + a one-head `MultiHeadProjecto
 - projector Linear(F, 512) - ReLU - Linear(512, 128), with biases;
 - NT-Xent at temperature 0.5 over the 2N views (self excluded, positive included);
 - SGD momentum 0.9, coupled weight decay 5e-4 on every parameter (optax add_decayed_weights + sgd);
-- float32; both views in one forward pass (concatenated along the batch, as `SimCLR.apply_loss`).
+- float32 (or bfloat16 autocast, as `model.dtype="bfloat16"`: bfloat16 convolutions and matmuls,
+  float32 parameters); both views in one forward pass (concatenated along the batch, as
+  `SimCLR.apply_loss`).
+
+Runs on the GPU when PyTorch sees one (as JAX then does), with PyTorch's fastest settings there:
+cuDNN autotuning (`cudnn.benchmark`) and TF32 for float32 matmuls and convolutions (what JAX's
+default precision does on those GPUs).
 """
 
 from __future__ import annotations
@@ -74,8 +80,9 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
     n = z_a.shape[0]
     z = F.normalize(torch.cat([z_a, z_b]), dim=1)
     logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
-    positive = (torch.arange(2 * n) + n) % (2 * n)
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device),
+                                float("-inf"))
+    positive = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(logits, positive)
 
 
@@ -85,10 +92,11 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def time_train_step(*, batch_per_view: int, image_size: int = 32, width: float = 1.0,
-                    channels_last: bool, steps: int, warmup: int, seed: int = 0) -> dict:
+                    channels_last: bool, steps: int, warmup: int, seed: int = 0,
+                    dtype: str = "float32") -> dict:
     """Median seconds of one eager train step on a fixed random batch (2 x batch_per_view)."""
     step, _ = make_train_step(batch_per_view=batch_per_view, image_size=image_size, width=width,
-                              channels_last=channels_last, seed=seed)
+                              channels_last=channels_last, seed=seed, dtype=dtype)
     for _ in range(warmup):
         step()
     times = []
@@ -102,30 +110,67 @@ def time_train_step(*, batch_per_view: int, image_size: int = 32, width: float =
             "source_images_per_second": batch_per_view / median}
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def make_train_step(*, batch_per_view: int, image_size: int = 32, width: float = 1.0,
-                    channels_last: bool, seed: int = 0, temperature: float = 0.5):
+                    channels_last: bool, seed: int = 0, temperature: float = 0.5,
+                    dtype: str = "float32", device: str | torch.device | None = None):
     """A closure running one SGD update on a fixed batch and returning the loss as a float.
 
-    Uses every core this process may run on (one thread each) and, with `channels_last`, NHWC
-    memory format for the model and the input (oneDNN's preferred CPU layout).
+    On CPU uses every core this process may run on (one thread each). `channels_last`: NHWC
+    memory format for the model and the input (oneDNN's preferred CPU layout, and cuDNN's for
+    bfloat16). `dtype="bfloat16"`: the forward pass under bfloat16 autocast. `device`: default
+    the GPU if PyTorch sees one, else the CPU.
     """
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    torch.set_num_threads(cores)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+        torch.set_num_threads(cores)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(seed)
     model = SimCLRResNet18(width=width)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
+    model = model.to(device=device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
     views = torch.randn(2 * batch_per_view, 3, image_size, image_size)
-    views = views.contiguous(memory_format=memory_format)
+    views = views.to(device).contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        z = model(views)  # Both views in one pass, as the JAX step.
-        loss = nt_xent(z[:batch_per_view], z[batch_per_view:], temperature)
+        with autocast:
+            z = model(views)  # Both views in one pass, as the JAX step.
+        loss = nt_xent(z[:batch_per_view].float(), z[batch_per_view:].float(), temperature)
         loss.backward()
         optimizer.step()
         return float(loss.detach())  # The host sync, as `block_until_ready` on the JAX side.
 
     return step, model
+
+
+def matmul_flops_per_second(dtype: str = "float32", size: int | None = None,
+                            repeats: int = 5) -> dict:
+    """As `bench.flops.measured_matmul_flops_per_second`, for PyTorch on its default device."""
+    device = default_device()
+    size = size or (2048 if device.type == "cpu" else 8192)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    a, b = (torch.randn(size, size, device=device).to(torch_dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        (a @ b).sum().item()  # The host sync.
+        times.append(time.perf_counter() - start)
+    best = min(times[1:])
+    return {"flops_per_second": 2 * size**3 / best, "size": size, "dtype": dtype,
+            "seconds": best, "device": str(device)}

@@ -194,3 +194,90 @@ def test_bn_attempts_reference_and_variants_agree_at_a_small_shape():
     errors = max_relative_errors(value_and_grads(VARIANTS["flax"])(
         *map(jnp.asarray, (x, scale, bias, g))), perturbed)
     assert errors["dx"] > 1e-3
+
+
+def test_matmul_flops_of_convolutions_dots_conds_and_scans_in_closed_form():
+    from bench.flops import forward_flops
+
+    x = jnp.zeros((2, 9, 9, 6))
+    w = jnp.zeros((3, 3, 3, 8))  # two feature groups of 3 input channels
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", feature_group_count=2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    conv_flops = 2 * (2 * 5 * 5 * 8) * (3 * 3 * 3)
+    assert forward_flops(conv, x, w) == conv_flops
+    a, b = jnp.zeros((4, 5, 7)), jnp.zeros((4, 7, 3))
+    dot_flops = 2 * 4 * 5 * 3 * 7
+    assert forward_flops(jnp.matmul, a, b) == dot_flops
+
+    def nested(x, w, a, b):
+        y = jax.lax.cond(x.sum() > 0, lambda: conv(x, w).sum(), lambda: x.sum())
+        z, _ = jax.lax.scan(lambda c, _: (c + jnp.matmul(a, b).sum(), None), 0.0, None,
+                            length=3)
+        return jax.jit(lambda y: y + z)(y)  # a nested pjit
+
+    assert forward_flops(nested, x, w, a, b) == conv_flops + 3 * dot_flops
+
+
+def test_model_flops_of_the_resnet18_simclr_step():
+    from bench.flops import model_flops_per_step
+    from bench.jax_step import VARIANTS, make_config
+
+    config = make_config(batch_per_view=2, overrides=VARIANTS["simclr"], width=0.125,
+                         image_size=16)
+    flops = model_flops_per_step(config, batch_per_view=2)
+    features = models.encoder_feature_dim("resnet18", 0.125)
+    projector = 2 * 4 * (features * 512 + 512 * 128)  # one head, 4 images
+    assert flops["forward"] == _resnet18_cifar_conv_flops(4, 8, 16) + projector
+    assert flops["step"] == 3 * flops["forward"]
+
+
+def test_nominal_peak_flops_by_device_kind():
+    from types import SimpleNamespace
+
+    from bench.flops import nominal_peak_flops
+
+    def gpu(kind):
+        return SimpleNamespace(platform="gpu", device_kind=kind)
+
+    sxm = nominal_peak_flops("float32", gpu("NVIDIA H100 80GB HBM3"))
+    assert (sxm["flops_per_second"], sxm["basis"]) == (494.7e12, "tf32")
+    assert nominal_peak_flops("bfloat16", gpu("NVIDIA H100 PCIe"))["flops_per_second"] == 756e12
+    assert nominal_peak_flops("bfloat16", gpu("NVIDIA H200"))["flops_per_second"] == 989.4e12
+    assert nominal_peak_flops("float32", gpu("NVIDIA T4"))["flops_per_second"] is None
+    assert nominal_peak_flops("float32", jax.devices("cpu")[0])["flops_per_second"] is None
+
+
+def test_run_adds_utilisation_from_model_flops_and_peaks():
+    from types import SimpleNamespace
+
+    from bench.flops import model_flops_per_step
+    from bench.jax_step import VARIANTS, make_config
+    from bench.run import add_utilisation
+
+    args = SimpleNamespace(width=0.125, dtype="float32")
+    steps = {"simclr": {"median_step_seconds": 2.0}}
+    peak = {"nominal": {"flops_per_second": 1e12}, "measured_matmul_best_flops_per_second": 4e11}
+    add_utilisation(steps, 8, peak, args)
+    model_flops = model_flops_per_step(
+        make_config(batch_per_view=8, overrides=VARIANTS["simclr"], width=0.125), 8)["step"]
+    entry = steps["simclr"]
+    assert entry["model_flops_per_step"] == model_flops
+    assert entry["mfu"] == pytest.approx(model_flops / 2.0 / 1e12)
+    assert entry["matmul_utilisation"] == pytest.approx(model_flops / 2.0 / 4e11)
+    peak["nominal"]["flops_per_second"] = None
+    assert add_utilisation(steps, 8, peak, args)["simclr"]["mfu"] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_torch_reference_step_in_bfloat16_and_dtype_check():
+    from bench import torch_reference
+
+    step, _ = torch_reference.make_train_step(batch_per_view=2, width=WIDTH, image_size=8,
+                                              channels_last=True, dtype="bfloat16",
+                                              device="cpu")
+    assert np.isfinite(step())
+    with pytest.raises(ValueError, match="dtype"):
+        torch_reference.make_train_step(batch_per_view=2, channels_last=False, dtype="float16")
