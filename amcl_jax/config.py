@@ -19,7 +19,7 @@ ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
-CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape")  # as models.fast_conv
+CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape", "xla_cpu")  # as models.fast_conv
 XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as models.fast_conv.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
@@ -87,7 +87,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
-    # "auto": lax, except per_shape where YNNPACK runs the convolutions (models/fast_conv.py).
+    # "auto": lax, except per_shape where YNNPACK runs the convolutions (models/fast_conv.py);
+    # "xla_cpu": lax with other formulations where XLA's own CPU kernel trails oneDNN most.
     config.model.conv_impl = "auto"
     # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
     # (XLA's own convolution is >2x faster here: bench/xla_flags.py); "none"; "jaxlib": both,

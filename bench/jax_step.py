@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict] = {
 # with a given `model.conv_impl`, to compare against "simclr" (the configured default).
 ATTEMPT_VARIANTS: dict[str, dict] = {
     f"simclr_conv_{impl}": {"amcl.enabled": False, "model.conv_impl": impl}
-    for impl in ("lax", "fast_wgrad", "per_shape")
+    for impl in ("lax", "fast_wgrad", "per_shape", "xla_cpu")
 }
 # ... and with a given `model.xla_cpu_ynnpack` (which XLA:CPU ops YNNPACK runs), with the
 # default convolution and with the stock lax one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from amcl_jax.models import (
     build_encoder,
     conv_general_dilated_fast_wgrad,
     conv_general_dilated_per_shape,
+    conv_general_dilated_xla_cpu,
     encoder_feature_dim,
     fast_conv,
     feature_dim,
@@ -292,6 +294,28 @@ def test_resnet_gradients_per_shape_equal_lax():
         np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-4)
 
 
+def _sin_loss(conv, lhs, rhs, stride, padding):
+    out = conv(lhs, rhs, (stride, stride), padding, dimension_numbers=_DN)
+    return jnp.sum(jnp.sin(out)), out
+
+
+def _assert_conv_matches_lax(conv, lhs, rhs, stride, padding) -> set[str]:
+    """`conv`'s output and gradients equal lax's; returns the primitives of its jaxpr."""
+    with jax.default_matmul_precision("highest"):
+        (_, want_out), want = jax.value_and_grad(
+            lambda a, b: _sin_loss(lax.conv_general_dilated, a, b, stride, padding),
+            argnums=(0, 1), has_aux=True)(lhs, rhs)
+        (_, got_out), got = jax.value_and_grad(
+            lambda a, b: _sin_loss(conv, a, b, stride, padding), argnums=(0, 1),
+            has_aux=True)(lhs, rhs)
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    return {eqn.primitive.name for eqn in jax.make_jaxpr(
+        lambda a, b: conv(a, b, (stride, stride), padding, dimension_numbers=_DN))(
+            lhs, rhs).jaxpr.eqns}
+
+
 @pytest.mark.parametrize(
     ("stride", "padding", "size", "formulation"),
     [
@@ -308,24 +332,8 @@ def test_per_shape_conv_matches_lax_and_takes_the_measured_formulation(stride, p
                                                                        formulation):
     lhs = jax.random.normal(jax.random.key(0), (2, size, size, 5))
     rhs = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
-
-    def loss(conv, lhs, rhs):
-        out = conv(lhs, rhs, (stride, stride), padding, dimension_numbers=_DN)
-        return jnp.sum(jnp.sin(out)), out
-
-    with jax.default_matmul_precision("highest"):
-        (_, want_out), want = jax.value_and_grad(
-            lambda a, b: loss(lax.conv_general_dilated, a, b), argnums=(0, 1),
-            has_aux=True)(lhs, rhs)
-        (_, got_out), got = jax.value_and_grad(
-            lambda a, b: loss(conv_general_dilated_per_shape, a, b), argnums=(0, 1),
-            has_aux=True)(lhs, rhs)
-    np.testing.assert_allclose(got_out, want_out, rtol=1e-4, atol=1e-4)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-    primitives = {eqn.primitive.name for eqn in jax.make_jaxpr(
-        lambda a, b: conv_general_dilated_per_shape(a, b, (stride, stride), padding,
-                                                    dimension_numbers=_DN))(lhs, rhs).jaxpr.eqns}
+    primitives = _assert_conv_matches_lax(conv_general_dilated_per_shape, lhs, rhs, stride,
+                                          padding)
     took = ("fast_wgrad" if "custom_vjp_call" in primitives else
             "lax" if "conv_general_dilated" in primitives else
             "winograd" if "concatenate" not in primitives else "im2col")
@@ -336,6 +344,7 @@ def test_select_conv():
     assert select_conv("lax") is lax.conv_general_dilated
     assert select_conv("fast_wgrad") is conv_general_dilated_fast_wgrad
     assert select_conv("per_shape") is conv_general_dilated_per_shape
+    assert select_conv("xla_cpu") is conv_general_dilated_xla_cpu
     # "auto": per_shape only where YNNPACK runs the convolutions (XLA:CPU, "jaxlib"), else lax.
     cpu = jax.default_backend() == "cpu"
     assert select_conv("auto") is lax.conv_general_dilated
@@ -343,8 +352,8 @@ def test_select_conv():
         assert select_conv("auto", setting) is lax.conv_general_dilated
     assert select_conv("auto", "jaxlib") is (
         conv_general_dilated_per_shape if cpu else lax.conv_general_dilated)
-    with pytest.raises(ValueError,
-                       match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad', 'per_shape'"):
+    with pytest.raises(ValueError, match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad', "
+                                         r"'per_shape', 'xla_cpu'"):
         select_conv("cudnn")
 
 
@@ -641,3 +650,39 @@ def test_batch_norm_mlp_heads_compute_in_bfloat16():
     reference, _ = full.apply(variables, x, train=True, mutable=["batch_stats"])
     assert out.dtype == jnp.float32 and out.shape == (2, 6, 4)
     np.testing.assert_allclose(out, reference, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "cin", "stride", "padding", "formulation"),
+    [
+        (16, 3, 5, 2, "SAME", "phase_dgrad"),
+        (17, 3, 5, 2, ((1, 1), (1, 1)), "phase_dgrad"),  # odd input
+        (16, 3, 5, 2, ((0, 2), (1, 0)), "phase_dgrad"),  # uneven pads
+        (16, 3, 5, 3, "VALID", "phase_dgrad"),  # stride 3: 9 phases
+        (8, 3, 5, 2, "SAME", "lax"),  # below PHASE_DGRAD_MIN_PIXELS
+        (9, 1, 5, 2, "VALID", "slice_dot"),
+        (16, 1, 5, 2, "SAME", "slice_dot"),  # 1x1 SAME pads nothing
+        (8, 3, 3, 1, "SAME", "im2col"),  # the image stem
+        (8, 3, 5, 1, "SAME", "lax"),
+        (8, 1, 5, 1, "VALID", "lax"),
+    ],
+)
+def test_xla_cpu_conv_matches_lax_and_takes_its_formulation(size, kernel, cin, stride, padding,
+                                                            formulation):
+    lhs = jax.random.normal(jax.random.key(0), (2, size, size, cin))
+    rhs = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, 6))
+    primitives = _assert_conv_matches_lax(conv_general_dilated_xla_cpu, lhs, rhs, stride,
+                                          padding)
+    took = ("phase_dgrad" if "custom_vjp_call" in primitives else
+            "lax" if "conv_general_dilated" in primitives else
+            "im2col" if "concatenate" in primitives else "slice_dot")
+    assert took == formulation, primitives
+    if formulation == "phase_dgrad":  # the input gradient has no zero-dilated convolution
+        text = jax.jit(jax.grad(lambda a: _sin_loss(
+            conv_general_dilated_xla_cpu, a, rhs, stride, padding)[0])).lower(lhs).as_text()
+        dilations = re.findall(r"lhs_dilate = \[(\d+), (\d+)\]", text)
+        assert dilations and all(d == ("1", "1") for d in dilations), dilations
+        want_text = jax.jit(jax.grad(lambda a: _sin_loss(  # lax's own transpose dilates
+            lax.conv_general_dilated, a, rhs, stride, padding)[0])).lower(lhs).as_text()
+        assert any(d != ("1", "1") for d in re.findall(r"lhs_dilate = \[(\d+), (\d+)\]",
+                                                        want_text))

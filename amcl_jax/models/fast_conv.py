@@ -296,6 +296,105 @@ def conv_general_dilated_per_shape(
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-shape choice for XLA's own CPU kernel (`model.conv_impl="xla_cpu"`)
+# ---------------------------------------------------------------------------------------------
+PHASE_DGRAD_MIN_PIXELS = 256  # 16x16 inputs and larger (slower than lax at 8x8)
+
+
+def _phase_conv_nhwc(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
+                     pads: tuple[tuple[int, int], ...], precision: Any) -> jax.Array:
+    """A strided conv as the sum over the sh * sw input phases of stride-1 VALID convs: phase
+    (a, b) = padded[:, a::sh, b::sw] meets the sub-kernel rhs[a::sh, b::sw] (the taps that land
+    on it), so out[o] = sum over phases and taps of phase[o + t] rhs[a + t sh], as the strided
+    conv's sum over taps k = a + t sh. Its input gradient has no input dilation."""
+    kh, kw = rhs.shape[:2]
+    sh, sw = strides
+    padded = _pad_hw(lhs, pads)
+    ho = (padded.shape[1] - kh) // sh + 1
+    wo = (padded.shape[2] - kw) // sw + 1
+    out = None
+    for a in range(min(sh, kh)):
+        for b in range(min(sw, kw)):
+            sub = rhs[a::sh, b::sw]
+            phase = padded[:, a::sh, b::sw][:, :ho + sub.shape[0] - 1, :wo + sub.shape[1] - 1]
+            term = lax.conv_general_dilated(phase, sub, (1, 1), "VALID",
+                                            dimension_numbers=_NHWC_HWIO, precision=precision)
+            out = term if out is None else out + term
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_nhwc_phase_dgrad(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int],
+                           pads: tuple[tuple[int, int], ...], precision: Any) -> jax.Array:
+    return _lax_conv_nhwc(lhs, rhs, strides, pads, precision, None)
+
+
+def _phase_dgrad_fwd(lhs, rhs, strides, pads, precision):
+    return _lax_conv_nhwc(lhs, rhs, strides, pads, precision, None), (lhs, rhs)
+
+
+def _phase_dgrad_bwd(strides, pads, precision, residuals, g):
+    lhs, rhs = residuals
+    # XLA transposes a strided conv w.r.t. its input as a conv over the zero-dilated gradient
+    # (sh * sw times the work); the phase form's transpose is sh * sw dense stride-1 convs.
+    _, lhs_vjp = jax.vjp(lambda x: _phase_conv_nhwc(x, rhs, strides, pads, precision), lhs)
+    _, rhs_vjp = jax.vjp(lambda w: _lax_conv_nhwc(lhs, w, strides, pads, precision, None), rhs)
+    return lhs_vjp(g)[0], rhs_vjp(g)[0]
+
+
+_conv_nhwc_phase_dgrad.defvjp(_phase_dgrad_fwd, _phase_dgrad_bwd)
+
+
+def conv_general_dilated_xla_cpu(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated`, except for the float32 NHWC/HWIO shapes where XLA's own CPU
+    kernel (`model.xla_cpu_ynnpack="dot"`) was measured well behind oneDNN
+    (`bench/conv_attempts.py --xla_cpu_ynnpack dot`):
+
+    - strided convs of at least `PHASE_DGRAD_MIN_PIXELS` input pixels: lax forward and weight
+      gradient, the input gradient through `_phase_conv_nhwc` (2.8x slower than oneDNN as XLA
+      does it at 32x32x64 -> 128);
+    - unpadded strided 1x1 convs (projection shortcuts): the strided slice, then a matmul (the
+      weight gradient is then one matmul; 7x slower than oneDNN as a conv);
+    - stride-1 convs of at most 4 input channels (the image stem): one im2col matmul (its weight
+      gradient as a conv was 5x slower than oneDNN's).
+    Same values as lax up to float32 rounding; same signature; anything else is lax.
+    """
+    strides = tuple(int(s) for s in window_strides)
+    float32 = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+               and preferred_element_type in (None, jnp.float32) and rhs.ndim == 4)
+    pads = _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count,
+                            batch_group_count) if float32 else None
+    if pads is not None:
+        kh, kw, cin, _ = rhs.shape
+        height, width = lhs.shape[1:3]
+        strided = strides != (1, 1)
+        if strided and (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):
+            sh, sw = strides
+            return jnp.einsum("bhwc,cd->bhwd", lhs[:, ::sh, ::sw], rhs[0, 0],
+                              precision=precision)
+        if strided and height * width >= PHASE_DGRAD_MIN_PIXELS:
+            return _conv_nhwc_phase_dgrad(lhs, rhs, strides, pads, precision)
+        if not strided and cin <= 4:
+            return im2col_conv_nhwc(lhs, rhs, strides, pads, precision)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count, precision, preferred_element_type)
+
+
+# ---------------------------------------------------------------------------------------------
 # Which XLA:CPU library runs the convolutions and dots (`model.xla_cpu_ynnpack`)
 # ---------------------------------------------------------------------------------------------
 # jaxlib 0.10 hands XLA:CPU's convolutions and dots to YNNPACK ("ynn_fusion" in the compiled
@@ -344,7 +443,7 @@ def xla_compiler_options(ynnpack: str, backend: str | None = None) -> dict[str, 
     return {_YNN_OPTION: value}
 
 
-CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape")
+CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape", "xla_cpu")
 
 
 def ynnpack_runs_convolutions(xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK,
@@ -372,4 +471,6 @@ def select_conv(impl: str, xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK) -> Co
         return conv_general_dilated_fast_wgrad
     if impl == "per_shape":
         return conv_general_dilated_per_shape
+    if impl == "xla_cpu":
+        return conv_general_dilated_xla_cpu
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
