@@ -281,3 +281,33 @@ def test_torch_reference_step_in_bfloat16_and_dtype_check():
     assert np.isfinite(step())
     with pytest.raises(ValueError, match="dtype"):
         torch_reference.make_train_step(batch_per_view=2, channels_last=False, dtype="float16")
+
+
+def test_run_end_to_end_writes_ratios_utilisation_and_results_md(tmp_path):
+    """`bench/run.py` in full mode at a toy scale: the JSON has every ratio, the utilisation of
+    each step, and RESULTS.md links to the PNG where it was written."""
+    import json
+    import os
+
+    from bench import run
+
+    md = tmp_path / "bench" / "RESULTS.md"
+    out = tmp_path / "out.json"
+    run.main(["--batch_sizes", "2", "--width", "0.125", "--steps", "1", "--warmup", "0",
+              "--jax_variants", "simclr,amcl_logsumexp", "--pipeline_seconds", "0.2",
+              "--pipeline_examples", "32", "--pipeline_batch", "8", "--memory_batch", "8",
+              "--memory_chunk_sizes", "4", "--default_chunk_size", "4", "--no_torch",
+              "--results_md", str(md), "--output", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == set(run.GOALS)
+    assert report["ratios"]["jax_over_torch_throughput"]["value"] is None  # --no_torch
+    measured = report["peak_flops"]["measured_matmul"]["jax"]["flops_per_second"]
+    assert measured > 0 and report["peak_flops"]["nominal"]["flops_per_second"] is None  # CPU
+    for entry in report["steps_by_batch"]["2"].values():
+        assert entry["model_flops_per_step"] > 0 and entry["mfu"] is None
+        assert entry["matmul_utilisation"] == pytest.approx(
+            entry["model_flops_per_step"] / entry["median_step_seconds"] / measured)
+    text = md.read_text()
+    assert "## Utilisation (float32)" in text
+    link = text.split("![throughput vs batch](")[1].split(")")[0]
+    assert link == "results/throughput_vs_batch.png" and os.path.exists(md.parent / link)
