@@ -30,16 +30,18 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+
+from bench.timing import time_calls  # noqa: E402
 
 EPSILON = 1e-5
 # (height = width, channels) -> BatchNorms of that shape in ResNet-18 with the CIFAR stem: the
@@ -168,11 +170,8 @@ def measure(batch: int, rounds: int, variants: list[str]) -> dict:
         for name in variants:
             fn = value_and_grads(VARIANTS[name])
             out = jax.block_until_ready(fn(*args))
-            times = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                jax.block_until_ready(fn(*args))
-                times.append(time.perf_counter() - start)
+            times = time_calls(lambda fn=fn, args=args: jax.block_until_ready(fn(*args)), rounds,
+                               warmup=0)
             entry["variants"][name] = {"median_seconds": statistics.median(times),
                                        "max_relative_error": max_relative_errors(out, expected)}
         shapes[f"{batch}x{size}x{size}x{channels}"] = entry

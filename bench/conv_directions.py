@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from amcl_jax.models import xla_compiler_options  # noqa: E402
+from bench.timing import time_calls  # noqa: E402
 
 # (input size, Cin, Cout, stride, kernel) -> count in ResNet-18 with the CIFAR stem.
 LAYERS: dict[tuple[int, int, int, int, int], int] = {
@@ -50,23 +50,16 @@ DIRECTIONS = ("forward", "input_grad", "weight_grad")
 
 
 def _median_ms(fn: Callable[[], object], rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(time_calls(fn, rounds))
 
 
-def jax_directions(x, w, stride: int, rounds: int, conv: Callable = lax.conv_general_dilated
-                   ) -> dict[str, float]:
+def jax_directions(x, w, stride: int, rounds: int) -> dict[str, float]:
     pad = (w.shape[0] - 1) // 2
     options = xla_compiler_options("dot")
 
     def forward(x, w):
-        return conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     g = jax.numpy.ones(jax.eval_shape(forward, x, w).shape, x.dtype)
     programs = {

@@ -19,12 +19,12 @@ a ceiling that a convolutional network's step does not pass, on any platform.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from bench.timing import time_calls
 
 # Dense peak FLOP/s by device-kind substring (first match wins: "H100 PCIe" before "H100").
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -124,14 +124,9 @@ def measured_matmul_flops_per_second(dtype: str, size: int | None = None,
     keys = jax.random.split(jax.random.PRNGKey(0))
     a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype) for k in keys)
     matmul = jax.jit(jnp.matmul, compiler_options=compiler_options)
-    jax.block_until_ready(matmul(a, b))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a, b))
-        times.append(time.perf_counter() - start)
-    return {"flops_per_second": 2 * size**3 / min(times), "size": size, "dtype": dtype,
-            "seconds": float(np.min(times))}
+    best = min(time_calls(lambda: jax.block_until_ready(matmul(a, b)), repeats))
+    return {"flops_per_second": 2 * size**3 / best, "size": size, "dtype": dtype,
+            "seconds": best}
 
 
 def utilisation(model_flops: int, step_seconds: float, peak: float | None) -> float | None:

@@ -130,12 +130,12 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 def peak_flops(args) -> dict:
     """The device's nominal peak (GPU data sheets) and the matmul rate each framework reaches."""
-    from amcl_jax.train import compiler_options
+    from amcl_jax import models
 
-    config = make_config(batch_per_view=HEADLINE_BATCH, overrides=VARIANTS["simclr"],
-                         dtype=args.dtype)
-    measured = {"jax": flops.measured_matmul_flops_per_second(
-        args.dtype, compiler_options=compiler_options(config))}
+    # As the timed steps compile (the config's default `model.xla_cpu_ynnpack`).
+    options = models.xla_compiler_options(models.DEFAULT_XLA_CPU_YNNPACK)
+    measured = {"jax": flops.measured_matmul_flops_per_second(args.dtype,
+                                                              compiler_options=options)}
     if torch_reference is not None and not args.no_torch:
         measured["torch"] = torch_reference.matmul_flops_per_second(args.dtype)
     return {"nominal": flops.nominal_peak_flops(args.dtype), "measured_matmul": measured,

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.timing import time_calls
+
 
 def base_channels(width: float) -> int:
     """As `amcl_jax.models.resnet.base_channels`: round(64 * width), at least 1."""
@@ -166,11 +168,6 @@ def matmul_flops_per_second(dtype: str = "float32", size: int | None = None,
     size = size or (2048 if device.type == "cpu" else 8192)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     a, b = (torch.randn(size, size, device=device).to(torch_dtype) for _ in range(2))
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        (a @ b).sum().item()  # The host sync.
-        times.append(time.perf_counter() - start)
-    best = min(times[1:])
+    best = min(time_calls(lambda: (a @ b).sum().item(), repeats))  # .item(): the host sync
     return {"flops_per_second": 2 * size**3 / best, "size": size, "dtype": dtype,
             "seconds": best, "device": str(device)}

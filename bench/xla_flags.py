@@ -26,7 +26,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 SETTINGS = {
     "default": "",
@@ -51,6 +50,7 @@ def child(batch: int, rounds: int) -> dict:
     import jax
 
     from bench.conv_attempts import VARIANTS, make_step
+    from bench.timing import time_calls
 
     out = {}
     for size, cin, cout in LAYERS:
@@ -59,12 +59,8 @@ def child(batch: int, rounds: int) -> dict:
         forward = jax.jit(lambda x, w: VARIANTS["lax"](x, w, 1))  # The forward pass alone.
         for name in ("lax_forward", "lax", "fast_wgrad"):
             step = forward if name == "lax_forward" else make_step(VARIANTS[name], stride=1)
-            jax.block_until_ready(step(x, w))
-            times = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                jax.block_until_ready(step(x, w))
-                times.append(time.perf_counter() - start)
+            times = time_calls(lambda step=step, x=x, w=w: jax.block_until_ready(step(x, w)),
+                               rounds)
             out[f"{size}x{size}x{cin}/{name}"] = statistics.median(times)
     return out
 

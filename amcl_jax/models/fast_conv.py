@@ -93,6 +93,20 @@ def _plain_nhwc_pads(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, ...], p
     return _explicit_pads(padding, lhs.shape[1:3], rhs.shape[0:2], strides) if supported else None
 
 
+def _float32_nhwc_pads(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, ...], padding: Any,
+                       lhs_dilation: Sequence[int] | None, rhs_dilation: Sequence[int] | None,
+                       dimension_numbers: Any, feature_group_count: int,
+                       batch_group_count: int, preferred_element_type: Any
+                       ) -> tuple[tuple[int, int], ...] | None:
+    """As `_plain_nhwc_pads`, for float32 operands and output only (the per-shape formulations
+    were measured, and their rounding tested, in float32)."""
+    float32 = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+               and preferred_element_type in (None, jnp.float32) and rhs.ndim == 4)
+    return _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count,
+                            batch_group_count) if float32 else None
+
+
 def _pad_hw(lhs: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
     """lhs (B, H, W, C) padded by pads ((top, bottom), (left, right)); negative pads crop.
 
@@ -275,13 +289,10 @@ def conv_general_dilated_per_shape(
     Same values as lax up to float32 rounding; same signature.
     """
     strides = tuple(int(s) for s in window_strides)
-    float32_3x3 = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-                   and preferred_element_type in (None, jnp.float32)
-                   and rhs.ndim == 4 and tuple(rhs.shape[:2]) == (3, 3))
-    pads = _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count,
-                            batch_group_count) if float32_3x3 else None
-    if pads is not None:
+    pads = _float32_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                              dimension_numbers, feature_group_count, batch_group_count,
+                              preferred_element_type)
+    if pads is not None and tuple(rhs.shape[:2]) == (3, 3):
         height, width = lhs.shape[1:3]
         if strides == (2, 2):
             return im2col_conv_nhwc(lhs, rhs, strides, pads, precision)
@@ -372,11 +383,9 @@ def conv_general_dilated_xla_cpu(
     Same values as lax up to float32 rounding; same signature; anything else is lax.
     """
     strides = tuple(int(s) for s in window_strides)
-    float32 = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-               and preferred_element_type in (None, jnp.float32) and rhs.ndim == 4)
-    pads = _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count,
-                            batch_group_count) if float32 else None
+    pads = _float32_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                              dimension_numbers, feature_group_count, batch_group_count,
+                              preferred_element_type)
     if pads is not None:
         kh, kw, cin, _ = rhs.shape
         height, width = lhs.shape[1:3]
