@@ -519,6 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         color_jitter_strength=config.data.color_jitter_strength, blur_p=config.data.blur_p)
 
     PREEMPTION.requested = False
+    preemption_agreed = PreemptionVote(mesh)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
     last_time, last_step = time.time(), start_step
@@ -554,7 +555,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if checkpointed:
             save(step)
         # After logging, so the resumed run's metrics.jsonl has every step exactly once.
-        if _preemption_agreed(PREEMPTION.requested):
+        if preemption_agreed(PREEMPTION.requested):
             if not checkpointed:
                 save(step)
             manager.wait_until_finished()
@@ -599,16 +600,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
-def _preemption_agreed(requested: bool) -> bool:
+class PreemptionVote:
     """Whether any process got SIGTERM; every process gets the same answer at the same step.
 
-    Multi-host, the signal reaches hosts at different moments: one tiny all-gather per step
-    makes all processes stop (and checkpoint, which is collective) at the same step.
+    One process: the flag itself. Several: the signal reaches hosts at different moments, so
+    each call dispatches a tiny all-reduce of the processes' flags and answers with the one
+    dispatched by the previous call (the previous step): all processes read the same vote at
+    the same step and stop (and checkpoint, which is collective) together, one step after the
+    signal. Reading the previous step's vote waits for that step only, while the step just
+    dispatched stays queued; a blocking all-gather of this step's flags would make every host
+    wait for each step to finish before it could prepare and dispatch the next.
     """
-    if jax.process_count() == 1:
-        return requested
-    flags = multihost_utils.process_allgather(np.asarray([requested], np.int32))
-    return bool(np.any(flags))
+
+    def __init__(self, mesh: Mesh):
+        self._pending = None
+        self._multi_process = jax.process_count() > 1
+        if self._multi_process:
+            self._flags_sharding = NamedSharding(mesh, P("data"))
+            self._any = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+
+    def __call__(self, requested: bool) -> bool:
+        if not self._multi_process:
+            return requested
+        local = np.full((jax.local_device_count(),), int(requested), np.int32)
+        vote = self._any(jax.make_array_from_process_local_data(self._flags_sharding, local))
+        previous, self._pending = self._pending, vote
+        return previous is not None and bool(previous)
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:

@@ -11,6 +11,9 @@ Measures in one process, side by side:
   processes hits every variant alike; figures are medians over rounds.
 - the tf.data two-view pipeline (`amcl_jax.data.train_iterator`, letters "abcde") on random
   32x32 uint8 images, alone on the same cores: views/s and source images/s.
+- the training loop (`bench/loop.py`): `train_and_evaluate` on an image folder, its seconds per
+  update against the bare step's at the headline batch (`loop_over_step_throughput`), i.e. what
+  the host's per-step work (tf.data views, the copy to the device, dispatch) costs the step.
 - peak memory of loss + gradient (XLA memory analysis, compile only) for the AMCL loss (C=3,
   both negative modes, temperature net) over NT-Xent (C=1) at a large batch.
 - utilisation of each step (`bench/flops.py`): model FLOPs per second over the device's
@@ -48,7 +51,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from amcl_jax.config import get_default_config  # noqa: E402
-from bench import flops  # noqa: E402
+from bench import flops, loop  # noqa: E402
 from bench.jax_step import (  # noqa: E402
     ATTEMPT_VARIANTS,
     VARIANTS,
@@ -352,6 +355,12 @@ def write_results_md(report: dict, md_path: str, png_path: str) -> None:
         lines += ["", f"Pipeline (`train_iterator`, \"abcde\", random 32x32 uint8): "
                   f"{pipe['source_images_per_second']:.0f} source images/s, "
                   f"{pipe['views_per_second']:.0f} views/s."]
+    run = report.get("loop")
+    if run:
+        lines += ["", f"Training loop (`bench/loop.py`, `train_and_evaluate` on an image folder, "
+                  f"{run['batch_per_view']} per view): {run['loop_seconds_per_step']:.3g} s per "
+                  f"update against {run['bare_step_median_seconds']:.3g} s for the bare step, "
+                  f"loop / step throughput {run['loop_over_step_throughput']:.3f}."]
     # The PNG's path relative to the Markdown file, so that the link works where both are.
     image = os.path.relpath(os.path.abspath(png_path), os.path.dirname(os.path.abspath(md_path)))
     lines += ["", f"![throughput vs batch]({image})", ""]
@@ -384,6 +393,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pipeline_examples", type=int, default=50_000)
     parser.add_argument("--pipeline_seconds", type=float, default=None,
                         help="timed seconds of the pipeline (default: quick 15, full 30)")
+    parser.add_argument("--loop_steps", type=int, default=8,
+                        help="timed updates of the training loop (bench/loop.py)")
+    parser.add_argument("--no_loop", action="store_true", help="skip the training loop")
     parser.add_argument("--memory_batch", type=int, default=4096,
                         help="batch per view N for the loss memory (2N views)")
     parser.add_argument("--memory_chunk_sizes", default=None,
@@ -452,6 +464,13 @@ def main(argv=None) -> dict:
     log("input pipeline")
     report["pipeline"] = pipeline_rate(args)
 
+    report["loop"] = None
+    if not args.no_loop:
+        log("training loop against its bare step (bench/loop.py)")
+        report["loop"] = loop.measure_loop(
+            batch_per_view=report["headline_batch_per_view"], steps=args.loop_steps, rounds=3,
+            width=args.width, dtype=args.dtype)
+
     headline = report["steps_by_batch"][str(report["headline_batch_per_view"])]
     report["ratios"] = ratios(headline, report["pipeline"], report["loss_memory"])
     report["ratios_by_batch"] = {
@@ -472,6 +491,9 @@ def main(argv=None) -> dict:
     for name, entry in report["ratios"].items():
         value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
         print(f"{name:36s} {value:>8s}  goal {entry['goal']:8s} met={entry['met']}")
+    if report["loop"]:
+        value = report["loop"]["loop_over_step_throughput"]
+        print(f"{'loop_over_step_throughput':36s} {value:8.3f}  (training loop / bare step)")
     for name, entry in headline.items():
         print(f"{name:36s} {entry['model_flops_per_second'] / 1e12:8.3f} model TFLOP/s  "
               f"MFU {_percent(entry['mfu'])}  matmul utilisation "

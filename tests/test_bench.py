@@ -297,10 +297,12 @@ def test_run_end_to_end_writes_ratios_utilisation_and_results_md(tmp_path):
               "--jax_variants", "simclr,amcl_logsumexp", "--pipeline_seconds", "0.2",
               "--pipeline_examples", "32", "--pipeline_batch", "8", "--memory_batch", "8",
               "--memory_chunk_sizes", "4", "--default_chunk_size", "4", "--no_torch",
+              "--no_loop",
               "--results_md", str(md), "--output", str(out)])
     report = json.loads(out.read_text())
     assert set(report["ratios"]) == set(run.GOALS)
     assert report["ratios"]["jax_over_torch_throughput"]["value"] is None  # --no_torch
+    assert report["loop"] is None  # --no_loop (the loop has its own test)
     measured = report["peak_flops"]["measured_matmul"]["jax"]["flops_per_second"]
     assert measured > 0 and report["peak_flops"]["nominal"]["flops_per_second"] is None  # CPU
     for entry in report["steps_by_batch"]["2"].values():
@@ -311,3 +313,29 @@ def test_run_end_to_end_writes_ratios_utilisation_and_results_md(tmp_path):
     assert "## Utilisation (float32)" in text
     link = text.split("![throughput vs batch](")[1].split(")")[0]
     assert link == "results/throughput_vs_batch.png" and os.path.exists(md.parent / link)
+
+
+def test_loop_benchmark_times_train_and_evaluate_against_its_bare_step(tmp_path):
+    """`bench/loop.py` at a toy scale: the loop really ran (its metrics.jsonl has the timed
+    interval), and the ratio is the bare step's median over the loop's seconds per step."""
+    import json
+    import statistics
+
+    from bench import loop
+
+    workdir = tmp_path / "run"
+    report = loop.measure_loop(batch_per_view=4, steps=2, rounds=1, width=WIDTH, num_train=40,
+                               workdir=str(workdir))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().split("\n")
+               if line]
+    assert [r["step"] for r in records] == [2, 4]
+    assert report["loop_seconds_per_step"] == pytest.approx(1 / records[1]["steps_per_sec"])
+    bare = statistics.median(report["bare_step_seconds_before"]
+                             + report["bare_step_seconds_after"])
+    assert report["loop_over_step_throughput"] == pytest.approx(
+        bare / report["loop_seconds_per_step"])
+    assert report["loop_images_per_second"] == pytest.approx(8 / report["loop_seconds_per_step"])
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["dataset"] == "image_folder"
+    with pytest.raises(ValueError, match="no record of step 3"):
+        loop.timed_interval(str(workdir / "metrics.jsonl"), 3)
