@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,6 +53,7 @@ from amcl_jax.models.fast_conv import (  # noqa: E402
     winograd_conv_nhwc,
     xla_compiler_options,
 )
+from bench.timing import seconds_of  # noqa: E402
 
 # (H=W, Cin, Cout, stride) of ResNet-18's 3x3 convolutions (CIFAR stem), one per stage.
 # Plus the stride-2 3x3 convolution that opens stage 2 (the largest of the three stride-2 ones).
@@ -147,9 +147,8 @@ def main() -> None:
         times = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():
-                start = time.perf_counter()
-                jax.block_until_ready(step(x, w))
-                times[name].append(time.perf_counter() - start)
+                times[name].append(
+                    seconds_of(lambda step=step, x=x, w=w: jax.block_until_ready(step(x, w))))
         medians = {name: statistics.median(t) for name, t in times.items()}
         row = {"input": [args.batch, size, size, cin], "cout": cout, "stride": stride,
                "median_seconds": medians,

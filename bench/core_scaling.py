@@ -29,13 +29,13 @@ convolutions, jaxlib's default then).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,14 +56,12 @@ def _child(args) -> None:
         devices = jax.device_count()
     else:
         from bench import torch_reference
+        from bench.timing import seconds_of
 
         torch_step, _ = torch_reference.make_train_step(batch_per_view=args.batch,
                                                         channels_last=True)
 
-        def step() -> float:
-            start = time.perf_counter()
-            torch_step()
-            return time.perf_counter() - start
+        step = functools.partial(seconds_of, torch_step)
 
         step()
         devices = 1

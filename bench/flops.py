@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bench.timing import time_calls
+from bench.timing import default_matmul_size, time_calls
 
 # Dense peak FLOP/s by device-kind substring (first match wins: "H100 PCIe" before "H100").
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -120,7 +120,7 @@ def measured_matmul_flops_per_second(dtype: str, size: int | None = None,
                                      repeats: int = 5) -> dict:
     """The best of `repeats` timed (size, size) @ (size, size) matmuls under `jax.jit`."""
     platform = jax.devices()[0].platform
-    size = size or (2048 if platform == "cpu" else 8192)
+    size = size or default_matmul_size(platform)
     keys = jax.random.split(jax.random.PRNGKey(0))
     a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype) for k in keys)
     matmul = jax.jit(jnp.matmul, compiler_options=compiler_options)

@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from amcl_jax import losses, models  # noqa: E402
 from amcl_jax.models import heads  # noqa: E402
+from bench.timing import seconds_of  # noqa: E402
 
 
 def _autodiff_relu_pair_logits(hu, hv, w):
@@ -71,9 +71,7 @@ def main() -> None:
         fn, autodiff = fns[name]
         heads.relu_pair_logits = _autodiff_relu_pair_logits if autodiff else custom
         try:  # Traced (once per function) with the read-out chosen here.
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*inputs))
-            return time.perf_counter() - start
+            return seconds_of(lambda: jax.block_until_ready(fn(*inputs)))
         finally:
             heads.relu_pair_logits = custom
 

@@ -26,8 +26,9 @@ Writes a JSON with the ratios, their goals, the raw figures, device, versions an
 The full mode (no --quick) sweeps batch sizes and writes `bench/RESULTS.md` and its PNG
 (`bench/results/throughput_vs_batch.png`).
 PyTorch is optional (`pip install -r bench/requirements.txt`); without it the torch ratio is null.
-Runtime on 2 Zen 3 cores, measured: --quick 3.0 min idle; full with --steps 5 19 min (batches
-32, 64, 128, 256; three JAX compiles per batch), so ~30 min with the default 10 rounds. Under
+Runtime on 2 Zen 3 cores, measured: --quick 5.0 min idle (1.5 of them the training loop;
+`--no_loop` skips it); full with --steps 5 19 min before the loop was added (batches 32, 64,
+128, 256; three JAX compiles per batch), so ~30 min with the default 10 rounds. Under
 heavy load from other processes both grow several-fold (a --quick run at load average ~8 took
 ~25 min).
 """
@@ -35,6 +36,7 @@ heavy load from other processes both grow several-fold (a --quick run at load av
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -59,6 +61,7 @@ from bench.jax_step import (  # noqa: E402
     make_config,
     make_jax_step,
 )
+from bench.timing import seconds_of  # noqa: E402
 
 try:
     import torch
@@ -101,12 +104,7 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
                 batch_per_view=batch_per_view, width=args.width, channels_last=channels_last,
                 dtype=args.dtype)
 
-            def timed(step=step) -> float:
-                start = time.perf_counter()
-                step()
-                return time.perf_counter() - start
-
-            steps[name] = timed
+            steps[name] = timed = functools.partial(seconds_of, step)
             build[name] = {"first_step_seconds": timed()}
             log(f"  built {name}")
     for _ in range(args.warmup):
@@ -374,7 +372,7 @@ def write_results_md(report: dict, md_path: str, png_path: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="batch 64 per view only, fewer rounds (~10 min on 2 cores)")
+                        help="batch 64 per view only, fewer rounds (~5 min on 2 cores)")
     parser.add_argument("--output", required=True, help="the JSON to write")
     parser.add_argument("--batch_sizes", default=None,
                         help="comma-separated batches per view (default: quick 64, full "

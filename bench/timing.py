@@ -6,14 +6,22 @@ import time
 from collections.abc import Callable
 
 
+def seconds_of(fn: Callable[[], object]) -> float:
+    """Seconds of one call of `fn` (which must block until its work is done)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def time_calls(fn: Callable[[], object], rounds: int, warmup: int = 1) -> list[float]:
     """Seconds of each of `rounds` calls of `fn` (which must block until its work is done),
     after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return [seconds_of(fn) for _ in range(rounds)]
+
+
+def default_matmul_size(platform: str) -> int:
+    """The side of the square matmul timed for the best FLOP rate (both frameworks): seconds at
+    most on a CPU, large enough to saturate an accelerator."""
+    return 2048 if platform == "cpu" else 8192

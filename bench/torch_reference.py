@@ -21,14 +21,12 @@ default precision does on those GPUs).
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.timing import time_calls
+from bench.timing import default_matmul_size, time_calls
 
 
 def base_channels(width: float) -> int:
@@ -93,25 +91,6 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def time_train_step(*, batch_per_view: int, image_size: int = 32, width: float = 1.0,
-                    channels_last: bool, steps: int, warmup: int, seed: int = 0,
-                    dtype: str = "float32") -> dict:
-    """Median seconds of one eager train step on a fixed random batch (2 x batch_per_view)."""
-    step, _ = make_train_step(batch_per_view=batch_per_view, image_size=image_size, width=width,
-                              channels_last=channels_last, seed=seed, dtype=dtype)
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"median_step_seconds": median, "step_seconds": times, "loss": loss,
-            "images_per_second": 2 * batch_per_view / median,
-            "source_images_per_second": batch_per_view / median}
-
-
 DTYPES = ("float32", "bfloat16")
 
 
@@ -165,7 +144,7 @@ def matmul_flops_per_second(dtype: str = "float32", size: int | None = None,
                             repeats: int = 5) -> dict:
     """As `bench.flops.measured_matmul_flops_per_second`, for PyTorch on its default device."""
     device = default_device()
-    size = size or (2048 if device.type == "cpu" else 8192)
+    size = size or default_matmul_size(device.type)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     a, b = (torch.randn(size, size, device=device).to(torch_dtype) for _ in range(2))
     best = min(time_calls(lambda: (a @ b).sum().item(), repeats))  # .item(): the host sync

@@ -339,3 +339,19 @@ def test_loop_benchmark_times_train_and_evaluate_against_its_bare_step(tmp_path)
     assert summary["steps"] == 4 and summary["dataset"] == "image_folder"
     with pytest.raises(ValueError, match="no record of step 3"):
         loop.timed_interval(str(workdir / "metrics.jsonl"), 3)
+
+
+def test_multi_process_benchmark_reads_the_timed_interval_of_two_processes(tmp_path):
+    """`bench/multi_process.py` launches main.py as two processes (one CPU device each) that
+    train together; its figure is the chief's metrics.jsonl record of the second interval."""
+    import json
+
+    from bench import multi_process
+
+    workdir = tmp_path / "two"
+    seconds = multi_process.run_once(processes=2, steps=2, workdir=str(workdir))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().split("\n")
+               if line]
+    assert [r["step"] for r in records] == [2, 4]
+    assert seconds == pytest.approx(1 / records[1]["steps_per_sec"])
+    assert json.loads((workdir / "summary.json").read_text())["num_processes"] == 2
