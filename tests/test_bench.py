@@ -355,3 +355,27 @@ def test_multi_process_benchmark_reads_the_timed_interval_of_two_processes(tmp_p
     assert [r["step"] for r in records] == [2, 4]
     assert seconds == pytest.approx(1 / records[1]["steps_per_sec"])
     assert json.loads((workdir / "summary.json").read_text())["num_processes"] == 2
+
+
+def test_layouts_both_dimension_numbers_compile_to_channels_minor_convolutions():
+    """`bench/layouts.py`: the NCHW and NHWC programs agree in value and gradients, and XLA:CPU
+    compiles the convolutions of both with the channels-minor physical layout (the diagnosis the
+    README reports); the NCHW program only adds data movement."""
+    from bench import layouts
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+    nhwc = jax.jit(layouts.value_and_grads("NHWC"))
+    nchw = jax.jit(layouts.value_and_grads("NCHW"))
+    xn, wn = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(w, (3, 2, 0, 1))
+    (value, (dx, dw)), (value_n, (dx_n, dw_n)) = nhwc(x, w), nchw(xn, wn)
+    np.testing.assert_allclose(value_n, value, rtol=1e-5)
+    np.testing.assert_allclose(jnp.transpose(dx_n, (0, 2, 3, 1)), dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jnp.transpose(dw_n, (2, 3, 1, 0)), dw, rtol=1e-4, atol=1e-4)
+    facts = {name: layouts.compiled_facts(step.lower(*args).compile().as_text())
+             for name, step, args in (("NHWC", nhwc, (x, w)), ("NCHW", nchw, (xn, wn)))}
+    for entry in facts.values():
+        assert len(entry["convolutions"]) == 3
+        assert all(c.endswith("{3,2,1,0}") for c in entry["convolutions"])
+    assert sorted(facts["NCHW"]["convolutions"]) == sorted(facts["NHWC"]["convolutions"])
+    assert facts["NCHW"]["copies_and_transposes"] > facts["NHWC"]["copies_and_transposes"]
