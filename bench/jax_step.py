@@ -43,6 +43,10 @@ ATTEMPT_VARIANTS.update({
 # ... and without the CPU fusion barriers on the ResNet's activations (models/resnet.py).
 ATTEMPT_VARIANTS["simclr_no_fusion_barriers"] = {"amcl.enabled": False,
                                                  "model.cpu_fusion_barriers": False}
+# ... and without donating the train state to the step (as `train_and_evaluate` does): options of
+# `make_jax_step` rather than config overrides, by variant name.
+ATTEMPT_VARIANTS["simclr_no_donation"] = {"amcl.enabled": False}
+STEP_OPTIONS: dict[str, dict] = {"simclr_no_donation": {"donate": False}}
 
 
 def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",
@@ -61,11 +65,12 @@ def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18"
     return config
 
 
-def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
+def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0, donate: bool = True
                   ) -> tuple[Callable[[], float], float]:
     """(step, compile_seconds): `step()` runs one update (views (2, B, S, S, 3)), returns seconds.
 
-    The state is donated and carried inside the closure, as in `train_and_evaluate`, replicated
+    The state is donated (unless `donate=False`) and carried inside the closure, as in
+    `train_and_evaluate`, replicated
     over a data mesh of every device with the views split along the batch (synchronized
     BatchNorm); the first call (compilation included) is made here.
     """
@@ -90,7 +95,8 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
     state_shardings = jax.tree.map(lambda _: replicated, state)
     state = jax.device_put(state, state_shardings)
     jitted = jax.jit(functools.partial(train_step, model=model, method=method, tx=tx,
-                                       schedule=schedule, config=config), donate_argnums=(0,),
+                                       schedule=schedule, config=config),
+                     donate_argnums=(0,) if donate else (),
                      in_shardings=(state_shardings, views_sharding),
                      out_shardings=(state_shardings, replicated),
                      compiler_options=compiler_options(config))
@@ -102,12 +108,15 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0
     def step() -> float:
         start = time.perf_counter()
         holder["state"], metrics = jitted(holder["state"], views)
-        jax.block_until_ready(metrics["loss"])
+        holder["loss"] = jax.block_until_ready(metrics["loss"])
         return time.perf_counter() - start
 
     compile_seconds = step()
     # For diagnostics (bench/profile_step.py): the optimised HLO of the step as compiled.
     step.compiled_text = lambda: jitted.lower(holder["state"], views).compile().as_text()
+    step.last_loss = lambda: float(holder["loss"])  # The loss of the latest update.
+    # XLA's memory analysis of the compiled step (a second compilation; attempts only).
+    step.memory_stats = lambda: _memory_stats(jitted.lower(holder["state"], views).compile())
     return step, compile_seconds
 
 

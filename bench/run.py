@@ -56,6 +56,7 @@ from amcl_jax.config import get_default_config  # noqa: E402
 from bench import flops, loop  # noqa: E402
 from bench.jax_step import (  # noqa: E402
     ATTEMPT_VARIANTS,
+    STEP_OPTIONS,
     VARIANTS,
     loss_peak_bytes,
     make_config,
@@ -95,8 +96,10 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
         config = make_config(batch_per_view=batch_per_view,
                              overrides={**VARIANTS, **ATTEMPT_VARIANTS}[name],
                              width=args.width, conv_impl=args.conv_impl, dtype=args.dtype)
-        steps[name], compile_seconds = make_jax_step(config)
+        steps[name], compile_seconds = make_jax_step(config, **STEP_OPTIONS.get(name, {}))
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
+        if set(args.jax_variants) & set(ATTEMPT_VARIANTS):  # Attempts: what each compiles to.
+            build[name]["memory"] = steps[name].memory_stats()
         log(f"  built {name} (first step incl. compile {compile_seconds:.1f} s)")
     if torch_reference is not None and not args.no_torch:
         for name, channels_last in TORCH_LAYOUTS.items():

@@ -379,3 +379,17 @@ def test_layouts_both_dimension_numbers_compile_to_channels_minor_convolutions()
         assert all(c.endswith("{3,2,1,0}") for c in entry["convolutions"])
     assert sorted(facts["NCHW"]["convolutions"]) == sorted(facts["NHWC"]["convolutions"])
     assert facts["NCHW"]["copies_and_transposes"] > facts["NHWC"]["copies_and_transposes"]
+
+
+def test_jax_step_without_donation_aliases_nothing_and_matches_the_donated_step():
+    """The donation attempt's variant: the same update (same loss, same new state) with the
+    state's buffers not aliased to the outputs; the donated step aliases the whole state."""
+    from bench.jax_step import make_config, make_jax_step
+
+    config = make_config(batch_per_view=2, overrides={"amcl.enabled": False}, width=WIDTH,
+                         image_size=8)
+    donated, _ = make_jax_step(config)
+    kept, _ = make_jax_step(config, donate=False)
+    assert donated.memory_stats()["alias_size_in_bytes"] > 0
+    assert kept.memory_stats()["alias_size_in_bytes"] == 0
+    assert donated.last_loss() == pytest.approx(kept.last_loss(), rel=1e-6)
