@@ -520,6 +520,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     PREEMPTION.requested = False
     preemption_agreed = PreemptionVote(mesh)
+    # One process driving several CPU devices: XLA:CPU's in-process collectives deadlock when many
+    # executions of a multi-device program are queued (jaxlib 0.10: the rendezvous aborts the
+    # process after 40 s; README Known issues), so there the host waits for each update before
+    # dispatching the one after it (at most two queued). Elsewhere dispatch stays unbounded.
+    bound_queue = jax.default_backend() == "cpu" and jax.local_device_count() > 1
+    previous_loss = None
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
     last_time, last_step = time.time(), start_step
@@ -533,6 +539,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         labels = jax.make_array_from_process_local_data(labels_sharding,
                                                         batch["label"].astype(np.int32))
         state, metrics = step_fn(state, views, labels)
+        if bound_queue:
+            if previous_loss is not None:
+                previous_loss.block_until_ready()
+            previous_loss = metrics["loss"]
         if step % config.log_every_steps == 0 or step == total_steps:
             stop_if_nonfinite()
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}

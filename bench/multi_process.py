@@ -6,8 +6,9 @@ Runs `main.py` as `--processes` processes (JAX's multi-host start-up on localhos
 device each) and as one process with one CPU device, at the same global batch: what the
 multi-process run adds per step is its collectives and the host's work and synchronisations of
 `train_and_evaluate` (such as the preemption vote), which is what changes between commits.
-(One process with several CPU devices is not a usable reference on 2 cores: XLA:CPU's
-collective rendezvous there aborted after 40 s in 3 of 4 runs, README Known issues.)
+(One process with several CPU devices was not used as the reference: before the training loop
+bounded its queue on such runs, XLA:CPU's collective rendezvous aborted it after 40 s in 3 of 4
+runs, README Known issues.)
 The config is tiny (8x8 digits, ResNet-18 at width 0.125, global batch 16), so that a step
 takes milliseconds and the host's per-step work shows, as it does next to a fast accelerator.
 Each run makes 2 x `--steps` updates logged every `--steps`; the second interval's

@@ -108,6 +108,23 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
         np.testing.assert_allclose(losses_2[step], losses_1[step], rtol=1e-5, err_msg=step)
 
 
+def test_one_process_on_two_cpu_devices_survives_many_queued_updates(tmp_path):
+    """XLA:CPU's in-process collectives deadlock when many executions of a multi-device program
+    are queued (jaxlib 0.10: the rendezvous aborts the process after 40 s). Before the loop
+    bounded its queue on such runs, this run (fast steps, one sync at the end) aborted in 3 of 3
+    tries at 1000 updates and 2 of 3 at 300."""
+    workdir = str(tmp_path / "run")
+    steps = 600
+    env = _runs.run_env(2, JAX_DISABLE_MOST_OPTIMIZATIONS="0")  # Fast steps: a deep queue.
+    result = subprocess.run(
+        _runs.main_command(workdir, steps, f"--config.log_every_steps={steps}",
+                           f"--config.checkpoint.every_steps={steps}"),
+        cwd=_runs.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _runs.summary(workdir)
+    assert summary["num_devices"] == 2 and summary["steps"] == steps
+
+
 def test_finish_is_a_no_op_in_a_single_process():
     assert distributed.finish() is False
 
