@@ -394,3 +394,14 @@ def test_jax_step_without_donation_aliases_nothing_and_matches_the_donated_step(
     assert donated.memory_stats()["alias_size_in_bytes"] > 0
     assert kept.memory_stats()["alias_size_in_bytes"] == 0
     assert donated.last_loss() == pytest.approx(kept.last_loss(), rel=1e-6)
+
+
+def test_cpu_collective_queue_at_depth_two_finishes(tmp_path):
+    """`bench/cpu_collective_queue.py`'s harness: a two-device all-gather program called with
+    at most two calls queued (what the training loop does on such runs) finishes cleanly."""
+    from bench import cpu_collective_queue
+
+    report = cpu_collective_queue.main(["--calls", "200", "--depths", "2", "--runs", "1",
+                                        "--output", str(tmp_path / "out.json")])
+    run = report["by_depth"]["2"]["runs"][0]
+    assert run["returncode"] == 0 and run["finished"] and not run["rendezvous_abort"]
