@@ -41,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import time_calls  # noqa: E402
 
 EPSILON = 1e-5
@@ -197,16 +198,13 @@ def main(argv=None) -> dict:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; allowed: {sorted(VARIANTS)}")
-    report = {"command": "python bench/bn_attempts.py " + " ".join(sys.argv[1:] if argv is None
-                                                                    else argv),
+    report = {"command": command_line(__file__, argv),
               "batch": args.batch, "rounds": args.rounds, "jax": jax.__version__,
               "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
               "load_average_at_start": list(os.getloadavg()),
               **measure(args.batch, args.rounds, variants)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     print(json.dumps({"per_step_seconds": report["per_step_seconds"],
                       "speedup_over_flax": report["speedup_over_flax"]}, indent=1))
     return report

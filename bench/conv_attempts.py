@@ -32,7 +32,6 @@ the project chose otherwise); with the project's "dot" (XLA's own convolutions):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -53,6 +52,7 @@ from amcl_jax.models.fast_conv import (  # noqa: E402
     winograd_conv_nhwc,
     xla_compiler_options,
 )
+from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import seconds_of  # noqa: E402
 
 # (H=W, Cin, Cout, stride) of ResNet-18's 3x3 convolutions (CIFAR stem), one per stage.
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--xla_cpu_ynnpack", default="jaxlib", choices=tuple(XLA_CPU_YNNPACK),
                         help="which XLA:CPU ops YNNPACK runs (model.xla_cpu_ynnpack)")
     args = parser.parse_args()
-    report = {"command": "python bench/conv_attempts.py " + " ".join(sys.argv[1:]),
+    report = {"command": command_line(__file__),
               "batch": args.batch, "xla_cpu_ynnpack": args.xla_cpu_ynnpack,
               "load_average_at_start": list(os.getloadavg()),
               "backend": jax.default_backend(), "layers": []}
@@ -163,9 +163,7 @@ def main() -> None:
     print("total " + "  ".join(f"{n} {t:.3f} s" for n, t in total.items()) + "  speedup over "
           "fast_wgrad " + "  ".join(f"{n} {r:.2f}x"
                                     for n, r in report["speedup_over_fast_wgrad"].items()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

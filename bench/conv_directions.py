@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from amcl_jax.models import xla_compiler_options  # noqa: E402
+from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import time_calls  # noqa: E402
 
 # (input size, Cin, Cout, stride, kernel) -> count in ResNet-18 with the CIFAR stem.
@@ -129,15 +130,12 @@ def main(argv=None) -> dict:
               + "/".join(f"{entry['jax_ms'][d]:.0f}" for d in DIRECTIONS) + " ms"
               + ("  torch " + "/".join(f"{entry['torch_ms'][d]:.0f}" for d in DIRECTIONS)
                  + " ms" if torch is not None else ""), flush=True)
-    report = {"command": "python bench/conv_directions.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    report = {"command": command_line(__file__, argv),
               "batch": args.batch, "rounds": args.rounds, "jax": jax.__version__,
               "torch": torch.__version__ if torch is not None else None,
               "load_average_at_start": load_at_start, "layers": layers,
               "per_step_ms": per_step if torch is not None else {"jax": per_step["jax"]}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     print(json.dumps(report["per_step_ms"], indent=1))
     return report
 

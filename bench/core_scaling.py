@@ -38,6 +38,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.common import command_line, write_json  # noqa: E402
 
 
 def _child(args) -> None:
@@ -45,7 +47,6 @@ def _child(args) -> None:
     if args.cores != "all":
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, ROOT)
     if args.framework == "jax":
         import jax
 
@@ -149,7 +150,7 @@ def main() -> None:
     output = args.output or os.path.join(
         "bench", "results",
         "core_scaling_cpu.json" if args.study == "cores" else "host_memory_cpu.json")
-    report = {"command": "python bench/core_scaling.py " + " ".join(sys.argv[1:]),
+    report = {"command": command_line(__file__),
               "study": args.study, "batch_per_view": args.batch, "cpu_count": cpu_count,
               "load_average_at_start": list(os.getloadavg()), "settings": {}}
     times: dict[str, list[float]] = {name: [] for name in todo}
@@ -180,9 +181,7 @@ def main() -> None:
     median = {name: s["median_step_seconds"] for name, s in report["settings"].items()}
     report["ratios"] = ratios(median, cpu_count, args.study)
     print(json.dumps(report["ratios"], indent=2))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(output, report)
 
 
 if __name__ == "__main__":

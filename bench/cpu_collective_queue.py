@@ -13,11 +13,13 @@ on such runs for this reason. Records, per depth, how many runs finished and how
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import command_line, cpu_env, write_json  # noqa: E402
 
 CHILD = """
 import sys
@@ -46,9 +48,7 @@ print("finished")
 
 
 def run(*, devices: int, calls: int, depth: int, timeout: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = cpu_env(devices)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CHILD, str(calls), str(depth)], env=env,
                             capture_output=True, text=True, timeout=timeout)
@@ -68,8 +68,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     import jax
 
-    report = {"command": "python bench/cpu_collective_queue.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    report = {"command": command_line(__file__, argv),
               "jax": jax.__version__, "devices": args.devices, "calls": args.calls,
               "by_depth": {}}
     for depth in (int(d) for d in args.depths.split(",")):
@@ -81,9 +80,7 @@ def main(argv=None) -> dict:
         entry = report["by_depth"][str(depth)]
         print(f"depth {depth}: {entry['finished']} of {args.runs} finished, "
               f"{entry['aborted']} aborted in the rendezvous", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     return report
 
 

@@ -14,7 +14,6 @@ layout; XLA's layout assignment picks the physical one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -28,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from amcl_jax.models.fast_conv import xla_compiler_options  # noqa: E402
+from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import time_calls  # noqa: E402
 
 LAYERS = ((32, 64), (16, 128))  # (H = W, channels) of the stride-1 3x3 convolutions.
@@ -76,16 +76,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="bench/results/layouts_cpu.json")
     args = parser.parse_args(argv)
     layers = measure(args.batch, args.rounds)
-    report = {"command": "python bench/layouts.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    report = {"command": command_line(__file__, argv),
               "batch": args.batch, "load_average_at_start": list(os.getloadavg()),
               "layers": layers,
               "nchw_over_nhwc_time": {
                   f"{size}x{size}x{c}": layers[f"{size}x{size}x{c}/NCHW"]["median_seconds"]
                   / layers[f"{size}x{size}x{c}/NHWC"]["median_seconds"] for size, c in LAYERS}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     for name, entry in layers.items():
         print(f"{name:16s} {1e3 * entry['median_seconds']:7.1f} ms  "
               f"{entry['copies_and_transposes']:2d} copies/transposes  "

@@ -22,7 +22,6 @@ cores with the step, so the ratio also says what the augmentation takes from it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.common import command_line, timed_interval, write_json  # noqa: E402
 from bench.jax_step import make_config, make_jax_step  # noqa: E402
 
 
@@ -72,17 +72,6 @@ def loop_config(*, batch_per_view: int, steps: int, data_dir: str, width: float 
     config.eval.max_query_examples = eval_examples
     config.eval.knn_k = min(config.eval.knn_k, eval_examples)
     return config
-
-
-def timed_interval(metrics_path: str, step: int) -> float:
-    """Seconds per update over the logging interval that ends at `step` (from metrics.jsonl)."""
-    with open(metrics_path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    by_step = {r["step"]: r for r in records}
-    if step not in by_step:
-        raise ValueError(f"{metrics_path} has no record of step {step} "
-                         f"(steps logged: {sorted(by_step)})")
-    return 1.0 / by_step[step]["steps_per_sec"]
 
 
 def measure_loop(*, batch_per_view: int, steps: int, rounds: int, width: float = 1.0,
@@ -131,15 +120,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     import jax
 
-    report = {"command": "python bench/loop.py " + " ".join(sys.argv[1:] if argv is None
-                                                          else argv),
+    report = {"command": command_line(__file__, argv),
               "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
               "load_average_at_start": list(os.getloadavg()),
               **measure_loop(batch_per_view=args.batch_per_view, steps=args.steps,
                              rounds=args.rounds, width=args.width, dtype=args.dtype)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     print(f"loop {report['loop_seconds_per_step']:.3f} s/step, bare step "
           f"{report['bare_step_median_seconds']:.3f} s: loop / step throughput "
           f"{report['loop_over_step_throughput']:.3f}")

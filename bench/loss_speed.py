@@ -13,7 +13,6 @@ their outer axis and stores them; two fused masked reductions should be ~2x fast
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from amcl_jax import losses, models  # noqa: E402
 from amcl_jax.models import heads  # noqa: E402
+from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import seconds_of  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def main() -> None:
         for name in fns:
             times[name].append(run(name))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    report = {"command": "python bench/loss_speed.py " + " ".join(sys.argv[1:]),
+    report = {"command": command_line(__file__),
               "batch_per_view": args.batch, "load_average_at_start": list(os.getloadavg()),
               "backend": jax.default_backend(), "median_seconds": medians, "seconds": times,
               "autodiff_over_custom": {
@@ -102,9 +102,7 @@ def main() -> None:
         print(f"{name:40s} {seconds * 1e3:9.1f} ms")
     print("autodiff / custom: " + ", ".join(f"{k} {v:.2f}x"
                                            for k, v in report["autodiff_over_custom"].items()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Each run makes 2 x `--steps` updates logged every `--steps`; the second interval
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -27,6 +26,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.common import command_line, cpu_env, timed_interval, write_json  # noqa: E402
+
 TINY = [
     "--config=configs/quickstart.py",
     "--config.data.image_size=8", "--config.data.load_size=8",
@@ -44,14 +46,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_", "OMPI_"))}
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
-    return env
-
-
 def run_once(*, processes: int, steps: int, workdir: str, timeout: float = 900,
              extra_env: dict[str, str] | None = None) -> float:
     """Seconds per update of the timed interval of `processes` processes of one CPU device
@@ -62,11 +56,11 @@ def run_once(*, processes: int, steps: int, workdir: str, timeout: float = 900,
                f"--config.checkpoint.every_steps={2 * steps}", f"--workdir={workdir}"]
     extra_env = extra_env or {}
     if processes == 1:
-        envs = [_env(1, **extra_env)]
+        envs = [cpu_env(1, **extra_env)]
     else:
         port = str(_free_port())
-        envs = [_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                     JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i), **extra_env)
+        envs = [cpu_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                        JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i), **extra_env)
                 for i in range(processes)]
     # Output to files: a full pipe would stall one process and, through the collectives, all.
     logs = [f"{workdir}.{i}.log" for i in range(len(envs))]
@@ -79,9 +73,7 @@ def run_once(*, processes: int, steps: int, workdir: str, timeout: float = 900,
         if run.wait(timeout) != 0:
             with open(log) as f:
                 raise RuntimeError(f"main.py failed ({run.returncode}):\n{f.read()[-3000:]}")
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = {r["step"]: r for r in map(json.loads, f) if r}
-    return 1.0 / records[2 * steps]["steps_per_sec"]
+    return timed_interval(os.path.join(workdir, "metrics.jsonl"), 2 * steps)
 
 
 def main(argv=None) -> dict:
@@ -104,16 +96,13 @@ def main(argv=None) -> dict:
                       flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     report = {
-        "command": "python bench/multi_process.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": command_line(__file__, argv),
         "commit": commit, "load_average_at_start": list(os.getloadavg()),
         "processes": args.processes, "steps_timed": args.steps, "config": TINY,
         "seconds_per_step": seconds, "median_seconds_per_step": medians,
         "processes_over_one_process_throughput": medians["one_process"] / medians["processes"],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     print(f"{args.processes} processes {1000 * medians['processes']:.2f} ms/step, one process "
           f"{1000 * medians['one_process']:.2f} ms/step: throughput ratio "
           f"{report['processes_over_one_process_throughput']:.3f}")

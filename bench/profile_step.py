@@ -55,6 +55,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from amcl_jax import methods  # noqa: E402
 from amcl_jax.models import XLA_CPU_YNNPACK  # noqa: E402
+from bench.common import command_line, write_json  # noqa: E402
 from bench.jax_step import VARIANTS, make_config, make_jax_step  # noqa: E402
 
 BUCKETS = ("conv_forward", "conv_backward", "batch_norm", "other")
@@ -189,8 +190,7 @@ def main(argv=None) -> dict:
     if args.no_fusion_barriers:
         config.model.cpu_fusion_barriers = False
     flops = conv_forward_flops(config, 2 * args.batch)
-    report = {"command": "python bench/profile_step.py " + " ".join(sys.argv[1:] if argv is None
-                                                                  else argv),
+    report = {"command": command_line(__file__, argv),
               "batch_per_view": args.batch, "steps": args.steps,
               "conv_impl": config.model.conv_impl,
               "xla_cpu_ynnpack": config.model.xla_cpu_ynnpack,
@@ -214,9 +214,7 @@ def main(argv=None) -> dict:
         torch_b = report["frameworks"]["torch"]["bucket_seconds"]
         report["jax_over_torch_seconds"] = {b: jax_b[b] / torch_b[b] for b in BUCKETS
                                             if torch_b[b]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     return report
 
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.common import write_json  # noqa: E402
 
 VARIANTS = {
     "amcl_simclr (default: logsumexp)": ["--config=configs/quickstart.py"],
@@ -56,9 +58,7 @@ def main() -> None:
     report = {"command": " ".join(sys.argv), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "python": platform.python_version(),
               "results": results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
@@ -54,6 +53,7 @@ import numpy as np  # noqa: E402
 
 from amcl_jax.config import get_default_config  # noqa: E402
 from bench import flops, loop  # noqa: E402
+from bench.common import command_line, write_json  # noqa: E402
 from bench.jax_step import (  # noqa: E402
     ATTEMPT_VARIANTS,
     STEP_OPTIONS,
@@ -429,7 +429,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    report = {"command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = {"command": command_line(__file__, argv),
               "mode": "quick" if args.quick else "full",
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "device": device_info(), "versions": versions(),
@@ -479,9 +479,7 @@ def main(argv=None) -> dict:
         for b, s in report["steps_by_batch"].items()}
     report["wall_seconds"] = time.time() - started
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     log(f"wrote {args.output} ({report['wall_seconds'] / 60:.1f} min)")
     if not args.quick:
         png = os.path.join(os.path.dirname(os.path.abspath(args.results_md)),

@@ -24,6 +24,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.common import command_line, write_json  # noqa: E402
 
 VARIANTS = ("simclr", "amcl_simclr", "moco", "amcl_moco", "barlow_twins", "amcl_barlow_twins",
             "simsiam", "amcl_simsiam", "byol")
@@ -69,12 +71,10 @@ def main() -> None:
                          "knn_top1": summary["knn_top1"], "steps": summary["steps"]}
         print(f"{name:20s} {seconds or 0:6.0f} s  kNN init {100 * summary['knn_top1_init']:.2f}%"
               f"  final {100 * summary['knn_top1']:.2f}%", flush=True)
-    report = {"command": "python bench/variants.py " + " ".join(sys.argv[1:]),
+    report = {"command": command_line(__file__),
               "cpu_count": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "steps": args.steps, "results": results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
     print(f"\n| variant | kNN top-1 at init | after {args.steps} steps | wall time |")
     print("|---|---|---|---|")
     for name, r in results.items():

@@ -27,6 +27,9 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import command_line, write_json  # noqa: E402
+
 SETTINGS = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true",
@@ -75,7 +78,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.batch, args.rounds)))
         return
-    report = {"command": "python bench/xla_flags.py " + " ".join(sys.argv[1:]),
+    report = {"command": command_line(__file__),
               "batch": args.batch, "load_average_at_start": list(os.getloadavg()),
               "settings": {}}
     for name, flags in SETTINGS.items():
@@ -103,9 +106,7 @@ def main() -> None:
     report["speedup_over_default"] = {
         name: {k: base[k] / v for k, v in entry["median_seconds"].items() if k in base}
         for name, entry in report["settings"].items() if "median_seconds" in entry}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":
