@@ -17,7 +17,12 @@ checks each formulation against a float64 NumPy reference (forward and closed-fo
 - `variadic`: custom VJP, each pair of sums in one variadic `lax.reduce` over the rows;
 - `two_stage`: custom VJP, each pair of sums in one variadic reduction to `--partials` partial
   sums per channel, then a sum over those (the accuracy of XLA's own two-stage reduction);
-- `dot`: custom VJP, the sums as one matmul ones(M) @ [x, x^2] (M, 2C).
+- `dot`: custom VJP, the sums as one matmul ones(M) @ [x, x^2] (M, 2C);
+- `dot_separate`: custom VJP, each sum its own matrix-vector product ones(M) @ x (M, C), without
+  the concatenation's copy (XLA:CPU's column sums over (M, C) run at a fraction of the memory
+  bandwidth, 16 ms for one 32x32x64 activation of 128 images where NumPy takes 3 ms);
+- `dot_blocked`: as `dot_separate` through ones(8, M) @ x, a matrix product whose kernel sums in
+  blocks (more accurate), of which the first row is kept.
 
 `per_step_seconds` weighs each shape by the number of BatchNorms of that shape in ResNet-18
 (a lower bound on their cost in the step: XLA fuses parts of them into their neighbours).
@@ -86,6 +91,21 @@ def _dot_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return sums[:channels], sums[channels:]
 
 
+def _dot_separate_sums(a: jax.Array, b: jax.Array, rows_of_ones: int = 0
+                       ) -> tuple[jax.Array, jax.Array]:
+    """As `_variadic_sums`, as two matrix-vector products ones(M) @ a and ones(M) @ b, or with
+    `rows_of_ones` > 0 two matrix products ones(rows_of_ones, M) @ a (first row kept)."""
+    channels = a.shape[-1]
+    rows = a.size // channels
+    ones = jnp.ones((rows_of_ones, rows) if rows_of_ones else (rows,), a.dtype)
+
+    def column_sums(v: jax.Array) -> jax.Array:
+        out = ones @ v.reshape(rows, channels)
+        return out[0] if rows_of_ones else out
+
+    return column_sums(a), column_sums(b)
+
+
 def custom_vjp_batch_norm(sums: Callable) -> Callable:
     """Training-mode BatchNorm (Flax's statistics: var = max(E[x^2] - E[x]^2, 0)) whose forward
     and backward each take their two per-channel sums with `sums(a, b)`."""
@@ -119,6 +139,8 @@ VARIANTS: dict[str, Callable] = {
     "variadic": custom_vjp_batch_norm(_variadic_sums),
     "two_stage": custom_vjp_batch_norm(_two_stage_sums),
     "dot": custom_vjp_batch_norm(_dot_sums),
+    "dot_separate": custom_vjp_batch_norm(_dot_separate_sums),
+    "dot_blocked": custom_vjp_batch_norm(lambda a, b: _dot_separate_sums(a, b, rows_of_ones=8)),
 }
 
 

@@ -15,7 +15,9 @@ no-flag setting runs first and last so that drift shows.
 The oneDNN/XNNPACK flags cannot reach these convolutions: jaxlib 0.10 already hands them to
 YNNPACK ("ynn_fusion" in the compiled HLO), which those flags leave in place. The settings
 `ynnpack_dots_only` and `no_ynnpack` take them back to XLA's own kernel, which is what the
-project now does per program (`model.xla_cpu_ynnpack`).
+project now does per program (`model.xla_cpu_ynnpack`). The `*_no_ynnpack` settings pass the
+oneDNN/XNNPACK flags with YNNPACK off, in case it was only hiding them; each setting reports the
+libraries its compiled programs hand work to (`libraries_in_programs`, from the program text).
 """
 
 from __future__ import annotations
@@ -42,9 +44,24 @@ SETTINGS = {
     # above leave in place; these take the convolutions (and the dots) back to XLA's own kernels.
     "ynnpack_dots_only": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
     "no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type=",
+    # The library flags again with YNNPACK out of the way, in case it was only hiding them.
+    "onednn_no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_onednn=true",
+    "onednn_convolution_no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type= "
+                                     "--xla_cpu_experimental_onednn_fusion_type="
+                                     "individual_convolution",
+    "xnn_convolution_no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type= "
+                                  "--xla_cpu_experimental_xnn_fusion_type=individual_convolution",
     "default_again": "",  # Brackets the drift of the machine over the run.
 }
 LAYERS = ((32, 64, 64), (16, 128, 128))
+# Marks of each library in a compiled XLA:CPU program's text.
+LIBRARY_MARKS = {"onednn": "onednn", "xnnpack": "xnn_fusion", "ynnpack": "ynn_fusion"}
+
+
+def libraries_in(compiled_text: str) -> list[str]:
+    """The libraries (LIBRARY_MARKS) a compiled program hands work to."""
+    text = compiled_text.lower()
+    return sorted(name for name, mark in LIBRARY_MARKS.items() if mark in text)
 
 
 def child(batch: int, rounds: int) -> dict:
@@ -55,17 +72,18 @@ def child(batch: int, rounds: int) -> dict:
     from bench.conv_attempts import VARIANTS, make_step
     from bench.timing import time_calls
 
-    out = {}
+    out, libraries = {}, set()
     for size, cin, cout in LAYERS:
         x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
         w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.05
         forward = jax.jit(lambda x, w: VARIANTS["lax"](x, w, 1))  # The forward pass alone.
         for name in ("lax_forward", "lax", "fast_wgrad"):
             step = forward if name == "lax_forward" else make_step(VARIANTS[name], stride=1)
+            libraries.update(libraries_in(step.lower(x, w).compile().as_text()))
             times = time_calls(lambda step=step, x=x, w=w: jax.block_until_ready(step(x, w)),
                                rounds)
             out[f"{size}x{size}x{cin}/{name}"] = statistics.median(times)
-    return out
+    return {"median_seconds": out, "libraries_in_programs": sorted(libraries)}
 
 
 def main() -> None:
@@ -88,12 +106,13 @@ def main() -> None:
              "--rounds", str(args.rounds)], env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             report["settings"][name] = {"xla_flags": flags, "error": done.stderr[-2000:]}
-            print(f"{name:22s} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            print(f"{name:30s} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
             continue
-        seconds = json.loads(done.stdout.strip().splitlines()[-1])
-        report["settings"][name] = {"xla_flags": flags, "median_seconds": seconds}
-        print(f"{name:22s} " + "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in seconds.items()),
-              flush=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        seconds = result["median_seconds"]
+        report["settings"][name] = {"xla_flags": flags, **result}
+        print(f"{name:30s} " + "  ".join(f"{k} {v * 1e3:7.1f} ms" for k, v in seconds.items())
+              + f"  libraries: {result['libraries_in_programs']}", flush=True)
     # The forward convolution's rate: 2 * output size * 9 * Cin FLOPs.
     flops = {f"{size}x{size}x{cin}": 2 * args.batch * size * size * cout * 9 * cin
              for size, cin, cout in LAYERS}

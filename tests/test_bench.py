@@ -405,3 +405,26 @@ def test_cpu_collective_queue_at_depth_two_finishes(tmp_path):
                                         "--output", str(tmp_path / "out.json")])
     run = report["by_depth"]["2"]["runs"][0]
     assert run["returncode"] == 0 and run["finished"] and not run["rendezvous_abort"]
+
+
+def test_xla_flags_names_the_libraries_a_compiled_convolution_uses():
+    """jaxlib's default hands the convolution to YNNPACK; the project's "none" setting keeps it
+    in XLA's own kernel, and neither program holds a oneDNN or XNNPACK call."""
+    from amcl_jax.models.fast_conv import xla_compiler_options
+    from bench.xla_flags import libraries_in
+
+    x = jnp.ones((2, 8, 8, 32))  # YNNPACK takes convolutions from 32 channels on.
+    w = jnp.ones((3, 3, 32, 32))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def libraries(options):
+        return libraries_in(jax.jit(conv, compiler_options=options).lower(x, w).compile()
+                            .as_text())
+
+    assert libraries(None) == ["ynnpack"]
+    assert libraries(xla_compiler_options("none", backend="cpu")) == []
+    assert libraries_in("custom-call(...), custom_call_target=\"__onednn$convolution\"") == [
+        "onednn"]
