@@ -8,6 +8,7 @@ Everything else lives in importable functions (`amcl_jax.train.train_and_evaluat
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -65,9 +66,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
+class _WithoutOrbaxInfo(std_logging.Filter):
+    """Orbax logs some 70 INFO lines for every checkpoint it writes, which would bury the run's
+    own lines; its warnings and errors still pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return (record.levelno >= std_logging.WARNING
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
     from amcl_jax.distributed import DistributedSetupError, finish, initialize_from_environment
 
     try:  # Before anything touches a device: a multi-host run must see every host's devices.

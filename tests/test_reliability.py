@@ -2,6 +2,8 @@
 damaged checkpoints fall back to the previous good one, bad input fails in one line."""
 
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +52,22 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "Traceback" not in run.stderr
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps and max(steps) == 2  # Nothing written at or after the bad step.
+
+
+def test_the_log_keeps_the_runs_info_lines_and_drops_orbaxs():
+    """Orbax logs some 70 INFO lines per checkpoint it writes (17 of its files in one save);
+    main.py keeps them out of the log. The baseline run writes a checkpoint at each of its steps."""
+    import orbax
+
+    workdir = _runs.baseline()
+    assert os.listdir(os.path.join(workdir, "checkpoints"))
+    orbax_files = {p.name for p in pathlib.Path(orbax.__path__[0]).rglob("*.py")}
+    ours = {p.name for p in pathlib.Path(_runs.ROOT, "amcl_jax").rglob("*.py")} | {"main.py"}
+    with open(f"{workdir}.run.err") as f:
+        stderr = f.read()
+    info_files = re.findall(r"^I\d{4} [\d:.]+ +\d+ ([\w.]+\.py):\d+\]", stderr, re.MULTILINE)
+    assert "main.py" in info_files and "train.py" in info_files, stderr[-3000:]  # Ours stay.
+    assert not set(info_files) & (orbax_files - ours), stderr[-3000:]
 
 
 def _largest_file(folder):
