@@ -21,6 +21,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.common import cpu_env  # noqa: E402
+
 TOTAL_STEPS = 10
 
 TINY_FLAGS = [
@@ -43,18 +46,13 @@ def session_dir() -> str:
 
 
 def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_", "OMPI_"))}
-    env.update(
-        JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-        JAX_COMPILATION_CACHE_DIR=os.path.join(session_dir(), "xla_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.update(extra)
-    return env
+    """`bench.common.cpu_env` with most optimisations off and the session's compilation cache."""
+    return cpu_env(devices, **{
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(session_dir(), "xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        **extra})
 
 
 def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str) -> list[str]:
