@@ -93,6 +93,7 @@ def _run() -> None:
     import jax
 
     from amcl_jax.config import ConfigError, validate_config
+    from amcl_jax.data import UnreadableImageError
     from amcl_jax.train import DamagedCheckpointError, NonFiniteError, train_and_evaluate
 
     if FLAGS.mode != "train":
@@ -118,7 +119,7 @@ def _run() -> None:
         summary = train_and_evaluate(config, FLAGS.workdir)
     except ConfigError as e:
         _fail(str(e))
-    except (NonFiniteError, DamagedCheckpointError) as e:
+    except (NonFiniteError, DamagedCheckpointError, UnreadableImageError) as e:
         _fail(str(e), code=1)
     if summary.get("preempted"):
         return

@@ -127,6 +127,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.data.max_train_examples = -1  # > 0: pretrain on a fixed random subset (cpu scale).
     # Image folders: "skip" drops (and reports) files that cannot be decoded, "fail" stops.
     config.data.corrupt_images = "skip"
+    # True: image folders (or archives, ImageNet subsets' folders) stay on disk and the input
+    # pipeline decodes each file when a batch needs it, instead of holding every image in memory.
+    config.data.streaming = False
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -195,6 +198,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
               "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
               "both")
     _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
+    if not isinstance(config.data.get("streaming", False), bool):
+        _fail("data.streaming", config.data.streaming, "must be true or false")
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
     if not isinstance(config.model.get("cpu_fusion_barriers", False), bool):  # Absent: fine.

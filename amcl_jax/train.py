@@ -380,12 +380,15 @@ def _subset(images, labels, limit):
     return images[keep], labels[keep]
 
 
-def _load(config, split):
+def load_data(config: ml_collections.ConfigDict, split: str):
+    """(images, labels, num_classes) of `split` as `config.data` says: a uint8 array in memory,
+    or the split's `ImageFiles` with `data.streaming`."""
     return data_lib.load_split(
         config.data.dataset, split, data_dir=config.data.data_dir or None,
         cache_dir=config.data.cache_dir or None, download=config.data.download,
         image_size=config.data.load_size if config.data.load_size > 0 else None,
-        corrupt_images=config.data.get("corrupt_images", "skip"))
+        corrupt_images=config.data.get("corrupt_images", "skip"),
+        streaming=config.data.get("streaming", False))
 
 
 def total_steps_for(config, num_train_examples: int) -> int:
@@ -410,17 +413,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     labels_sharding = NamedSharding(mesh, P("data"))
 
     # ---- Input. ----
-    train_images, train_labels, num_classes = _load(config, config.data.train_split)
+    train_images, train_labels, num_classes = load_data(config, config.data.train_split)
     train_images, train_labels = _subset(train_images, train_labels,
                                          config.data.get("max_train_examples", -1))
     if config.data.eval_train_split == config.data.train_split:
         bank_images, bank_labels = train_images, train_labels
     else:
-        bank_images, bank_labels, _ = _load(config, config.data.eval_train_split)
+        bank_images, bank_labels, _ = load_data(config, config.data.eval_train_split)
     if np.any(bank_labels < 0):  # STL-10's unlabelled examples (label -1) cannot vote.
         bank_images, bank_labels = bank_images[bank_labels >= 0], bank_labels[bank_labels >= 0]
     bank_images, bank_labels = _subset(bank_images, bank_labels, config.eval.max_bank_examples)
-    query_images, query_labels, _ = _load(config, config.data.eval_test_split)
+    query_images, query_labels, _ = load_data(config, config.data.eval_test_split)
     query_images, query_labels = _subset(query_images, query_labels,
                                          config.eval.max_query_examples)
     total_steps = total_steps_for(config, len(train_images))
@@ -532,7 +535,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Test-only: the batch of this step is made NaN, to exercise the non-finite guard end to end.
     nonfinite_test_step = int(os.environ.get("AMCL_TEST_NONFINITE_STEP", "-1"))
     for step in range(start_step + 1, total_steps + 1):
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except data_lib.UnreadableImageError:  # A streamed file: stop, keep the checkpoints.
+            manager.wait_until_finished()
+            manager.close()
+            raise
         if step == nonfinite_test_step:
             batch["views"] = np.full_like(batch["views"], np.nan)
         views = jax.make_array_from_process_local_data(views_sharding, batch["views"])

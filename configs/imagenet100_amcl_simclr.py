@@ -5,7 +5,9 @@ Data: TFDS `imagenet2012` prepared from the manual download (put the ILSVRC2012 
 `train/<synset>/*.JPEG` and `val/<synset>/*.JPEG`; only the 100 synsets are read (126,689
 training, 5,000 validation images), labels 0..99 in the CMC list's order. Images are resized
 once to `load_size` (160: ~9.7 GB in memory as uint8) and views are 224x224 random resized
-crops of them (views of the in-memory images; streaming from files is future work).
+crops of them. From the image folder, `--config.data.streaming=true` keeps the files on disk
+and decodes each one when a batch needs it (then `--config.data.load_size=-1` crops the views
+from the whole photos, as the usual ImageNet pipelines do).
 
 Eval protocol: kNN (k=200, T=0.1) and the linear probe with the training split as bank/train
 set and the 5,000 validation images as the test set. ResNet-18, ImageNet stem, 224 crops,
@@ -16,6 +18,9 @@ epochs, weight decay 1e-4.
         --config.data.data_dir=~/tensorflow_datasets --workdir=runs/in100_amcl_simclr
     python main.py --config=configs/imagenet100_amcl_simclr.py \
         --config.data.data_dir=/data/imagenet --workdir=runs/in100_amcl_simclr  # folder
+    python main.py --config=configs/imagenet100_amcl_simclr.py \
+        --config.data.data_dir=/data/imagenet --config.data.streaming=true \
+        --config.data.load_size=-1 --workdir=runs/in100_amcl_simclr_streamed
 
 Not run here (~99,000 steps: a few GPU-days at 224).
 """

@@ -7,8 +7,15 @@ images) and kNN (k=200, T=0.1) with a capped training bank (eval.max_bank_exampl
     python main.py --config=configs/imagenet_amcl_simclr.py \
         --config.data.data_dir=~/tensorflow_datasets --workdir=runs/in1k_amcl_simclr
 
-Caveat: the data pipeline holds whole splits in memory, so 1.28M images need `load_size` small
-(here 128: ~63 GB of uint8) or a streaming input pipeline (future work). Not run here.
+TFDS splits are held in memory, so 1.28M images need `load_size` small (here 128: ~63 GB of
+uint8). ImageNet as image folders (`train/<synset>/*.JPEG`, `validation/<synset>/*.JPEG`; the
+sorted synsets are TFDS's label order) can stay on disk instead, each file decoded when a batch
+needs it, and the views cropped from the whole photos:
+
+    python main.py --config=configs/imagenet_amcl_simclr.py --config.data.data_dir=/data/imagenet \
+        --config.data.streaming=true --config.data.load_size=-1 --workdir=runs/in1k_amcl_simclr
+
+Not run here.
 """
 
 from amcl_jax.config import get_default_config

@@ -428,3 +428,27 @@ def test_xla_flags_names_the_libraries_a_compiled_convolution_uses():
     assert libraries(xla_compiler_options("none", backend="cpu")) == []
     assert libraries_in("custom-call(...), custom_call_target=\"__onednn$convolution\"") == [
         "onednn"]
+
+
+def test_streaming_benchmark_times_both_sources_of_the_same_images(tmp_path):
+    """`bench/streaming.py` at a toy scale: both ways read the same split, the enlarged copies
+    are JPEGs of the asked size, and the ratio is the two measured rates'."""
+    import json
+
+    from bench import loop, streaming
+
+    source = loop.write_image_folder(str(tmp_path / "folder"), num_train=20, num_test=2)
+    output = tmp_path / "streaming.json"
+    streaming.main([f"--data_dir={source}", "--batch=8", "--seconds=0.2", "--large_size=40",
+                    "--large_examples=12", "--large_batch=4", f"--output={output}"])
+    report = json.loads(output.read_text())
+    for scale, count in (("cifar", 20), ("imagenet_like", 12)):
+        result = report[scale]
+        for way in ("in_memory", "streamed"):
+            assert result[way]["num_examples"] == count and result[way]["batches"] >= 1
+        assert result["streamed_over_in_memory"] == pytest.approx(
+            result["streamed"]["images_per_second"] / result["in_memory"]["images_per_second"])
+    assert report["cifar"]["in_memory"]["bytes_held"] == 20 * 32 * 32 * 3
+    assert report["imagenet_like"]["in_memory"]["bytes_held"] == 12 * 40 * 40 * 3
+    assert report["imagenet_like"]["image_size"] == 224
+    assert 0 < report["imagenet_like"]["mean_file_bytes"] < 40 * 40 * 3

@@ -150,3 +150,17 @@ def test_cpu_fusion_barriers_reach_the_resnet_and_old_configs_get_them():
     with pytest.raises(ConfigError, match="config.model.cpu_fusion_barriers='yes' is invalid: "
                                           "must be true or false"):
         validate_config(ml_collections.ConfigDict(loaded))
+
+
+def test_data_streaming_is_a_boolean_and_absent_in_older_configs():
+    config = get_default_config()
+    assert config.data.streaming is False
+    validate_config(config)
+    old = ml_collections.ConfigDict(json.loads(config.to_json()))  # A run's config.json from
+    del old.data["streaming"]  # before the option: it loads its splits into memory.
+    validate_config(old)
+    loaded = json.loads(config.to_json())
+    loaded["data"]["streaming"] = "yes"
+    with pytest.raises(ConfigError, match="config.data.streaming='yes' is invalid: must be true "
+                                          "or false"):
+        validate_config(ml_collections.ConfigDict(loaded))

@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from amcl_jax import data
 from amcl_jax.data import (
     augment,
     dataset_stats,
@@ -355,3 +356,115 @@ def test_dataset_stats():
     assert dataset_stats("cifar10")[0][0] == pytest.approx(0.4914)
     assert dataset_stats("cifar10:3.0.2") == dataset_stats("cifar10")
     assert dataset_stats("something_else") == ((0.5,) * 3, (0.5,) * 3)
+
+
+def _write_mixed_folder(root, sizes=((9, 13), (16, 16), (21, 10), (12, 30), (16, 11))):
+    """<root>/{train,test}/{a,b}/k.{png,jpg} of different sizes, PNG and JPEG alike."""
+    rng = np.random.default_rng(7)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(root, split, name))
+            for k, (height, width) in enumerate(sizes):
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                encode = tf.io.encode_png if k % 2 else tf.io.encode_jpeg
+                suffix = "png" if k % 2 else "jpg"
+                tf.io.write_file(os.path.join(root, split, name, f"{k}.{suffix}"), encode(pixels))
+
+
+@pytest.mark.parametrize("image_size", [16, 12])
+def test_streamed_folder_yields_the_batches_of_the_folder_in_memory(tmp_path, image_size):
+    """Files decoded as batches need them give the in-memory pipelines' batches, bit for bit:
+    the same decoder and resize make the same pixels, on any step and process shard."""
+    _write_mixed_folder(str(tmp_path))
+    stats = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    in_memory, labels, classes = load_split("x", "train", data_dir=str(tmp_path), image_size=16)
+    files, file_labels, file_classes = load_split("x", "train", data_dir=str(tmp_path),
+                                                  image_size=16, streaming=True)
+    assert isinstance(files, data.ImageFiles) and len(files) == len(in_memory) == 10
+    assert classes == file_classes == 2
+    np.testing.assert_array_equal(labels, file_labels)
+    for start_step, process_index in ((0, 0), (3, 1)):
+        kwargs = dict(global_batch_size=8, seed=5, start_step=start_step, augmentations="abcde",
+                      image_size=image_size, process_index=process_index, process_count=2,
+                      **stats)
+        expected = _take(train_iterator(in_memory, labels, **kwargs), 2)
+        streamed = _take(train_iterator(files, file_labels, **kwargs), 2)
+        for want, got in zip(expected, streamed, strict=True):
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    kwargs = dict(batch_size=4, image_size=image_size, process_index=1, process_count=2, **stats)
+    expected = list(eval_iterator(in_memory, labels, **kwargs))
+    streamed = list(eval_iterator(files, file_labels, **kwargs))
+    assert len(expected) == len(streamed) == 3
+    for want, got in zip(expected, streamed, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_streamed_folder_at_native_sizes_subsets_and_archives(tmp_path):
+    folder = tmp_path / "mixed"
+    _write_mixed_folder(str(folder))
+    files, labels, _ = load_split("x", "test", data_dir=str(folder), streaming=True)
+    assert files.size is None  # Native sizes: the views are cropped from each whole image.
+    read = files.reader()
+    assert [tuple(read(i).shape) for i in range(5)] == [(9, 13, 3), (16, 16, 3), (21, 10, 3),
+                                                          (12, 30, 3), (16, 11, 3)]
+    batch = next(train_iterator(files, labels, global_batch_size=10, seed=0, start_step=0,
+                                augmentations="abcde", image_size=8, mean=(0.5,) * 3,
+                                std=(0.5,) * 3))
+    assert batch["views"].shape == (2, 10, 8, 8, 3)
+    assert sorted(batch["index"].tolist()) == list(range(10))  # One epoch: each image once.
+    rows = list(eval_iterator(files, labels, batch_size=4, image_size=8, mean=(0.5,) * 3,
+                              std=(0.5,) * 3))
+    image = np.concatenate([r["image"] for r in rows])[np.concatenate([r["mask"] for r in rows])]
+    want = augment.resize(tf.image.convert_image_dtype(read(3), tf.float32), 8)
+    np.testing.assert_allclose(image[3], (want.numpy() - 0.5) / 0.5, atol=1e-6)
+
+    # Subsets index the files as they index an array (dropping examples, fixed subsets).
+    subset = files[labels == 1][np.array([4, 0])]
+    assert list(subset.paths) == [files.paths[9], files.paths[5]]
+    assert isinstance(subset, data.ImageFiles) and subset.size is None
+
+    archive = tmp_path / "mixed.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="mixed")
+    cache = str(tmp_path / "cache")
+    from_archive, archive_labels, _ = load_split("image_folder", "test", data_dir=str(archive),
+                                                 cache_dir=cache, image_size=6, streaming=True)
+    np.testing.assert_array_equal(archive_labels, labels)
+    np.testing.assert_array_equal(
+        np.stack([from_archive.reader()(i).numpy() for i in range(len(from_archive))]),
+        load_split("image_folder", "test", data_dir=str(archive), cache_dir=cache,
+                   image_size=6)[0])
+
+
+def test_streaming_needs_image_files(tmp_path):
+    with pytest.raises(ValueError, match=r"data.streaming=True .*\(data.dataset='digits'"):
+        load_split("digits", "train", data_dir=None, streaming=True)
+    with pytest.raises(ValueError, match=r"data.streaming=True .*data.streaming=False"):
+        load_split("cifar10", "train", data_dir=str(tmp_path), streaming=True)
+    with pytest.raises(ValueError, match=r"data.dataset='image_folder' needs data.data_dir"):
+        load_split("image_folder", "train", data_dir=None, streaming=True)
+
+
+def test_a_streamed_file_that_cannot_be_decoded_is_named(tmp_path):
+    """tf.data's decode error names no file; the streamed pipelines name it, and the setting."""
+    _write_mixed_folder(str(tmp_path))
+    bad = tmp_path / "train" / "b" / "2.jpg"
+    bad.write_bytes(b"not an image")
+    files, labels, _ = load_split("x", "train", data_dir=str(tmp_path), image_size=8,
+                                  streaming=True)
+    assert files.unreadable(np.arange(10)) == [str(bad)]
+    stats = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+    # Batches of 4 over positions 8, 9, ...: the bad file (index 7) is reached in epoch 1.
+    batches = train_iterator(files, labels, global_batch_size=4, seed=1, start_step=2,
+                             augmentations="ae", image_size=8, **stats)
+    message = rf"data.streaming=True: cannot decode 1 image file\(s\) of batch \d+: {bad}"
+    with pytest.raises(ValueError, match=message):
+        for _ in range(10):
+            next(batches)
+    with pytest.raises(ValueError, match=r"of batch 1: .*2\.jpg .*data.corrupt_images='skip'"):
+        list(eval_iterator(files, labels, batch_size=4, image_size=8, **stats))
+    # In memory the same folder loads without the file (reported), as before.
+    images, kept_labels, _ = load_split("x", "train", data_dir=str(tmp_path), image_size=8)
+    assert len(images) == len(kept_labels) == 9

@@ -137,3 +137,11 @@ def test_imagenet100_folder_is_filtered_to_the_cmc_classes(tmp_path):
     assert num_classes == 100 and images.shape == (100, 4, 4, 3)
     np.testing.assert_array_equal(labels, np.arange(100))
     assert data_lib.dataset_stats("imagenet100") == data_lib.dataset_stats("imagenet2012")
+    files, file_labels, _ = data_lib.load_split("imagenet100", "train", data_dir=str(tmp_path),
+                                                image_size=4, streaming=True)
+    assert isinstance(files, data_lib.ImageFiles) and len(files) == 100
+    np.testing.assert_array_equal(file_labels, labels)
+    read = files.reader()
+    np.testing.assert_array_equal(np.stack([read(i).numpy() for i in range(100)]), images)
+    with pytest.raises(ValueError, match="data.streaming=True .*'val'"):
+        data_lib.load_split("imagenet100", "val", data_dir=str(tmp_path), streaming=True)

@@ -176,3 +176,22 @@ def test_corrupt_images_are_skipped_and_named_or_fail(tmp_path, capsys):
     clean = _image_folder(tmp_path / "clean", corrupt=False)
     images, _, _ = load_split("image_folder", "train", data_dir=clean, corrupt_images="fail")
     assert images.shape == (3, 6, 6, 3)
+
+
+def test_a_streamed_run_stops_at_an_undecodable_file_in_one_line(tmp_path):
+    """Streamed files are decoded when read: the first batch holding a bad one (here the kNN
+    bank at step 0) stops the run with one line naming it, exit code 1."""
+    import shutil
+
+    folder = _image_folder(tmp_path / "folder", corrupt=True)
+    shutil.copytree(os.path.join(folder, "train"), os.path.join(folder, "test"))
+    result = subprocess.run(
+        _runs.main_command(str(tmp_path / "run"), 4, "--config.data.dataset=image_folder",
+                           f"--config.data.data_dir={folder}", "--config.data.streaming=true"),
+        cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert re.search(r"data.streaming=True: cannot decode 2 image file\(s\) of batch 0: .*"
+                     r"(garbage|truncated)\.png", errors[0]), errors[0]
+    assert "Traceback" not in result.stderr

@@ -121,6 +121,57 @@ def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
     assert resumed["knn_top1"] == straight["knn_top1"]
 
 
+def test_a_streamed_image_folder_trains_end_to_end(tmp_path, monkeypatch):
+    """`data.streaming=True` reaches every split of a run as files (the pipelines' batches are
+    those of the folder in memory, bit for bit: tests/test_data.py)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name in ("a", "b"):
+            os.makedirs(tmp_path / "images" / split / name)
+            for k in range(count):
+                with open(tmp_path / "images" / split / name / f"{k}.png", "wb") as f:
+                    f.write(_png(rng.integers(0, 256, (10 + k, 12, 3), dtype=np.uint8)))
+    read = []  # The images argument of every pipeline the run builds.
+
+    def spy_on(real):
+        def spy(images, *args, **kwargs):
+            read.append(images)
+            return real(images, *args, **kwargs)
+        return spy
+
+    for name in ("train_iterator", "eval_iterator"):
+        monkeypatch.setattr(train.data_lib, name, spy_on(getattr(train.data_lib, name)))
+    # Images of different sizes: only a streamed folder can take them at their native size.
+    config = tiny_config(**{"data.dataset": "image_folder", "data.streaming": True,
+                            "data.data_dir": str(tmp_path / "images"), "total_steps": 2})
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["steps"] == 2 and 0.0 <= summary["knn_top1"] <= 1.0
+    assert np.isfinite(_read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))[-1]["loss"])
+    assert read and all(isinstance(images, train.data_lib.ImageFiles) for images in read)
+    assert sorted({len(images) for images in read}) == [8, 24]  # test; train (the bank too)
+
+    # A file that stops decoding stops the run resumed past it, naming the file; the
+    # checkpoint written before stays.
+    for path in (tmp_path / "images" / "train").glob("*/*.png"):
+        path.write_bytes(b"damaged")
+    config.total_steps = 4
+    message = r"data.streaming=True: cannot decode 8 image file\(s\) of batch 2: .*\.png"
+    with pytest.raises(train.data_lib.UnreadableImageError, match=message):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit())[-1] == 2
+
+
+def _png(pixels):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_quickstart_config_runs_on_digits(tmp_path):
     sys.path.insert(0, ROOT)
     from configs import quickstart

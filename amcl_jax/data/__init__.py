@@ -1,5 +1,6 @@
 """Input data: in-memory sources, stateless augmentations, and (seed, step)-pure tf.data pipelines.
 
+    files.py     read_image, ImageFiles (a split kept as files: data.streaming)
     sources.py   load_split (digits, image folders/archives, TFDS), dataset_stats
     augment.py   the paper's augmentation letters a..e as stateless TF ops, make_view_fn
     pipeline.py  train_iterator (resumable from any step), eval_iterator, steps_per_epoch
@@ -16,6 +17,7 @@ from amcl_jax.data.augment import (
     solarize,
     validate_letters,
 )
+from amcl_jax.data.files import ImageFiles, UnreadableImageError, read_image
 from amcl_jax.data.pipeline import eval_iterator, example_index, steps_per_epoch, train_iterator
 from amcl_jax.data.sources import (
     DATASET_STATS,
@@ -27,6 +29,7 @@ from amcl_jax.data.sources import (
 __all__ = [
     "AUGMENTATION_LETTERS",
     "DATASET_STATS",
+    "ImageFiles",
     "color_jitter",
     "dataset_stats",
     "eval_iterator",
@@ -38,8 +41,10 @@ __all__ = [
     "random_flip",
     "random_grayscale",
     "random_resized_crop",
+    "read_image",
     "solarize",
     "steps_per_epoch",
     "train_iterator",
+    "UnreadableImageError",
     "validate_letters",
 ]

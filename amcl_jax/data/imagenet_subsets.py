@@ -15,7 +15,9 @@ Two sources:
 
 `load_subset` resizes every image once to ``image_size`` (shorter side resize + centre crop is
 not applied: images are resized to a square, which is what the in-memory pipeline expects);
-ImageNet-100 at 160 pixels holds ~126k x 77 KB = 9.7 GB in memory, at 224 ~19 GB.
+ImageNet-100 at 160 pixels holds ~126k x 77 KB = 9.7 GB in memory, at 224 ~19 GB. From an image
+folder, ``streaming=True`` returns the subset's files instead (`files.ImageFiles`), decoded and
+resized as the input pipeline reads them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import numpy as np
 
 from amcl_jax.data._tf import tf
+from amcl_jax.data.files import ImageFiles, read_image, resize_square
 
 # github.com/HobbitLong/CMC/blob/master/imagenet100.txt, in that file's order.
 IMAGENET100_SYNSETS: tuple[str, ...] = (
@@ -70,34 +73,40 @@ def filter_labels(labels: np.ndarray, label_names: list[str], synsets: tuple[str
 
 
 def load_subset(subset: str, split: str, *, data_dir: str | None, image_size: int,
-                download: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
-    """Images (N, S, S, 3) uint8, labels (N,) int32 in 0..len(subset)-1, num_classes.
+                download: bool = False, streaming: bool = False
+                ) -> tuple[np.ndarray | ImageFiles, np.ndarray, int]:
+    """Images (N, S, S, 3) uint8 (or their `ImageFiles` when streaming), labels (N,) int32 in
+    0..len(subset)-1, num_classes.
 
     `data_dir` is an image folder (``<split>/<synset>/...``) or a TFDS data_dir holding
-    `imagenet2012`; `split` may join splits with "+".
+    `imagenet2012` (in memory only); `split` may join splits with "+".
     """
     if subset not in SUBSETS:
         raise ValueError(f"data.dataset={subset!r}: known ImageNet subsets are {sorted(SUBSETS)}")
     synsets = SUBSETS[subset]
-    parts = [_load_one(synsets, name.strip(), data_dir, image_size, download)
+    parts = [_load_one(synsets, name.strip(), data_dir, image_size, download, streaming)
              for name in split.split("+")]
-    images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return images, labels, len(synsets)
+    if streaming:
+        return ImageFiles(np.concatenate([p[0] for p in parts]), image_size), labels, len(synsets)
+    return np.concatenate([p[0] for p in parts]), labels, len(synsets)
 
 
-def _load_one(synsets, split, data_dir, image_size, download):
+def _load_one(synsets, split, data_dir, image_size, download, streaming):
     if data_dir and os.path.isdir(os.path.join(data_dir, split)):
-        return _load_folder(synsets, os.path.join(data_dir, split), image_size)
+        paths, labels = _list_folder(synsets, os.path.join(data_dir, split))
+        if streaming:
+            return np.asarray(paths, dtype=object), labels
+        return _decode_all(paths, image_size), labels
+    if streaming:
+        raise ValueError(
+            f"data.streaming=True reads image folders: data.data_dir={data_dir!r} has no "
+            f"{split!r} folder of synset folders (imagenet2012 from TFDS is loaded into memory: "
+            f"data.streaming=False)")
     return _load_tfds(synsets, TFDS_SPLITS.get(split, split), data_dir, image_size, download)
 
 
-def _resize_square(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-
-
-def _load_folder(synsets, split_dir, image_size):
+def _list_folder(synsets, split_dir):
     paths, labels = [], []
     for label, synset in enumerate(synsets):
         class_dir = os.path.join(split_dir, synset)
@@ -107,15 +116,14 @@ def _load_folder(synsets, split_dir, image_size):
                        if f.lower().endswith((".jpeg", ".jpg", ".png")))
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
+    return paths, np.asarray(labels, np.int32)
 
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return _resize_square(image, image_size)
 
+def _decode_all(paths, image_size):
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images = np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
-    return images, np.asarray(labels, np.int32)
+        lambda path: read_image(path, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    return np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
 
 
 def _load_tfds(synsets, split, data_dir, image_size, download):
@@ -130,7 +138,7 @@ def _load_tfds(synsets, split, data_dir, image_size, download):
     ds = ds.map(lambda ex: (ex["image"], tf.gather(mapping, tf.cast(ex["label"], tf.int32))))
     ds = ds.filter(lambda image, label: label >= 0)  # Decode only the subset's images.
     ds = ds.map(lambda image, label: (
-        _resize_square(tf.io.decode_image(image, channels=3, expand_animations=False),
+        resize_square(tf.io.decode_image(image, channels=3, expand_animations=False),
                        image_size), label), num_parallel_calls=tf.data.AUTOTUNE)
     chunks = list(ds.batch(1024).as_numpy_iterator())
     if not chunks:

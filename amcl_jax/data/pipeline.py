@@ -12,7 +12,9 @@ from step 0 yields after s batches: resuming needs only the step.
 Batches run on across epoch boundaries (no example is dropped; a batch that straddles a
 boundary may hold one image twice). `steps_per_epoch` is N // B for schedules.
 
-Examples are held in memory (uint8); ImageNet-scale streaming from files is future work.
+Images come as an (N, H, W, 3) uint8 array held in memory, or as `files.ImageFiles` whose files
+are read and decoded as batches need them (`data.streaming`): the batches are the same for the
+same pixels, so a streamed split and the same split loaded into memory train alike.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from amcl_jax.data._tf import tf
 from amcl_jax.data.augment import make_view_fn, resize, validate_letters
+from amcl_jax.data.files import ImageFiles, naming_unreadable_files
 
 _SHUFFLE_STREAM = 0  # seed stream for the per-epoch permutations
 _AUGMENT_STREAM = 1  # seed stream for view augmentations
@@ -42,13 +45,22 @@ def _local_batch_size(global_batch_size: int, process_count: int, field: str) ->
     return global_batch_size // process_count
 
 
-def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+def _check_arrays(images: np.ndarray | ImageFiles, labels: np.ndarray) -> None:
+    if not isinstance(images, ImageFiles) and (
+            images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8):
         raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
     if labels.shape != (len(images),):
         raise ValueError(f"labels must be ({len(images)},), got {labels.shape}")
     if len(images) == 0:
         raise ValueError("the dataset is empty")
+
+
+def _image_reader(images: np.ndarray | ImageFiles):
+    """A TF function: dataset index (int64) -> that example's (H, W, 3) uint8 image."""
+    if isinstance(images, ImageFiles):
+        return images.reader()
+    images_t = tf.constant(images)
+    return lambda index: tf.gather(images_t, index)
 
 
 def _normalise(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
@@ -93,7 +105,7 @@ def train_iterator(
     """Endless training batches for this process, starting at global step `start_step`.
 
     Args:
-      images: (N, H, W, 3) uint8; labels: (N,) int.
+      images: (N, H, W, 3) uint8 or `ImageFiles`; labels: (N,) int.
       augmentations: paper letters, e.g. "abcde" (see `augment.make_view_fn`).
       mean, std: per-channel constants for (x - mean) / std on pixels in [0, 1].
 
@@ -117,7 +129,7 @@ def train_iterator(
         blur_p=blur_p,
         solarize_p=solarize_p,
     )
-    images_t = tf.constant(images)
+    read_image = _image_reader(images)
     labels_t = tf.constant(labels.astype(np.int32))
     augment_seed = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
 
@@ -129,7 +141,7 @@ def train_iterator(
     def load_example(counter: tf.Tensor) -> dict[str, tf.Tensor]:
         position = position_of(counter)
         index = example_index(position, seed=seed, num_examples=num_examples)
-        image = tf.image.convert_image_dtype(tf.gather(images_t, index), tf.float32)
+        image = tf.image.convert_image_dtype(read_image(index), tf.float32)
         example_seed = tf.random.experimental.stateless_fold_in(augment_seed, position)
         views = [
             _normalise(
@@ -154,11 +166,19 @@ def train_iterator(
     ds = ds.map(views_first)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     ds = ds.with_options(_deterministic_options())
-    return ds.as_numpy_iterator()
+    if not isinstance(images, ImageFiles):
+        return ds.as_numpy_iterator()
+
+    def indices_of_step(step: int) -> np.ndarray:
+        counters = step * local_batch + np.arange(local_batch)
+        return np.array([int(example_index(position_of(tf.constant(c, tf.int64)), seed=seed,
+                                           num_examples=num_examples)) for c in counters])
+
+    return naming_unreadable_files(ds.as_numpy_iterator(), images, indices_of_step, start_step)
 
 
 def eval_iterator(
-    images: np.ndarray,
+    images: np.ndarray | ImageFiles,
     labels: np.ndarray,
     *,
     batch_size: int,
@@ -174,7 +194,8 @@ def eval_iterator(
     batch_size // process_count rows, and global batch k holds examples
     [k * batch_size, (k + 1) * batch_size), process p taking its p-th slice; so every example
     appears exactly once over all processes. Rows past the end are padding: zero image,
-    label -1, index -1, mask False.
+    label -1, index -1, mask False. `images` is an (N, H, W, 3) uint8 array or `ImageFiles`
+    (read one file at a time).
 
     Yields:
       {"image": (B, S, S, 3) float32 normalised, "label": (B,) int32, "index": (B,) int32,
@@ -184,30 +205,55 @@ def eval_iterator(
     local_batch = _local_batch_size(batch_size, process_count, "batch_size")
     num_examples = len(images)
     num_batches = -(-num_examples // batch_size)
-    images_t = tf.constant(images)
     labels_t = tf.constant(labels.astype(np.int32))
+    if isinstance(images, ImageFiles):
+        stored_size = None if images.size is None else (images.size, images.size)
+    else:
+        stored_size = tuple(images.shape[1:3])
+    read_image = _image_reader(images)
 
-    def load_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
-        positions = step * batch_size + process_index * local_batch + tf.range(
-            local_batch, dtype=tf.int64
-        )
+    def rows(positions: tf.Tensor, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        # `image`: the examples at `positions` (clamped to the last example) as uint8.
         mask = positions < num_examples
         index = tf.minimum(positions, num_examples - 1)
-        image = tf.image.convert_image_dtype(tf.gather(images_t, index), tf.float32)
-        if tuple(images.shape[1:3]) != (image_size, image_size):
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        if stored_size != (image_size, image_size):
             image = resize(image, image_size)
-        image = _normalise(image, mean, std) * tf.cast(mask, tf.float32)[:, None, None, None]
+        image = _normalise(image, mean, std) * tf.cast(mask, tf.float32)[..., None, None, None]
         return {
-            "image": tf.ensure_shape(image, (local_batch, image_size, image_size, 3)),
+            "image": tf.ensure_shape(image, (*positions.shape, image_size, image_size, 3)),
             "label": tf.where(mask, tf.gather(labels_t, index), -1),
             "index": tf.where(mask, tf.cast(index, tf.int32), -1),
             "mask": mask,
         }
 
-    ds = tf.data.Dataset.range(num_batches)
-    ds = ds.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def first_position(step: tf.Tensor) -> tf.Tensor:
+        return step * batch_size + process_index * local_batch
+
+    if isinstance(images, ImageFiles):  # One file per element, then batches.
+        def load_example(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+            position = first_position(counter // local_batch) + counter % local_batch
+            return rows(position, read_image(tf.minimum(position, num_examples - 1)))
+
+        ds = tf.data.Dataset.range(num_batches * local_batch)
+        ds = ds.map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=True)
+    else:  # A whole batch per element, gathered from memory.
+        def load_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
+            positions = first_position(step) + tf.range(local_batch, dtype=tf.int64)
+            return rows(positions, read_image(tf.minimum(positions, num_examples - 1)))
+
+        ds = tf.data.Dataset.range(num_batches)
+        ds = ds.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
-    return ds.as_numpy_iterator()
+    if not isinstance(images, ImageFiles):
+        return ds.as_numpy_iterator()
+
+    def indices_of_batch(step: int) -> np.ndarray:
+        positions = step * batch_size + process_index * local_batch + np.arange(local_batch)
+        return np.minimum(positions, num_examples - 1)
+
+    return naming_unreadable_files(ds.as_numpy_iterator(), images, indices_of_batch)
 
 
 def _deterministic_options() -> tf.data.Options:

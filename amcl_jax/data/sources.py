@@ -11,8 +11,10 @@ Three kinds of source, picked by `load_split(dataset, split, data_dir=...)`:
 - otherwise a **TFDS dataset** by name (cifar10, cifar100, stl10, ...) read from ``data_dir``;
   downloading happens only with ``download=True``.
 
-Everything is held in memory, which suits digits, CIFAR, STL-10 and folders of small images.
-ImageNet-scale streaming from disk is future work.
+Splits are loaded into memory as uint8 arrays, which suits digits, CIFAR, STL-10 and folders of
+small images. With ``streaming=True`` an image folder (or archive, or an ImageNet subset's folder)
+is returned as `files.ImageFiles` instead, its files decoded by the input pipeline as batches need
+them, which suits ImageNet-scale folders.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from absl import logging
 
 from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import tf
+from amcl_jax.data.files import ImageFiles, read_image
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
 DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -66,8 +69,9 @@ def load_split(
     image_size: int | None = None,
     download: bool = False,
     corrupt_images: str = "skip",
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Loads one split into memory.
+    streaming: bool = False,
+) -> tuple[np.ndarray | ImageFiles, np.ndarray, int]:
+    """Loads one split into memory, or lists its image files (`streaming`).
 
     Args:
       dataset: "digits", "image_folder", or a TFDS name ("cifar10", "stl10", ...).
@@ -77,19 +81,38 @@ def load_split(
       cache_dir: parent folder for extracted archives (default ``~/.cache/amcl_jax``).
       image_size: if given, every image is resized (bilinear) to image_size x image_size.
       download: let TFDS download and prepare the dataset (needs network).
-      corrupt_images: image folders only: "skip" drops files that cannot be decoded (reported
-        with their count and names), "fail" raises ValueError naming the first one.
+      corrupt_images: image folders loaded into memory: "skip" drops files that cannot be
+        decoded (reported with their count and names), "fail" raises ValueError naming the
+        first one. A streamed split's files are decoded only when read.
+      streaming: return the split's files (image folders, archives and ImageNet subsets' folders
+        only) instead of decoding them into memory.
 
     Returns:
-      images: (N, H, W, 3) uint8; labels: (N,) int32; num_classes: int.
+      images: (N, H, W, 3) uint8, or `ImageFiles` when streaming (each resized to image_size
+        when it is given); labels: (N,) int32; num_classes: int.
 
     Raises:
       ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded.
     """
     if dataset in imagenet_subsets.SUBSETS:  # ImageNet-100: imagenet2012 or a folder, filtered.
         images, labels, num_classes = imagenet_subsets.load_subset(
-            dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download)
-    elif dataset == "digits":
+            dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download,
+            streaming=streaming)
+        return images, labels.astype(np.int32), num_classes
+    if streaming:
+        if dataset == "digits" or not (dataset == "image_folder"
+                                       or _is_image_folder_source(data_dir, split)):
+            raise ValueError(
+                f"data.streaming=True reads image files: it needs data.data_dir to be an image "
+                f"folder or an archive of one (data.dataset={dataset!r}, data.data_dir="
+                f"{data_dir!r}); TFDS datasets and digits are loaded into memory "
+                f"(data.streaming=False)")
+        if data_dir is None:
+            raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
+        root = extract_archive(data_dir, cache_dir=cache_dir) if _is_archive(data_dir) else data_dir
+        paths, labels, num_classes = _list_image_folder(root, split)
+        return ImageFiles(paths, image_size), labels, num_classes
+    if dataset == "digits":
         images, labels, num_classes = _load_digits(split)
     elif dataset == "image_folder" or _is_image_folder_source(data_dir, split):
         if data_dir is None:
@@ -280,7 +303,15 @@ def _class_names(root: str) -> list[str]:
 def _load_image_folder(
     data_dir: str, split: str, image_size: int | None, corrupt_images: str = "skip"
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reads ``<root>/<split>/<class>/<image>``; labels index the sorted class folder names.
+    """Reads ``<root>/<split>/<class>/<image>`` into memory (see `_list_image_folder`)."""
+    paths, labels, num_classes = _list_image_folder(data_dir, split)
+    images, kept = _decode_files(paths, image_size, corrupt_images)
+    return images, labels[kept], num_classes
+
+
+def _list_image_folder(data_dir: str, split: str) -> tuple[list[str], np.ndarray, int]:
+    """Paths and labels of ``<root>/<split>/<class>/<image>``, in folder and file name order;
+    labels index the sorted class folder names.
 
     Sorted names are the label order (for the CIFAR-10 class names this happens to be the
     official CIFAR order); labels are consistent across splits of one folder.
@@ -305,8 +336,7 @@ def _load_image_folder(
                     labels.append(label)
     if not paths:
         raise ValueError(f"data.data_dir={data_dir!r}: no images under split {split!r}")
-    images, kept = _decode_files(paths, image_size, corrupt_images)
-    return images, np.asarray(labels, np.int32)[kept], len(classes)
+    return paths, np.asarray(labels, np.int32), len(classes)
 
 
 CORRUPT_IMAGE_POLICIES = ("skip", "fail")
@@ -321,18 +351,9 @@ def _decode_files(
         raise ValueError(f"data.corrupt_images={corrupt_images!r}: allowed values are "
                          f"{', '.join(repr(p) for p in CORRUPT_IMAGE_POLICIES)}")
 
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        if image_size is not None:
-            image = tf.image.resize(
-                tf.cast(image, tf.float32), (image_size, image_size), antialias=True
-            )
-            image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-        return image
-
     # Each element carries its index, so the files dropped by ignore_errors() can be named.
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
-        lambda index, path: (index, decode(path)),
+        lambda index, path: (index, read_image(path, image_size)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).ignore_errors()
     if image_size is not None:
@@ -357,7 +378,8 @@ def _decode_files(
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(
-            f"images have different sizes {sorted(shapes)[:4]}...: set data.image_size to resize"
+            f"images have different sizes {sorted(shapes)[:4]}...: set data.load_size to resize "
+            f"them at load, or data.streaming=true to read each file as it is (image folders)"
         )
     return np.stack(images), kept
 

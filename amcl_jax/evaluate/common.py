@@ -26,16 +26,14 @@ FEATURE_LAYERS = ("backbone", "head<c>", "heads")
 
 
 def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examples: int = -1
-                        ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(images uint8, labels int32, num_classes) of `split`, without unlabelled examples.
+                        ) -> tuple[np.ndarray | data_lib.ImageFiles, np.ndarray, int]:
+    """(images uint8 or their files, labels int32, num_classes) of `split`, without unlabelled
+    examples.
 
     Examples labelled -1 (STL-10's "unlabelled" split) are dropped; `max_examples` > 0 keeps a
     fixed random subset (seed 0), as the pretraining monitor does.
     """
-    images, labels, num_classes = data_lib.load_split(
-        config.data.dataset, split, data_dir=config.data.data_dir or None,
-        cache_dir=config.data.cache_dir or None, download=config.data.download,
-        image_size=config.data.load_size if config.data.load_size > 0 else None)
+    images, labels, num_classes = train.load_data(config, split)
     if np.any(labels < 0):
         images, labels = images[labels >= 0], labels[labels >= 0]
     images, labels = train._subset(images, labels, max_examples)

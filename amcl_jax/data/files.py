@@ -1,0 +1,104 @@
+"""Image files: one decoder for every folder source, and a split kept as files (`data.streaming`).
+
+`read_image` is how every image file becomes pixels, whether a split is decoded into memory at
+load or streamed: decode (PNG/JPEG/BMP/GIF, 3 channels) and, given a size, a bilinear
+antialiased resize to size x size rounded back to uint8. `ImageFiles` holds a split's paths and
+stands in for the (N, H, W, 3) uint8 array of the in-memory sources: the pipelines read each
+image from its file when a batch needs it, so a dataset of any size costs memory only for its
+paths. A streamed split yields the same pixels as the same split loaded into memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from amcl_jax.data._tf import tf
+
+
+def resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
+    """(H, W, 3) or (N, H, W, 3) uint8 -> size x size uint8: bilinear, antialiased, rounded."""
+    image = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def read_image(path: tf.Tensor, size: int | None = None) -> tf.Tensor:
+    """The image file at `path` (a string tensor) as (H, W, 3) uint8, resized when `size` is set."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return image if size is None else resize_square(image, size)
+
+
+class ImageFiles:
+    """A split's images as files, decoded when the input pipeline reads them.
+
+    Used where the in-memory sources return an (N, H, W, 3) uint8 array: `len(files)` is N, and
+    indexing with an integer or boolean array (subsets, dropping unlabelled examples) gives the
+    ImageFiles of those examples. Images are decoded at their native size unless `size` is set.
+    """
+
+    def __init__(self, paths: Sequence[str] | np.ndarray, size: int | None = None) -> None:
+        self.paths = np.asarray(paths, dtype=object).reshape(-1)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> ImageFiles:
+        return ImageFiles(self.paths[np.asarray(index)], self.size)
+
+    def __repr__(self) -> str:
+        size = "native size" if self.size is None else f"{self.size}x{self.size}"
+        return f"ImageFiles({len(self)} files, {size})"
+
+    def reader(self):
+        """A TF function: dataset index (int64 scalar) -> (H, W, 3) uint8."""
+        paths = tf.constant(self.paths.astype(str))
+        return lambda index: read_image(tf.gather(paths, index), self.size)
+
+    def unreadable(self, indices) -> list[str]:
+        """The paths among `indices` (distinct, in order) that cannot be read and decoded."""
+        bad = []
+        for index in dict.fromkeys(int(i) for i in np.asarray(indices).reshape(-1)):
+            try:
+                read_image(tf.constant(str(self.paths[index])), self.size)
+            except (tf.errors.OpError, ValueError):
+                bad.append(str(self.paths[index]))
+        return bad
+
+
+class UnreadableImageError(ValueError):
+    """A streamed image file cannot be read or decoded (the message names it)."""
+
+
+def naming_unreadable_files(batches, files: ImageFiles, indices_of_batch, first_batch: int = 0):
+    """Yields `batches`; if the pipeline fails, raises UnreadableImageError naming the files of
+    the failing batch that cannot be decoded (tf.data's own error names no file).
+
+    `indices_of_batch(k)` gives the dataset indices of batch number k (counted from
+    `first_batch`, the number of the first batch yielded).
+    """
+    number = first_batch
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            bad = files.unreadable(indices_of_batch(number))
+            named = (f"cannot decode {len(bad)} image file(s) of batch {number}: "
+                     f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}" if bad else
+                     f"the input pipeline failed at batch {number}")
+            raise UnreadableImageError(
+                f"data.streaming=True: {named} ({_first_line(error.message)}). "
+                f"Streamed files are decoded as they are read; remove or replace the file, or "
+                f"load the split into memory (data.streaming=False), where "
+                f"data.corrupt_images='skip' leaves such files out") from error
+        yield batch
+        number += 1
+
+
+def _first_line(message: str) -> str:
+    """A TF error's first line without its "{{function_node ...}}" prefix."""
+    return re.sub(r"\{\{.*?\}\}\s*", "", message.strip().splitlines()[0]) if message else ""
