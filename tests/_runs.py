@@ -8,6 +8,7 @@ the first run of each device layout pays for compilation.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -42,7 +43,9 @@ TINY_FLAGS = [
 
 @functools.cache
 def session_dir() -> str:
-    return tempfile.mkdtemp(prefix="amcl_jax_runs_")
+    folder = tempfile.mkdtemp(prefix="amcl_jax_runs_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
