@@ -62,7 +62,7 @@ from bench.jax_step import (  # noqa: E402
     make_config,
     make_jax_step,
 )
-from bench.timing import seconds_of  # noqa: E402
+from bench.timing import items_within, seconds_of  # noqa: E402
 
 try:
     import torch
@@ -177,17 +177,12 @@ def pipeline_rate(args) -> dict:
     images = rng.integers(0, 256, (args.pipeline_examples, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (args.pipeline_examples,)).astype(np.int32)
     mean, std = data_lib.dataset_stats("cifar10")
+    num_views = 2
     batches = data_lib.train_iterator(
         images, labels, global_batch_size=args.pipeline_batch, seed=0, start_step=0,
-        augmentations="abcde", image_size=32, num_views=2, mean=mean, std=std)
-    for _ in range(3):  # Graph tracing and autotuning.
-        next(batches)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.pipeline_seconds:
-        batch = next(batches)
-        count += 1
-    seconds = time.perf_counter() - start
-    num_views = batch["views"].shape[0]
+        augmentations="abcde", image_size=32, num_views=num_views, mean=mean, std=std)
+    # Three untimed batches: graph tracing and autotuning.
+    count, seconds = items_within(batches, args.pipeline_seconds, warmup=3)
     del batches
     source = count * args.pipeline_batch / seconds
     return {"source_images_per_second": source, "views_per_second": num_views * source,

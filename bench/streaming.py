@@ -9,12 +9,13 @@ source images per second on this machine's cores, each way, at two scales:
 
 - `cifar`: the training split of an image folder or archive (CIFAR-10's 32x32 JPEGs), 32x32
   views.
-- `imagenet_like`: its first `--large_examples` images enlarged to `--large_size` pixels square
-  (400 by default, about an average ImageNet photo) and written as JPEG (quality 90) to a
-  temporary folder, 224x224 views (random resized crops). The enlarged images are smoother than
-  photos, so their files are smaller and decode a little faster than ImageNet's: the streamed
-  rate is an upper bound for ImageNet files of that size. In memory the split is held at
-  `load_size=large_size`; streamed, each file is decoded at its native size.
+- `imagenet_like`: a fixed random sample of `--large_examples` of its images enlarged to
+  `--large_size` pixels square (400 by default, about an average ImageNet photo) and written
+  as JPEG (quality 90) to a temporary folder, 224x224 views (random resized crops). The
+  enlarged images are smoother than photos, so their files are smaller and decode a little
+  faster than ImageNet's: the streamed rate is an upper bound for ImageNet files of that size.
+  In memory the split is held at `load_size=large_size`; streamed, each file is decoded at its
+  native size.
 
 Also recorded: the time to load each way (decoding every file, or listing them) and the bytes
 the split holds in memory (the uint8 array, or the paths).
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 from amcl_jax import data as data_lib  # noqa: E402
 from amcl_jax.data._tf import tf  # noqa: E402
 from bench.common import command_line, write_json  # noqa: E402
+from bench.timing import items_within  # noqa: E402
 
 
 def pipeline_rate(images, labels, *, image_size: int, batch: int, seconds: float) -> dict:
@@ -44,12 +46,7 @@ def pipeline_rate(images, labels, *, image_size: int, batch: int, seconds: float
     iterator = data_lib.train_iterator(
         images, labels, global_batch_size=batch, seed=0, start_step=0, augmentations="abcde",
         image_size=image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
-    next(iterator)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(iterator)
-        count += 1
-    elapsed = time.perf_counter() - start
+    count, elapsed = items_within(iterator, seconds)
     return {"batches": count, "seconds": elapsed, "images_per_second": count * batch / elapsed}
 
 
@@ -75,8 +72,8 @@ def compare(source: str, *, load_size: int | None, image_size: int, batch: int,
 
 def write_large_folder(source: str, root: str, *, count: int, size: int,
                        cache_dir: str | None) -> int:
-    """The first `count` training images of `source` enlarged to size x size, as JPEGs under
-    `root/train/<class>/`; returns the mean file size in bytes."""
+    """A fixed random sample (seed 0) of `count` training images of `source` enlarged to
+    size x size, as JPEGs under `root/train/<class>/`; returns the mean file size in bytes."""
     files, labels, _ = data_lib.load_split("image_folder", "train", data_dir=source,
                                            cache_dir=cache_dir, streaming=True)
     pick = np.random.default_rng(0).permutation(len(files))[:count]

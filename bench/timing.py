@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def seconds_of(fn: Callable[[], object]) -> float:
@@ -19,6 +19,19 @@ def time_calls(fn: Callable[[], object], rounds: int, warmup: int = 1) -> list[f
     for _ in range(warmup):
         fn()
     return [seconds_of(fn) for _ in range(rounds)]
+
+
+def items_within(iterator: Iterator[object], seconds: float, warmup: int = 1
+                 ) -> tuple[int, float]:
+    """(count, elapsed): how many items `iterator` yields in `seconds` of wall time (the last
+    one may end past it; elapsed is the time they took), after `warmup` untimed items."""
+    for _ in range(warmup):
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        count += 1
+    return count, time.perf_counter() - start
 
 
 def default_matmul_size(platform: str) -> int:

@@ -24,10 +24,15 @@ def resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
+def decode_image(encoded: tf.Tensor, size: int | None = None) -> tf.Tensor:
+    """Encoded image bytes (a string tensor) as (H, W, 3) uint8, resized when `size` is set."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return image if size is None else resize_square(image, size)
+
+
 def read_image(path: tf.Tensor, size: int | None = None) -> tf.Tensor:
     """The image file at `path` (a string tensor) as (H, W, 3) uint8, resized when `size` is set."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return image if size is None else resize_square(image, size)
+    return decode_image(tf.io.read_file(path), size)
 
 
 class ImageFiles:

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from amcl_jax.data._tf import tf
-from amcl_jax.data.files import ImageFiles, read_image, resize_square
+from amcl_jax.data.files import ImageFiles, decode_image, read_image
 
 # github.com/HobbitLong/CMC/blob/master/imagenet100.txt, in that file's order.
 IMAGENET100_SYNSETS: tuple[str, ...] = (
@@ -137,9 +137,8 @@ def _load_tfds(synsets, split, data_dir, image_size, download):
     ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda ex: (ex["image"], tf.gather(mapping, tf.cast(ex["label"], tf.int32))))
     ds = ds.filter(lambda image, label: label >= 0)  # Decode only the subset's images.
-    ds = ds.map(lambda image, label: (
-        resize_square(tf.io.decode_image(image, channels=3, expand_animations=False),
-                       image_size), label), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda image, label: (decode_image(image, image_size), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
     chunks = list(ds.batch(1024).as_numpy_iterator())
     if not chunks:
         raise ValueError(f"imagenet2012 split {split!r} in {data_dir!r} has no subset images")

@@ -31,7 +31,7 @@ from absl import logging
 
 from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import tf
-from amcl_jax.data.files import ImageFiles, read_image
+from amcl_jax.data.files import ImageFiles, read_image, resize_square
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
 DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -99,31 +99,25 @@ def load_split(
             dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download,
             streaming=streaming)
         return images, labels.astype(np.int32), num_classes
-    if streaming:
-        if dataset == "digits" or not (dataset == "image_folder"
-                                       or _is_image_folder_source(data_dir, split)):
-            raise ValueError(
-                f"data.streaming=True reads image files: it needs data.data_dir to be an image "
-                f"folder or an archive of one (data.dataset={dataset!r}, data.data_dir="
-                f"{data_dir!r}); TFDS datasets and digits are loaded into memory "
-                f"(data.streaming=False)")
+    is_folder = dataset != "digits" and (dataset == "image_folder"
+                                         or _is_image_folder_source(data_dir, split))
+    if streaming and not is_folder:
+        raise ValueError(
+            f"data.streaming=True reads image files: it needs data.data_dir to be an image "
+            f"folder or an archive of one (data.dataset={dataset!r}, data.data_dir="
+            f"{data_dir!r}); TFDS datasets and digits are loaded into memory "
+            f"(data.streaming=False)")
+    if dataset == "digits":
+        images, labels, num_classes = _load_digits(split)
+    elif is_folder:
         if data_dir is None:
             raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
         root = extract_archive(data_dir, cache_dir=cache_dir) if _is_archive(data_dir) else data_dir
-        paths, labels, num_classes = _list_image_folder(root, split)
-        return ImageFiles(paths, image_size), labels, num_classes
-    if dataset == "digits":
-        images, labels, num_classes = _load_digits(split)
-    elif dataset == "image_folder" or _is_image_folder_source(data_dir, split):
-        if data_dir is None:
-            raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
-        if _is_archive(data_dir):
-            root = extract_archive(data_dir, cache_dir=cache_dir)
-            images, labels, num_classes = _load_decoded_cache(
-                root, split, image_size, corrupt_images)
-        else:
-            images, labels, num_classes = _load_image_folder(
-                data_dir, split, image_size, corrupt_images)
+        if streaming:
+            paths, labels, num_classes = _list_image_folder(root, split)
+            return ImageFiles(paths, image_size), labels, num_classes
+        load = _load_decoded_cache if _is_archive(data_dir) else _load_image_folder
+        images, labels, num_classes = load(root, split, image_size, corrupt_images)
     else:
         images, labels, num_classes = _load_tfds(dataset, split, data_dir, download)
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
@@ -133,15 +127,8 @@ def load_split(
 
 def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking)."""
-    out = []
-    for start in range(0, len(images), chunk):
-        batch = tf.image.resize(
-            tf.convert_to_tensor(images[start : start + chunk], tf.float32),
-            (size, size),
-            method="bilinear",
-            antialias=True,
-        )
-        out.append(tf.cast(tf.round(tf.clip_by_value(batch, 0.0, 255.0)), tf.uint8).numpy())
+    out = [resize_square(images[start : start + chunk], size).numpy()
+           for start in range(0, len(images), chunk)]
     if not out:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.concatenate(out)
