@@ -23,6 +23,7 @@ CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape", "xla_cpu")  # as models.
 XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as models.fast_conv.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
+AUGMENT_ON = ("host", "device", "auto")  # as data.device_augment.AUGMENT_ON
 AUGMENTATION_LETTERS = "abcde"
 
 
@@ -130,6 +131,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # True: image folders (or archives, ImageNet subsets' folders) stay on disk and the input
     # pipeline decodes each file when a batch needs it, instead of holding every image in memory.
     config.data.streaming = False
+    # Where the views are made: "host" (tf.data on the CPU cores), "device" (a jitted function on
+    # the accelerators, the uint8 split held on them; no TensorFlow needed) or "auto" (device on
+    # a GPU/TPU, or without TensorFlow, when the split is in memory and fits; else host).
+    config.data.augment_on = "auto"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -200,6 +205,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.data.get("streaming", False), bool):
         _fail("data.streaming", config.data.streaming, "must be true or false")
+    augment_on = config.data.get("augment_on", "host")  # Absent (older runs): the host.
+    if augment_on not in AUGMENT_ON:
+        _fail("data.augment_on", augment_on,
+              "allowed values are " + ", ".join(repr(a) for a in AUGMENT_ON))
+    if augment_on == "device" and config.data.get("streaming", False):
+        _fail("data.augment_on", augment_on, "needs the training split in memory "
+              "(data.streaming=false), or use data.augment_on='host' for streamed files")
     if not isinstance(config.amcl.enabled, bool):
         _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
     if not isinstance(config.model.get("cpu_fusion_barriers", False), bool):  # Absent: fine.

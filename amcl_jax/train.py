@@ -28,7 +28,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -36,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from amcl_jax import data as data_lib
 from amcl_jax import knn, methods, models, optim
 from amcl_jax.config import validate_config
+from amcl_jax.data import device_augment
 from amcl_jax.methods.common import xla_cpu_ynnpack
 
 
@@ -347,11 +347,16 @@ def check_finite(state: TrainState) -> None:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndarray, *,
-                     config, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features (N, F) float32 of every example exactly once, gathered on every host."""
+                     config, mesh: Mesh, augment_on: str = "host") -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (N, F) float32 of every example exactly once, gathered on every host.
+
+    `augment_on="device"`: the batches come from NumPy (`device_augment.eval_iterator`, the
+    same batches without TensorFlow), else from tf.data.
+    """
     process_count = jax.process_count()
     sharding = NamedSharding(mesh, P("data"))
-    batches = data_lib.eval_iterator(
+    iterate = device_augment.eval_iterator if augment_on == "device" else data_lib.eval_iterator
+    batches = iterate(
         images, labels, batch_size=config.eval.batch_size, image_size=config.data.image_size,
         mean=data_lib.dataset_stats(config.data.dataset)[0],
         std=data_lib.dataset_stats(config.data.dataset)[1],
@@ -428,13 +433,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.eval.max_query_examples)
     total_steps = total_steps_for(config, len(train_images))
     mean, std = data_lib.dataset_stats(config.data.dataset)
+    try:  # Where the views are made: tf.data on the host, or a jitted function on the devices.
+        augment_on = device_augment.resolve_augment_on(
+            config.data.get("augment_on", "host"), train_images, jax.devices()[0],
+            tensorflow_available=data_lib.tensorflow_available())
+    except ValueError as e:
+        from amcl_jax.config import ConfigError
+
+        raise ConfigError(str(e)) from None
     if config.online_probe.enabled and config.online_probe.num_classes == -1:
         config.online_probe.num_classes = int(num_classes)  # Recorded for load_pretrained.
         if is_chief:
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
                 f.write(config.to_json(indent=2))
-    logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps",
-                 len(train_images), len(bank_images), len(query_images), num_classes, total_steps)
+    logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps, views made on "
+                 "the %s", len(train_images), len(bank_images), len(query_images), num_classes,
+                 total_steps, augment_on)
 
     # ---- Model and optimizer. ----
     method = methods.get_method(config.method)
@@ -488,9 +502,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def evaluate(step: int) -> float:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         bank, bank_y = extract_features(features_fn, variables, bank_images, bank_labels,
-                                        config=config, mesh=mesh)
+                                        config=config, mesh=mesh, augment_on=augment_on)
         queries, query_y = extract_features(features_fn, variables, query_images, query_labels,
-                                            config=config, mesh=mesh)
+                                            config=config, mesh=mesh, augment_on=augment_on)
         top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
                                 temperature=config.eval.knn_temperature, num_classes=num_classes)
         entry = {"step": step, "knn_top1": top1}
@@ -506,20 +520,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return top1
 
     # ---- Loop. ----
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
-                                                  asynchronous=False)
+    writer = metric_writer(workdir, is_chief=is_chief)
     if is_chief:
         writer.write_hparams({k: str(v) for k, v in _flat_config(config).items()})
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start_step = int(jax.device_get(state.step))
     if start_step == 0 and not history["knn"]:
         evaluate(0)  # The random-init reference.
-    batches = data_lib.train_iterator(
-        train_images, train_labels, global_batch_size=config.batch_size, seed=config.seed,
-        start_step=start_step, augmentations=config.data.augmentations, image_size=size,
+    view_options = dict(
+        global_batch_size=config.batch_size, seed=config.seed,
+        augmentations=config.data.augmentations, image_size=size,
         num_views=config.data.num_views, mean=mean, std=std,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        color_jitter_strength=config.data.color_jitter_strength, blur_p=config.data.blur_p)
+        color_jitter_strength=config.data.color_jitter_strength, blur_p=config.data.blur_p,
+        solarize_p=config.data.get("solarize_p", 0.0))
+    if augment_on == "device":  # Batches arrive as sharded device arrays.
+        batches = device_augment.DeviceViews(train_images, train_labels, mesh=mesh,
+                                             **view_options).iterator(start_step)
+    else:
+        batches = data_lib.train_iterator(
+            train_images, train_labels, start_step=start_step, process_index=jax.process_index(),
+            process_count=jax.process_count(), **view_options)
 
     PREEMPTION.requested = False
     preemption_agreed = PreemptionVote(mesh)
@@ -542,10 +562,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             manager.close()
             raise
         if step == nonfinite_test_step:
-            batch["views"] = np.full_like(batch["views"], np.nan)
-        views = jax.make_array_from_process_local_data(views_sharding, batch["views"])
-        labels = jax.make_array_from_process_local_data(labels_sharding,
-                                                        batch["label"].astype(np.int32))
+            batch["views"] = np.full(np.shape(batch["views"]), np.nan, np.float32)
+        if isinstance(batch["views"], jax.Array):  # Made on the devices, already sharded.
+            views, labels = batch["views"], batch["label"]
+        else:
+            views = jax.make_array_from_process_local_data(views_sharding, batch["views"])
+            labels = jax.make_array_from_process_local_data(labels_sharding,
+                                                            batch["label"].astype(np.int32))
         state, metrics = step_fn(state, views, labels)
         if bound_queue:
             if previous_loss is not None:
@@ -616,6 +639,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+class _LogWriter:
+    """Scalars as log lines: the metric writer where clu or TensorFlow is not installed."""
+
+    def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+        logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+
+    def write_hparams(self, hparams: dict[str, Any]) -> None:
+        logging.info("hparams: %s", hparams)
+
+    def close(self) -> None:
+        pass
+
+
+def metric_writer(workdir: str, *, is_chief: bool):
+    """clu's default writer (log lines, and TensorBoard events in `workdir` on the chief) when
+    clu and TensorFlow are installed, else log lines only; metrics.jsonl is written either way."""
+    if data_lib.tensorflow_available():
+        try:
+            from clu import metric_writers
+        except ImportError:
+            pass
+        else:
+            return metric_writers.create_default_writer(workdir, just_logging=not is_chief,
+                                                        asynchronous=False)
+    return _LogWriter()
 
 
 class PreemptionVote:

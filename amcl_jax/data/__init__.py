@@ -1,11 +1,17 @@
-"""Input data: in-memory sources, stateless augmentations, and (seed, step)-pure tf.data pipelines.
+"""Input data: in-memory sources, stateless augmentations, and (seed, step)-pure input pipelines.
 
-    files.py     read_image, ImageFiles (a split kept as files: data.streaming)
-    sources.py   load_split (digits, image folders/archives, TFDS), dataset_stats
-    augment.py   the paper's augmentation letters a..e as stateless TF ops, make_view_fn
-    pipeline.py  train_iterator (resumable from any step), eval_iterator, steps_per_epoch
+    files.py           read_image, ImageFiles (a split kept as files: data.streaming)
+    sources.py         load_split (digits, .npz, image folders/archives, TFDS), dataset_stats
+    augment.py         the paper's augmentation letters a..e as stateless TF ops, make_view_fn
+    pipeline.py        train_iterator (resumable from any step), eval_iterator, steps_per_epoch
+    shuffle.py         the training stream's example order without TensorFlow
+    device_augment.py  the views made on the accelerator (data.augment_on="device"), DeviceViews
+
+TensorFlow is imported when a tf.data pipeline, a TF decoder or TFDS is first used (`_tf.py`),
+so a run with views made on the devices from an in-memory split needs no TensorFlow.
 """
 
+from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data.augment import (
     AUGMENTATION_LETTERS,
     color_jitter,
@@ -17,6 +23,7 @@ from amcl_jax.data.augment import (
     solarize,
     validate_letters,
 )
+from amcl_jax.data.device_augment import DeviceViews
 from amcl_jax.data.files import ImageFiles, UnreadableImageError, read_image
 from amcl_jax.data.pipeline import eval_iterator, example_index, steps_per_epoch, train_iterator
 from amcl_jax.data.sources import (
@@ -29,6 +36,7 @@ from amcl_jax.data.sources import (
 __all__ = [
     "AUGMENTATION_LETTERS",
     "DATASET_STATS",
+    "DeviceViews",
     "ImageFiles",
     "color_jitter",
     "dataset_stats",
@@ -44,6 +52,7 @@ __all__ = [
     "read_image",
     "solarize",
     "steps_per_epoch",
+    "tensorflow_available",
     "train_iterator",
     "UnreadableImageError",
     "validate_letters",

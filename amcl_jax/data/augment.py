@@ -26,8 +26,8 @@ _APPLY_ORDER = "adcbe"  # crop, colour jitter, grayscale, blur, flip (solarize b
 # Each op draws from its own sub-seed, keyed by op (not by position in the letter string).
 _OP_INDEX = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "solarize": 5}
 
-Image = tf.Tensor
-Seed = tf.Tensor
+# Annotations only: reading tf.Tensor here would import TensorFlow with this module.
+Image = Seed = "tf.Tensor"
 ViewFn = Callable[[Image, Seed], Image]
 
 

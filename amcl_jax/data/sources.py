@@ -1,8 +1,10 @@
 """Where examples come from: whole splits loaded into memory as uint8 arrays.
 
-Three kinds of source, picked by `load_split(dataset, split, data_dir=...)`:
+Four kinds of source, picked by `load_split(dataset, split, data_dir=...)`:
 
 - ``dataset="digits"``: scikit-learn's 1,797 8x8 digits (ships in the wheel, no files needed).
+- a ``.npz`` file (``data_dir``) of uint8 arrays ``<split>_images`` and ``<split>_labels``; the
+  ``dataset`` name only picks the normalisation constants.
 - an **image folder** laid out ``<split>/<class_name>/<image>`` (PNG/JPEG/BMP/GIF), or an archive
   of one (``.tar.gz``/``.tgz``/``.tar``/``.zip``) which is extracted once into a cache folder.
   Used when ``dataset="image_folder"``, when ``data_dir`` is an archive file, or when ``data_dir``
@@ -12,9 +14,10 @@ Three kinds of source, picked by `load_split(dataset, split, data_dir=...)`:
   downloading happens only with ``download=True``.
 
 Splits are loaded into memory as uint8 arrays, which suits digits, CIFAR, STL-10 and folders of
-small images. With ``streaming=True`` an image folder (or archive, or an ImageNet subset's folder)
-is returned as `files.ImageFiles` instead, its files decoded by the input pipeline as batches need
-them, which suits ImageNet-scale folders.
+small images. Without TensorFlow installed, digits, .npz files and image folders (decoded with
+Pillow) still load; TFDS datasets need it. With ``streaming=True`` an image folder (or archive,
+or an ImageNet subset's folder) is returned as `files.ImageFiles` instead, its files decoded by
+the input pipeline as batches need them, which suits ImageNet-scale folders.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from amcl_jax.data import imagenet_subsets
+from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data._tf import tf
 from amcl_jax.data.files import ImageFiles, read_image, resize_square
 
@@ -109,6 +113,8 @@ def load_split(
             f"(data.streaming=False)")
     if dataset == "digits":
         images, labels, num_classes = _load_digits(split)
+    elif _is_npz(data_dir):
+        images, labels, num_classes = _load_npz(data_dir, split)
     elif is_folder:
         if data_dir is None:
             raise ValueError("data.dataset='image_folder' needs data.data_dir (folder or archive)")
@@ -127,8 +133,17 @@ def load_split(
 
 def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking)."""
-    out = [resize_square(images[start : start + chunk], size).numpy()
-           for start in range(0, len(images), chunk)]
+    if tensorflow_available():
+        out = [resize_square(images[start : start + chunk], size).numpy()
+               for start in range(0, len(images), chunk)]
+    else:  # The same resize (JAX's scale_and_translate is TF's), rounded the same way.
+        import jax
+
+        resize = jax.jit(lambda x: jax.numpy.round(jax.numpy.clip(jax.image.resize(
+            x.astype("float32"), (x.shape[0], size, size, 3), "linear", antialias=True),
+            0, 255)).astype("uint8"))
+        out = [np.asarray(resize(images[start : start + chunk]))
+               for start in range(0, len(images), chunk)]
     if not out:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.concatenate(out)
@@ -169,6 +184,43 @@ def _mix32(x: np.ndarray) -> np.ndarray:
     x = ((x ^ (x >> np.uint64(16))) * np.uint64(0x85EBCA6B)) & mask
     x = ((x ^ (x >> np.uint64(13))) * np.uint64(0xC2B2AE35)) & mask
     return x ^ (x >> np.uint64(16))
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz of uint8 arrays
+# ---------------------------------------------------------------------------------------------
+def _is_npz(path: str | None) -> bool:
+    return path is not None and path.lower().endswith(".npz") and os.path.isfile(path)
+
+
+def _load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """`<split>_images` (N, H, W, 3) or (N, H, W) uint8 and `<split>_labels` (N,) int from the
+    .npz at `path` ("a+b" concatenates); `num_classes` if stored, else max label + 1."""
+    with np.load(path) as stored:
+        names = split.split("+")
+        missing = [f"{n.strip()}_{part}" for n in names for part in ("images", "labels")
+                   if f"{n.strip()}_{part}" not in stored]
+        if missing:
+            raise ValueError(f"data.data_dir={path!r} has no array {missing[0]!r} (holds "
+                             f"{sorted(stored.files)}): a .npz source stores <split>_images "
+                             "and <split>_labels")
+        parts = []
+        for name in names:
+            images = stored[f"{name.strip()}_images"]
+            if images.dtype != np.uint8 or images.ndim not in (3, 4):
+                raise ValueError(f"data.data_dir={path!r}: {name}_images must be (N, H, W[, 3]) "
+                                 f"uint8, got {images.shape} {images.dtype}")
+            images = images[..., None] if images.ndim == 3 else images
+            parts.append(np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images)
+        images = np.concatenate(parts)
+        labels = np.concatenate([stored[f"{n.strip()}_labels"] for n in names]).astype(np.int32)
+        num_classes = int(stored["num_classes"]) if "num_classes" in stored else None
+    if labels.shape != (len(images),):
+        raise ValueError(f"data.data_dir={path!r}: {split} has {len(images)} images but labels "
+                         f"of shape {labels.shape}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    return images, labels, num_classes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +303,8 @@ def _load_decoded_cache(
     """Image folder read, memoised as .npz next to an extracted archive (which never changes:
     its cache folder name hashes the archive), so later runs skip decoding every file."""
     name = f"decoded-{split.replace('+', '_')}-{image_size or 'native'}-{corrupt_images}.npz"
+    if not tensorflow_available():  # Pillow's pixels are not always TF's: a cache of their own
+        name = name.replace(".npz", "-pillow.npz")
     path = os.path.join(root, ".amcl_jax", name)
     if os.path.isfile(path):
         with np.load(path) as cached:
@@ -337,20 +391,8 @@ def _decode_files(
     if corrupt_images not in CORRUPT_IMAGE_POLICIES:
         raise ValueError(f"data.corrupt_images={corrupt_images!r}: allowed values are "
                          f"{', '.join(repr(p) for p in CORRUPT_IMAGE_POLICIES)}")
-
-    # Each element carries its index, so the files dropped by ignore_errors() can be named.
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
-        lambda index, path: (index, read_image(path, image_size)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-    ).ignore_errors()
-    if image_size is not None:
-        batches = list(ds.batch(1024).as_numpy_iterator())
-        kept = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.int64)
-        images = [im for b in batches for im in b[1]]
-    else:
-        pairs = list(ds.as_numpy_iterator())
-        kept = np.asarray([p[0] for p in pairs], np.int64)
-        images = [p[1] for p in pairs]
+    decode = _decode_with_tf if tensorflow_available() else _decode_with_pillow
+    images, kept = decode(paths, image_size)
     if len(kept) != len(paths):
         bad = sorted(set(range(len(paths))) - set(kept.tolist()))
         names = ", ".join(paths[i] for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
@@ -369,6 +411,51 @@ def _decode_files(
             f"them at load, or data.streaming=true to read each file as it is (image folders)"
         )
     return np.stack(images), kept
+
+
+def _decode_with_tf(paths: list[str], image_size: int | None
+                    ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(images, kept indices) of the files tf.data decodes (`files.read_image`)."""
+    # Each element carries its index, so the files dropped by ignore_errors() can be named.
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
+        lambda index, path: (index, read_image(path, image_size)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    ).ignore_errors()
+    if image_size is not None:
+        batches = list(ds.batch(1024).as_numpy_iterator())
+        kept = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.int64)
+        return [im for b in batches for im in b[1]], kept
+    pairs = list(ds.as_numpy_iterator())
+    return [p[1] for p in pairs], np.asarray([p[0] for p in pairs], np.int64)
+
+
+def _decode_with_pillow(paths: list[str], image_size: int | None
+                        ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(images, kept indices) of the files Pillow decodes (as RGB), where TensorFlow is not
+    installed; resized as `resize_uint8` resizes. Pillow and TF's JPEG decoders may differ by a
+    grey level here and there (TF's default IDCT is the fast integer one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def decode(path: str) -> np.ndarray | None:
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"), np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(decode, paths, chunksize=256))
+    kept = np.asarray([i for i, image in enumerate(decoded) if image is not None], np.int64)
+    images = [decoded[i] for i in kept]
+    if image_size is not None:
+        for shape in {image.shape for image in images}:  # one resize per distinct size
+            rows = [i for i, image in enumerate(images) if image.shape == shape]
+            resized = resize_uint8(np.stack([images[i] for i in rows]), image_size)
+            for i, image in zip(rows, resized, strict=True):
+                images[i] = image
+    return images, kept
 
 
 # ---------------------------------------------------------------------------------------------
