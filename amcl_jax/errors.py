@@ -1,0 +1,183 @@
+"""One error path for the command lines (`main.py`, `python -m amcl_jax.reproduce`).
+
+Everything a user can cause ends in one line on stderr, `error: <what>`, that names the field,
+flag or file, what was given and what is allowed (or what to do), and an exit code:
+
+- 2: usage. The command line or the config is wrong, found before the run starts (an invalid
+  field or flag, a config that cannot continue the workdir's run, evaluation arguments);
+- 1: runtime. Found while running: data files, a busy workdir, checkpoints, memory, a full
+  disk, a non-finite loss, or an unexpected exception (named by its type);
+- 130: interrupted (Ctrl-C), with a line saying how to resume.
+
+The traceback is printed only with the debug switch: `--debug` or the environment variable
+`AMCL_JAX_DEBUG=1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
+
+USAGE = 2
+RUNTIME = 1
+INTERRUPTED = 130
+DEBUG_ENV = "AMCL_JAX_DEBUG"
+
+
+class UsageError(ValueError):
+    """A wrong argument or combination, found before anything runs: exit code 2."""
+
+
+class RunError(RuntimeError):
+    """A failure found while running whose message already says what to do: exit code 1."""
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    """The debug switch: `AMCL_JAX_DEBUG=1` (or true/yes), or `--debug` among `argv`."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return True
+    return any(arg in ("--debug", "--debug=true", "--debug=1") for arg in (argv or ()))
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an exception that reached the command line."""
+    from amcl_jax.config import ConfigError
+
+    if isinstance(error, (UsageError, ConfigError)):
+        return " ".join(str(error).split()), USAGE
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" writing {error.filename}" if error.filename else ""
+        return (f"no space left on the device{where}: the checkpoints written before are kept; "
+                "free some space and run the same command to resume"), RUNTIME
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}", RUNTIME
+    if isinstance(error, MemoryError):
+        return (f"out of memory ({_first_line(error) or 'MemoryError'}); try a smaller "
+                "batch_size, model or data.load_size"), RUNTIME
+    message = _first_line(error)
+    if "RESOURCE_EXHAUSTED" in message or "Out of memory" in message:
+        return (f"out of device memory ({message[:300]}); try a smaller batch_size or model"
+                ), RUNTIME
+    known = isinstance(error, RunError) or type(error).__module__.startswith("amcl_jax")
+    if known or isinstance(error, (ValueError, FileNotFoundError)):
+        return " ".join(str(error).split()), RUNTIME
+    return (f"{type(error).__name__}: {message[:500]} (run with --debug or "
+            f"{DEBUG_ENV}=1 for the traceback)"), RUNTIME
+
+
+def fail(message: str, code: int) -> None:
+    """Prints `error: message` on stderr and exits with `code`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def exit_on_error(error: BaseException, *, resume_hint: str, debug: bool) -> None:
+    """The command lines' handler: re-raises with `debug`, else one line and the exit code.
+
+    `resume_hint`: what to run again after Ctrl-C (e.g. "the same command").
+    """
+    if debug:
+        raise error
+    if isinstance(error, KeyboardInterrupt):
+        print(f"error: interrupted; the checkpoints written so far are kept: run {resume_hint} "
+              "to resume", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # At once: a checkpoint being written stays unfinished (the previous one stays newest)
+        # instead of its threads printing tracebacks at interpreter shutdown. The workdir's lock
+        # was released on the way here.
+        os._exit(INTERRUPTED)
+    message, code = describe(error)
+    fail(message, code)
+
+
+# --------------------------------------------------------------------------------------------
+# argparse command lines (python -m amcl_jax.reproduce)
+# --------------------------------------------------------------------------------------------
+class UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one `error: ...` line and exit code 2 (no usage
+    block; `--help` still prints it)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message} (see --help)", USAGE)
+        raise AssertionError  # Unreachable: fail exits.
+
+
+def usage_call(flag: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`function(*args, **kwargs)`, its ValueError, FileNotFoundError or KeyError turned into a
+    UsageError naming `flag`: for the checks of command-line arguments."""
+    try:
+        return function(*args, **kwargs)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"{flag}: {' '.join(str(e).split())}") from e
+
+
+def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
+                *, resume_hint: str = "the same command") -> int:
+    """Runs an argparse `main(argv)`; an exception ends as one line and its exit code
+    (the traceback with `--debug` or AMCL_JAX_DEBUG=1)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = debug_enabled(argv)
+    try:
+        return main([a for a in argv if a != "--debug"]) or 0
+    except (KeyboardInterrupt, Exception) as e:
+        exit_on_error(e, resume_hint=resume_hint, debug=debug)
+        return RUNTIME  # Unreachable: exit_on_error exits or raises.
+
+
+# --------------------------------------------------------------------------------------------
+# Noise from a failed checkpoint restore
+# --------------------------------------------------------------------------------------------
+_CLOSED_LOOP = "Event loop is closed"
+_silenced = False
+
+
+def silence_closed_event_loop_errors() -> None:
+    """After a failed (and handled) checkpoint restore, the restore's worker threads and
+    coroutines can raise `RuntimeError: Event loop is closed` as they are torn down, each
+    printed as a traceback by threading, asyncio's logger or Python's unraisable hook. Those
+    three now drop exactly that error; every other one is printed as before. Idempotent."""
+    global _silenced
+    if _silenced:
+        return
+    _silenced = True
+    import logging as std_logging
+    import threading
+
+    def closed_loop(error: BaseException | None) -> bool:
+        return isinstance(error, RuntimeError) and _CLOSED_LOOP in str(error)
+
+    thread_hook = threading.excepthook
+
+    def on_thread_error(args: threading.ExceptHookArgs) -> None:
+        if not closed_loop(args.exc_value):
+            thread_hook(args)
+
+    threading.excepthook = on_thread_error
+    unraisable_hook = sys.unraisablehook
+
+    def on_unraisable(unraisable: Any) -> None:
+        if not closed_loop(unraisable.exc_value):
+            unraisable_hook(unraisable)
+
+    sys.unraisablehook = on_unraisable
+
+    class _WithoutClosedLoop(std_logging.Filter):
+        def filter(self, record: std_logging.LogRecord) -> bool:
+            error = record.exc_info[1] if record.exc_info else None
+            return not (closed_loop(error) or _CLOSED_LOOP in record.getMessage())
+
+    std_logging.getLogger("asyncio").addFilter(_WithoutClosedLoop())
