@@ -205,15 +205,17 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shap
             if expected is not None and state_sha256(state) != expected:
                 raise ValueError("contents do not match the digest written with them")
         except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            failures.append((step, f"{type(e).__name__}: {reason}"))
+            from amcl_jax.errors import silence_closed_event_loop_errors
+
+            silence_closed_event_loop_errors()  # The failed restore's threads, torn down.
+            reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+            failures.append((step, f"{type(e).__name__}: {reason[:200]}"))
             continue
         for bad_step, why in failures:
             target = os.path.join(workdir, "damaged_checkpoints", str(bad_step))
-            message = (f"Checkpoint at step {bad_step} is damaged ({why}); moved to {target}; "
-                       f"resuming from step {step} instead")
-            logging.warning(message)
-            print(message, flush=True)
+            # One line per skipped step, on stdout (the log would repeat it on stderr).
+            print(f"Checkpoint at step {bad_step} is damaged ({why}); moved to {target}; "
+                  f"resuming from step {step} instead", flush=True)
             if jax.process_index() == 0:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.rmtree(target, ignore_errors=True)
@@ -402,14 +404,102 @@ def total_steps_for(config, num_train_examples: int) -> int:
     return int(config.num_epochs) * data_lib.steps_per_epoch(num_train_examples, config.batch_size)
 
 
+def check_data_sizes(config: ml_collections.ConfigDict, *, num_train: int,
+                     bank_labels: np.ndarray, num_queries: int) -> None:
+    """Raises ConfigError when the loaded data cannot give what the config asks: a batch larger
+    than the training set, k larger than the kNN bank, a bank of fewer than 2 classes."""
+    from amcl_jax.config import ConfigError
+
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is invalid: data.train_split="
+            f"{config.data.train_split!r} has {num_train} examples (data.max_train_examples="
+            f"{config.data.max_train_examples}); use a batch_size <= {num_train}")
+    if config.eval.knn_k > len(bank_labels):
+        raise ConfigError(
+            f"config.eval.knn_k={config.eval.knn_k} is invalid: the kNN bank (data."
+            f"eval_train_split={config.data.eval_train_split!r}, eval.max_bank_examples="
+            f"{config.eval.max_bank_examples}) has {len(bank_labels)} labelled examples; "
+            f"use eval.knn_k <= {len(bank_labels)}")
+    classes = len(np.unique(bank_labels))
+    if classes < 2:
+        raise ConfigError(
+            f"config.data.eval_train_split={config.data.eval_train_split!r} is invalid: its "
+            f"labelled examples hold {classes} class(es); kNN accuracy and the linear probes "
+            "need at least 2 (an image folder needs one subfolder per class)")
+    if num_queries < 1:
+        raise ConfigError(f"config.data.eval_test_split={config.data.eval_test_split!r} is "
+                          "invalid: it has no labelled examples to evaluate")
+
+
+def _format_bytes(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "bytes" else f"{int(num_bytes)} bytes"
+        num_bytes /= 1024
+    return ""
+
+
+def check_state_fits(config: ml_collections.ConfigDict, state_shapes) -> None:
+    """Raises ConfigError, with an estimate, when the train state (parameters, optimizer and
+    method state) plus gradients and updates cannot fit in one device's memory: a failed
+    allocation of that size can leave the runtime waiting forever instead of failing."""
+    from amcl_jax.config import ConfigError
+
+    nbytes = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                              for x in jax.tree.leaves(tree))
+    param_bytes = nbytes(state_shapes.params)
+    needed = nbytes(state_shapes) + 2 * param_bytes  # + gradients and updates.
+    device = jax.local_devices()[0]
+    try:
+        available = int((device.memory_stats() or {}).get("bytes_limit", 0))
+        where = f"one {device.platform.upper()} device's memory"
+    except Exception:  # noqa: BLE001 (backends without memory statistics)
+        available = 0
+    if not available:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return
+        where = "this machine's memory"
+        needed *= jax.local_device_count()  # CPU devices share the host's memory.
+    if needed > available:
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_shapes.params))
+        raise ConfigError(
+            f"the model does not fit: its {num_params:,} parameters with their gradients and "
+            f"optimizer state need at least {_format_bytes(needed)} (activations not counted) "
+            f"and {where} is {_format_bytes(available)}; reduce amcl.num_heads="
+            f"{config.amcl.num_heads}, projector.hidden_dim={config.projector.hidden_dim}, "
+            f"projector.out_dim={config.projector.out_dim}, amcl.temperature_hidden_dim="
+            f"{config.amcl.temperature_hidden_dim} or model.width={config.model.width}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Pretrains, monitors kNN accuracy, checkpoints and resumes; returns the summary dict."""
+    """Pretrains, monitors kNN accuracy, checkpoints and resumes; returns the summary dict.
+
+    The workdir is locked for the run (`workdir.WorkdirLock`: a second process is refused), and
+    a workdir with checkpoints is resumed only if `config` continues their training
+    (`workdir.check_resume`: otherwise ResumeRefusedError, and nothing is written).
+    The run works on its own copy of `config`: the caller's is never written.
+    """
+    from amcl_jax import workdir as workdir_lib
+
+    config = copy.deepcopy(config)
     validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
-    if is_chief:
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json(indent=2))
+    with workdir_lib.WorkdirLock(workdir, enabled=is_chief):
+        accepted = workdir_lib.check_resume(config, workdir)
+        if accepted and is_chief:
+            print(workdir_lib.describe_accepted(accepted), flush=True)
+        if is_chief:
+            workdir_lib.atomic_write_text(os.path.join(workdir, CONFIG_FILE),
+                                          config.to_json(indent=2))
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    is_chief = jax.process_index() == 0
 
     # ---- Mesh: one data axis over every device of every host. ----
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
@@ -451,6 +541,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  total_steps, augment_on)
 
     # ---- Model and optimizer. ----
+    check_data_sizes(config, num_train=len(train_images), bank_labels=bank_labels,
+                     num_queries=len(query_labels))
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)
@@ -458,6 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     init_state = functools.partial(create_train_state, config, model, method, tx)
     state_shapes = jax.eval_shape(init_state)
+    check_state_fits(config, state_shapes)  # Before allocating it.
     state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
     state = jax.jit(init_state, out_shardings=state_shardings)()
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
