@@ -131,6 +131,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     # True: image folders (or archives, ImageNet subsets' folders) stay on disk and the input
     # pipeline decodes each file when a batch needs it, instead of holding every image in memory.
     config.data.streaming = False
+    # data.augmentations="" makes both views the same image; refused unless set to True.
+    config.data.allow_no_augmentation = False
     # Where the views are made: "host" (tf.data on the CPU cores), "device" (a jitted function on
     # the accelerators, the uint8 split held on them; no TensorFlow needed) or "auto" (device on
     # a GPU/TPU, or without TensorFlow, when the split is in memory and fits; else host).
@@ -313,3 +315,77 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("eval.knn_temperature", config.eval.knn_temperature, "must be > 0")
     if config.checkpoint.max_to_keep < 1:
         _fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")
+    _validate_sizes(config)
+    _validate_dataset(config)
+
+
+def _field(config: ml_collections.ConfigDict, field: str):
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
+def _validate_sizes(config: ml_collections.ConfigDict) -> None:
+    """Sizes and rates that would make the model or the data degenerate (a zero-width layer, a
+    probability outside [0, 1], an empty subset, two identical views)."""
+    for field in ("projector.hidden_dim", "projector.out_dim", "projector.num_layers",
+                  "amcl.temperature_hidden_dim", "predictor.hidden_dim", "moco.queue_size",
+                  "amcl.num_heads"):
+        value = _field(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(field, value, "must be an integer >= 1")
+    for field in ("data.max_train_examples", "data.load_size", "eval.max_bank_examples",
+                  "eval.max_query_examples"):
+        value = _field(config, field)
+        if value != -1 and value < 1:
+            _fail(field, value, "must be >= 1, or -1 for all")
+    if config.data.color_jitter_strength < 0:
+        _fail("data.color_jitter_strength", config.data.color_jitter_strength, "must be >= 0")
+    for field in ("data.blur_p", "data.solarize_p"):
+        value = config.data.get(field.split(".")[1], ())  # Absent in configs written before.
+        values = value if isinstance(value, tuple | list) else (value,)
+        if not all(isinstance(p, int | float) and 0 <= p <= 1 for p in values):
+            _fail(field, value, "must be probabilities in [0, 1], one per view")
+    if config.online_probe.num_classes != -1 and config.online_probe.num_classes < 2:
+        _fail("online_probe.num_classes", config.online_probe.num_classes,
+              "must be >= 2, or -1 for the dataset's")
+    if config.data.augmentations == "" and not config.data.get("allow_no_augmentation", False):
+        _fail("data.augmentations", "",
+              "no augmentation makes both views the same image, which leaves nothing to learn; "
+              "set data.allow_no_augmentation=True if that is what you want")
+
+
+def _validate_dataset(config: ml_collections.ConfigDict) -> None:
+    """data.dataset names a loader (digits, image_folder, an ImageNet subset) or a TFDS builder;
+    an unknown name fails here, with the closest known names, instead of at load."""
+    import difflib
+
+    dataset, data_dir = config.data.dataset, config.data.data_dir
+    if dataset == "digits":
+        if data_dir:
+            _fail("data.data_dir", data_dir,
+                  "data.dataset='digits' ships with scikit-learn and reads no files; remove "
+                  "data.data_dir, or set data.dataset='image_folder' to read that folder")
+        return
+    if data_dir and (os.path.isdir(data_dir) or os.path.isfile(data_dir)):
+        return  # An image folder or archive (read whatever the name), or a TFDS data_dir.
+    if dataset == "image_folder":
+        _fail("data.data_dir", data_dir, "data.dataset='image_folder' needs data.data_dir, an "
+              "existing folder (<dir>/<split>/<class>/<image>) or an archive of one")
+    if dataset == "imagenet100":
+        return
+    try:
+        import tensorflow_datasets as tfds
+
+        builders = tfds.list_builders(with_community_datasets=False)
+    except Exception:  # noqa: BLE001 (no TFDS, or a broken install: the loader will say)
+        return
+    name = dataset.split(":")[0].split("/")[0]
+    if name in builders:
+        return
+    close = difflib.get_close_matches(name, ["digits", "image_folder", "imagenet100", *builders],
+                                      n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    _fail("data.dataset", dataset, "allowed values are 'digits', 'image_folder' (with "
+          f"data.data_dir), 'imagenet100' or a TFDS dataset name{hint}")
