@@ -51,12 +51,18 @@ def features_fn_for_layer(model, layer: str, compiler_options: dict | None = Non
         return jit(lambda variables, x: model.apply(variables, x, method="features"))
     match = re.fullmatch(r"head(\d+)", layer)
     if match is None and layer != "heads":
-        raise ValueError(f"feature layer {layer!r}: allowed are backbone, head0, head1, ..., heads")
+        from amcl_jax.errors import UsageError
+
+        raise UsageError(f"--feature_layer={layer!r} is invalid: allowed are backbone, head0, "
+                         "head1, ..., heads")
 
     def projections(variables, x):
         out = model.apply(variables, x, train=False)
         if not (isinstance(out, tuple) and len(out) == 2 and out[1].ndim == 3):
-            raise ValueError(f"feature layer {layer!r}: this model has no multi-head projector")
+            from amcl_jax.errors import UsageError
+
+            raise UsageError(f"--feature_layer={layer!r} is invalid: this model has no "
+                             "multi-head projector (use backbone)")
         return out[1]  # (C, B, D)
 
     if layer == "heads":
@@ -66,7 +72,16 @@ def features_fn_for_layer(model, layer: str, compiler_options: dict | None = Non
             return jnp.transpose(z, (1, 0, 2)).reshape(x.shape[0], -1)
         return jit(all_heads)
     head = int(match.group(1))
-    return jit(lambda variables, x: projections(variables, x)[head])
+
+    def one_head(variables, x):
+        z = projections(variables, x)
+        if head >= z.shape[0]:  # Checked when traced: an index past the end would be clamped.
+            from amcl_jax.errors import UsageError
+
+            raise UsageError(f"--feature_layer={layer!r} is invalid: this model has "
+                             f"{z.shape[0]} heads, head0 to head{z.shape[0] - 1}")
+        return z[head]
+    return jit(one_head)
 
 
 def extract(config, features_fn, variables, images: np.ndarray, labels: np.ndarray

@@ -21,11 +21,14 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from amcl_jax import knn, train
+from amcl_jax.errors import UsageError
 from amcl_jax.evaluate import common
+from amcl_jax.workdir import atomic_write_json
 
 RESULT_FILE = "knn.json"
 
@@ -56,11 +59,20 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
 
     k, temperature, max_*_examples: None means the pretraining config's `eval.*` value.
     layer: "backbone", "head<c>" or "heads" (see `common.features_fn_for_layer`).
+    Invalid arguments raise UsageError before anything is computed or written; the result file
+    is replaced atomically (an existing one stays whole until the new one is complete).
     """
     start = time.time()
+    if k is not None and k < 1:
+        raise UsageError(f"--knn_k={k} is invalid: must be >= 1")
+    if temperature is not None and not temperature > 0:
+        raise UsageError(f"--knn_temperature={temperature} is invalid: must be > 0")
     config, model, variables, ckpt_step = train.load_pretrained(workdir, step)
     k = int(config.eval.knn_k if k is None else k)
     temperature = float(config.eval.knn_temperature if temperature is None else temperature)
+    features_fn = common.features_fn_for_layer(model, layer, train.compiler_options(config))
+    size = config.data.image_size  # Traced only: checks the layer (head index) before the data.
+    jax.eval_shape(features_fn, variables, jnp.zeros((1, size, size, 3), jnp.float32))
     max_bank = config.eval.max_bank_examples if max_bank_examples is None else max_bank_examples
     max_query = (config.eval.max_query_examples if max_query_examples is None
                  else max_query_examples)
@@ -68,7 +80,14 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         config, config.data.eval_train_split, max_bank)
     query_images, query_labels, _ = common.load_labelled_split(
         config, config.data.eval_test_split, max_query)
-    features_fn = common.features_fn_for_layer(model, layer, train.compiler_options(config))
+    if k > len(bank_labels):
+        raise UsageError(f"--knn_k={k} is invalid: the kNN bank (data.eval_train_split="
+                         f"{config.data.eval_train_split!r}, max_bank_examples={max_bank}) has "
+                         f"{len(bank_labels)} labelled examples")
+    if len(np.unique(bank_labels)) < 2 or len(query_labels) == 0:
+        raise UsageError(f"kNN needs a bank of >= 2 classes and some queries: the bank has "
+                         f"{len(np.unique(bank_labels))} class(es), the queries "
+                         f"{len(query_labels)} examples")
     bank, bank_y = common.extract(config, features_fn, variables, bank_images, bank_labels)
     queries, query_y = common.extract(config, features_fn, variables, query_images, query_labels)
     top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=temperature,
@@ -97,8 +116,7 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         "seconds": time.time() - start,
     }
     if write and jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULT_FILE), "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(os.path.join(workdir, RESULT_FILE), result)
     return result
 
 

@@ -23,7 +23,6 @@ Protocol (every field is recorded in `linear_probe.json`):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -37,6 +36,7 @@ import optax
 from amcl_jax import data as data_lib
 from amcl_jax import optim, train
 from amcl_jax.evaluate import common
+from amcl_jax.workdir import atomic_write_json
 
 RESULT_FILE = "linear_probe.json"
 FEATURE_NORMS = ("standardize", "l2", "none")
@@ -290,8 +290,7 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
         },
     }
     if write and jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULT_FILE), "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(os.path.join(workdir, RESULT_FILE), result)
     return result
 
 
