@@ -19,8 +19,10 @@ ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
-CONV_IMPLS = ("auto", "lax", "fast_wgrad", "per_shape", "xla_cpu")  # as models.fast_conv
-XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as models.fast_conv.XLA_CPU_YNNPACK
+# Both lax.conv_general_dilated; "fast_wgrad", "per_shape" and "xla_cpu" lost and were removed
+# (docs/performance.md).
+CONV_IMPLS = ("auto", "lax")
+XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as platform.cpu.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
 AUGMENT_ON = ("host", "device", "auto")  # as data.device_augment.AUGMENT_ON
@@ -88,15 +90,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
-    # "auto": lax, except per_shape where YNNPACK runs the convolutions (models/fast_conv.py);
-    # "xla_cpu": lax with other formulations where XLA's own CPU kernel trails oneDNN most.
+    # "auto" (or "lax"): the stock lax convolution on every backend, the fastest one measured.
     config.model.conv_impl = "auto"
     # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
-    # (XLA's own convolution is >2x faster here: bench/xla_flags.py); "none"; "jaxlib": both,
+    # (XLA's own convolution is >2x faster here: docs/performance.md); "none"; "jaxlib": both,
     # jaxlib 0.10's default.
     config.model.xla_cpu_ynnpack = "dot"
     # CPU backend, ResNets, training only: each block's activations are computed once instead of
-    # XLA:CPU recomputing them inside the backward pass (models/resnet.py `fusion_barrier`).
+    # XLA:CPU recomputing them inside the backward pass (platform/cpu.py `fusion_barrier`).
     config.model.cpu_fusion_barriers = True
     # "bfloat16": convolutions and matmuls in bf16; params, optimizer state, BatchNorm statistics,
     # similarities, temperatures, log-sum-exps and regularisers stay float32.

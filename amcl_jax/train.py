@@ -33,10 +33,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from amcl_jax import data as data_lib
-from amcl_jax import knn, methods, models, optim
+from amcl_jax import knn, methods, optim
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
 from amcl_jax.methods.common import xla_cpu_ynnpack
+from amcl_jax.platform import cpu
 
 
 class NonFiniteError(RuntimeError):
@@ -243,7 +244,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """`jax.jit` compiler options for the programs that run the model (`model.xla_cpu_ynnpack`;
     a config written before that field existed gets its default)."""
-    return models.xla_compiler_options(xla_cpu_ynnpack(config))
+    return cpu.xla_compiler_options(xla_cpu_ynnpack(config))
 
 
 def load_pretrained(workdir: str, step: int | None = None):

@@ -27,19 +27,13 @@ VARIANTS: dict[str, dict] = {
     "amcl_max": {"amcl.enabled": True, "amcl.negatives": "max"},
     "amcl_logsumexp": {"amcl.enabled": True, "amcl.negatives": "logsumexp"},
 }
-# Optimisation attempts at the step level (timed only when named in `--jax_variants`): SimCLR
-# with a given `model.conv_impl`, to compare against "simclr" (the configured default).
+# Optimisation attempts at the step level (timed only when named in `--jax_variants`), to
+# compare against "simclr" (the configured default): SimCLR with a given `model.xla_cpu_ynnpack`
+# (which XLA:CPU ops YNNPACK runs) ...
 ATTEMPT_VARIANTS: dict[str, dict] = {
-    f"simclr_conv_{impl}": {"amcl.enabled": False, "model.conv_impl": impl}
-    for impl in ("lax", "fast_wgrad", "per_shape", "xla_cpu")
+    f"simclr_ynnpack_{setting}": {"amcl.enabled": False, "model.xla_cpu_ynnpack": setting}
+    for setting in ("jaxlib", "dot", "none")
 }
-# ... and with a given `model.xla_cpu_ynnpack` (which XLA:CPU ops YNNPACK runs), with the
-# default convolution and with the stock lax one.
-ATTEMPT_VARIANTS.update({
-    f"simclr{conv}_ynnpack_{setting}": {"amcl.enabled": False, "model.xla_cpu_ynnpack": setting,
-                                        **({"model.conv_impl": "lax"} if conv else {})}
-    for setting in ("jaxlib", "dot", "none") for conv in ("", "_conv_lax")
-})
 # ... and without the CPU fusion barriers on the ResNet's activations (models/resnet.py).
 ATTEMPT_VARIANTS["simclr_no_fusion_barriers"] = {"amcl.enabled": False,
                                                  "model.cpu_fusion_barriers": False}
@@ -50,13 +44,12 @@ STEP_OPTIONS: dict[str, dict] = {"simclr_no_donation": {"donate": False}}
 
 
 def make_config(*, batch_per_view: int, overrides: dict, model: str = "resnet18",
-                width: float = 1.0, image_size: int = 32, dtype: str = "float32",
-                conv_impl: str = "auto") -> ml_collections.ConfigDict:
+                width: float = 1.0, image_size: int = 32, dtype: str = "float32"
+                ) -> ml_collections.ConfigDict:
     config = get_default_config()
     config.model.name = model
     config.model.width = width
     config.model.dtype = dtype
-    config.model.conv_impl = conv_impl
     config.batch_size = batch_per_view
     config.data.image_size = image_size
     for key, value in overrides.items():
@@ -112,8 +105,6 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0, donate: bool
         return time.perf_counter() - start
 
     compile_seconds = step()
-    # For diagnostics (bench/profile_step.py): the optimised HLO of the step as compiled.
-    step.compiled_text = lambda: jitted.lower(holder["state"], views).compile().as_text()
     step.last_loss = lambda: float(holder["loss"])  # The loss of the latest update.
     # XLA's memory analysis of the compiled step (a second compilation; attempts only).
     step.memory_stats = lambda: _memory_stats(jitted.lower(holder["state"], views).compile())

@@ -95,7 +95,7 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
     for name in args.jax_variants:
         config = make_config(batch_per_view=batch_per_view,
                              overrides={**VARIANTS, **ATTEMPT_VARIANTS}[name],
-                             width=args.width, conv_impl=args.conv_impl, dtype=args.dtype)
+                             width=args.width, dtype=args.dtype)
         steps[name], compile_seconds = make_jax_step(config, **STEP_OPTIONS.get(name, {}))
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
         if set(args.jax_variants) & set(ATTEMPT_VARIANTS):  # Attempts: what each compiles to.
@@ -134,10 +134,10 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 def peak_flops(args) -> dict:
     """The device's nominal peak (GPU data sheets) and the matmul rate each framework reaches."""
-    from amcl_jax import models
+    from amcl_jax.platform import cpu
 
     # As the timed steps compile (the config's default `model.xla_cpu_ynnpack`).
-    options = models.xla_compiler_options(models.DEFAULT_XLA_CPU_YNNPACK)
+    options = cpu.xla_compiler_options(cpu.DEFAULT_XLA_CPU_YNNPACK)
     measured = {"jax": flops.measured_matmul_flops_per_second(args.dtype,
                                                               compiler_options=options)}
     if torch_reference is not None and not args.no_torch:
@@ -379,7 +379,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed interleaved rounds (default: quick 5, full 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the build")
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--conv_impl", default="auto")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="the model's compute dtype (JAX `model.dtype`, PyTorch autocast)")
     parser.add_argument("--jax_variants", default=",".join(VARIANTS),

@@ -22,15 +22,13 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.common import cpu_env  # noqa: E402
 
 TOTAL_STEPS = 10
 
 TINY_FLAGS = [
     "--config=configs/quickstart.py",
     "--config.data.image_size=8", "--config.data.load_size=8",
-    "--config.model.width=0.125", "--config.model.conv_impl=lax",
+    "--config.model.width=0.125",
     "--config.batch_size=8",
     "--config.projector.hidden_dim=16", "--config.projector.out_dim=8",
     "--config.amcl.temperature_hidden_dim=8",
@@ -48,8 +46,19 @@ def session_dir() -> str:
     return folder
 
 
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+    """This process's environment without JAX/XLA/launcher settings, for a subprocess on the CPU
+    backend with `devices` XLA host devices and the repo on its path; `extra` added last."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_", "OMPI_"))}
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(extra)
+    return env
+
+
 def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """`bench.common.cpu_env` with most optimisations off and the session's compilation cache."""
+    """`cpu_env` with most optimisations off and the session's compilation cache."""
     return cpu_env(devices, **{
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
         "JAX_COMPILATION_CACHE_DIR": os.path.join(session_dir(), "xla_cache"),

@@ -16,8 +16,7 @@ FULL_SIZE_DIMS = {"resnet50": 2048, "resnet50w2": 4096, "resnet50w4": 8192, "vit
 @pytest.mark.parametrize("name,size", [(n, 32) for n in FULL_SIZE_DIMS] + [("vit_b", 224)])
 def test_full_size_output_shape(name, size):
     """Published widths, shapes only (jax.eval_shape: nothing is computed)."""
-    encoder = models.build_encoder(name, width=1.0, stem="cifar", dtype=jnp.float32,
-                                   conv_impl="lax")
+    encoder = models.build_encoder(name, width=1.0, stem="cifar", dtype=jnp.float32)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x, train=False), x)
     out = jax.eval_shape(lambda v, x: encoder.apply(v, x, train=False), variables, x)

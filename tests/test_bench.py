@@ -16,8 +16,7 @@ WIDTH = 0.125  # 8 base channels: the counts still exercise every layer kind.
 
 
 def _jax_num_params(width: float) -> int:
-    encoder = models.build_encoder("resnet18", width=width, stem="cifar", dtype=jnp.float32,
-                                   conv_impl="lax")
+    encoder = models.build_encoder("resnet18", width=width, stem="cifar", dtype=jnp.float32)
     projector = models.MultiHeadProjector(num_heads=1, hidden_dim=512, out_dim=128)
     x = jnp.zeros((2, 32, 32, 3))
     enc = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), x, train=False))
@@ -63,25 +62,6 @@ def test_loss_peak_bytes_is_positive(kwargs):
     assert stats["argument_size_in_bytes"] > 0
 
 
-@pytest.mark.parametrize("size,stride", [(8, 1), (6, 2), (7, 1)])
-def test_conv_attempts_compute_the_lax_convolution_and_its_gradients(size, stride):
-    """Every formulation `bench/conv_attempts.py` times (im2col, Winograd, ...) is the same conv."""
-    from bench.conv_attempts import VARIANTS, conv_lax
-
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 7))
-    g = jax.random.normal(jax.random.PRNGKey(2), (2, (size - 1) // stride + 1,
-                                                  (size - 1) // stride + 1, 7))
-    with jax.default_matmul_precision("highest"):
-        want_y, vjp = jax.vjp(lambda x, w: conv_lax(x, w, stride), x, w)
-        want = (want_y, *vjp(g))
-        for name, conv in VARIANTS.items():
-            got_y, vjp = jax.vjp(lambda x, w, conv=conv: conv(x, w, stride), x, w)
-            for got_part, want_part in zip((got_y, *vjp(g)), want, strict=True):
-                np.testing.assert_allclose(got_part, want_part, rtol=1e-4, atol=1e-4,
-                                           err_msg=name)
-
-
 def _resnet18_cifar_conv_flops(batch: int, base: int, size: int) -> int:
     """Closed form: ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool), base channels."""
     flops = 2 * batch * size * size * base * 9 * 3  # stem
@@ -97,103 +77,6 @@ def _resnet18_cifar_conv_flops(batch: int, base: int, size: int) -> int:
             flops += 2 * out * cin  # 1x1 projection shortcut
         cin = cout
     return flops
-
-
-def test_profile_step_counts_the_convolution_flops_of_resnet18():
-    from bench.jax_step import VARIANTS, make_config
-    from bench.profile_step import conv_forward_flops
-
-    config = make_config(batch_per_view=2, overrides=VARIANTS["simclr"], width=0.125,
-                         image_size=16)
-    assert conv_forward_flops(config, 4) == _resnet18_cifar_conv_flops(4, 8, 16)
-
-
-def test_profile_step_buckets_xla_instructions_by_their_flax_scope():
-    from bench.profile_step import jax_bucket
-
-    prefix = "jit(train_step)/"
-    assert jax_bucket(prefix + "jvp(ContrastiveModel)/encoder/BasicBlock_0/Conv_1/"
-                      "conv_general_dilated") == "conv_forward"
-    assert jax_bucket(prefix + "transpose(jvp(ContrastiveModel))/encoder/BasicBlock_0/Conv_0/"
-                      "transpose(jvp())/conv_general_dilated") == "conv_backward"
-    assert jax_bucket(prefix + "transpose(jvp(ContrastiveModel))/encoder/BasicBlock_1/Conv_1/"
-                      "while/body/closed_call/dot_general") == "conv_backward"
-    assert jax_bucket(prefix + "jvp(ContrastiveModel)/encoder/BatchNorm_0/sub") == "batch_norm"
-    assert jax_bucket(prefix + "jvp(ContrastiveModel)/projector/Dense_0/dot_general") == "other"
-    assert jax_bucket("") == "other"
-
-
-def test_profile_step_maps_the_trace_of_the_real_step_to_buckets():
-    from bench.jax_step import VARIANTS, make_config
-    from bench.profile_step import profile_jax
-
-    config = make_config(batch_per_view=2, overrides=VARIANTS["simclr"], width=0.125,
-                         image_size=8)
-    result = profile_jax(config, steps=1)
-    buckets = result["bucket_seconds"]
-    # Every bucket the ResNet has shows up: the thunk names of the trace were found in the HLO.
-    assert buckets["conv_forward"] > 0 and buckets["conv_backward"] > 0 and buckets["other"] > 0
-    assert sum(buckets.values()) <= 2 * result["step_seconds"]
-    assert result["attributed_share"] == pytest.approx(
-        sum(buckets.values()) / result["step_seconds"])
-    # The thunks named after HLO instructions, by kind; the ResNet's convolutions are among them.
-    kinds = result["thunk_kind_seconds"]
-    assert kinds and all(s > 0 and not k[-1].isdigit() for k, s in kinds.items())
-    assert sum(kinds.values()) <= 2 * result["step_seconds"]
-    # CPU training step: the ResNet's fusion barriers are in the program (1 + 2 per block, each
-    # in the forward and the backward pass).
-    assert result["conditionals_in_program"] == 2 * (1 + 2 * 8)
-
-
-def test_profile_step_thunk_kinds():
-    from bench.profile_step import thunk_kind
-
-    assert thunk_kind("transpose_copy_fusion.28") == "transpose_copy_fusion"
-    assert thunk_kind("wrapped_reduce-window.160") == "wrapped_reduce-window"
-    assert thunk_kind("convolution") == "convolution"
-
-
-def test_core_scaling_host_memory_study_settings_and_ratios():
-    from bench.core_scaling import ALLOCATOR_SETTINGS, ratios, settings
-
-    todo = settings(2, "host_memory")
-    assert set(todo) == {f"{f}_{n}" for f in ("jax", "torch") for n in ALLOCATOR_SETTINGS}
-    assert todo["jax_hugetlb"]["env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert all(s["cores"] == "all" for s in todo.values())
-    median = {"jax_default": 6.0, "jax_hugetlb": 5.0, "jax_no_mmap": 6.0,
-              "jax_no_mmap_one_arena": 5.5, "torch_default": 4.0, "torch_hugetlb": 3.0,
-              "torch_no_mmap": 2.0, "torch_no_mmap_one_arena": 2.5}
-    out = ratios(median, 2, "host_memory")
-    assert out["jax_over_torch_throughput_default"] == pytest.approx(4.0 / 6.0)
-    assert out["jax_speedup_hugetlb"] == pytest.approx(1.2)
-    assert out["torch_speedup_no_mmap"] == pytest.approx(2.0)
-    assert out["jax_speedup_no_mmap_one_arena"] == pytest.approx(6.0 / 5.5)
-    assert out["jax_over_torch_throughput_best_of_each"] == pytest.approx(2.0 / 5.0)
-    with pytest.raises(ValueError, match="--study"):
-        settings(2, "bogus")
-
-
-def test_bn_attempts_reference_and_variants_agree_at_a_small_shape():
-    """The float64 closed-form reference matches Flax's BatchNorm under autodiff, and every
-    custom-VJP formulation matches it where float32 sums are still exact enough."""
-    from bench.bn_attempts import VARIANTS, max_relative_errors, reference, value_and_grads
-
-    rng = np.random.default_rng(1)
-    x = (rng.normal(size=(8, 4, 4, 6)) * 2 + 1).astype(np.float32)
-    g = rng.normal(size=x.shape).astype(np.float32)
-    scale = rng.uniform(0.5, 1.5, 6).astype(np.float32)
-    bias = rng.normal(size=6).astype(np.float32)
-    expected = reference(x, scale, bias, g)
-    # The closed form is not what autodiff computes: a wrong dx formula would show here.
-    assert np.max(np.abs(expected[1])) > 0.1
-    for name, batch_norm in VARIANTS.items():
-        out = value_and_grads(batch_norm)(*map(jnp.asarray, (x, scale, bias, g)))
-        errors = max_relative_errors(out, expected)
-        assert max(errors.values()) < 1e-4, (name, errors)
-    perturbed = (expected[0], expected[1] * 1.01, expected[2], expected[3])
-    errors = max_relative_errors(value_and_grads(VARIANTS["flax"])(
-        *map(jnp.asarray, (x, scale, bias, g))), perturbed)
-    assert errors["dx"] > 1e-3
 
 
 def test_matmul_flops_of_convolutions_dots_conds_and_scans_in_closed_form():
@@ -341,47 +224,6 @@ def test_loop_benchmark_times_train_and_evaluate_against_its_bare_step(tmp_path)
         loop.timed_interval(str(workdir / "metrics.jsonl"), 3)
 
 
-def test_multi_process_benchmark_reads_the_timed_interval_of_two_processes(tmp_path):
-    """`bench/multi_process.py` launches main.py as two processes (one CPU device each) that
-    train together; its figure is the chief's metrics.jsonl record of the second interval."""
-    import json
-
-    from bench import multi_process
-
-    workdir = tmp_path / "two"
-    seconds = multi_process.run_once(processes=2, steps=2, workdir=str(workdir),
-                                     extra_env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().split("\n")
-               if line]
-    assert [r["step"] for r in records] == [2, 4]
-    assert seconds == pytest.approx(1 / records[1]["steps_per_sec"])
-    assert json.loads((workdir / "summary.json").read_text())["num_processes"] == 2
-
-
-def test_layouts_both_dimension_numbers_compile_to_channels_minor_convolutions():
-    """`bench/layouts.py`: the NCHW and NHWC programs agree in value and gradients, and XLA:CPU
-    compiles the convolutions of both with the channels-minor physical layout (the diagnosis the
-    README reports); the NCHW program only adds data movement."""
-    from bench import layouts
-
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
-    nhwc = jax.jit(layouts.value_and_grads("NHWC"))
-    nchw = jax.jit(layouts.value_and_grads("NCHW"))
-    xn, wn = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(w, (3, 2, 0, 1))
-    (value, (dx, dw)), (value_n, (dx_n, dw_n)) = nhwc(x, w), nchw(xn, wn)
-    np.testing.assert_allclose(value_n, value, rtol=1e-5)
-    np.testing.assert_allclose(jnp.transpose(dx_n, (0, 2, 3, 1)), dx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(jnp.transpose(dw_n, (2, 3, 1, 0)), dw, rtol=1e-4, atol=1e-4)
-    facts = {name: layouts.compiled_facts(step.lower(*args).compile().as_text())
-             for name, step, args in (("NHWC", nhwc, (x, w)), ("NCHW", nchw, (xn, wn)))}
-    for entry in facts.values():
-        assert len(entry["convolutions"]) == 3
-        assert all(c.endswith("{3,2,1,0}") for c in entry["convolutions"])
-    assert sorted(facts["NCHW"]["convolutions"]) == sorted(facts["NHWC"]["convolutions"])
-    assert facts["NCHW"]["copies_and_transposes"] > facts["NHWC"]["copies_and_transposes"]
-
-
 def test_jax_step_without_donation_aliases_nothing_and_matches_the_donated_step():
     """The donation attempt's variant: the same update (same loss, same new state) with the
     state's buffers not aliased to the outputs; the donated step aliases the whole state."""
@@ -394,40 +236,6 @@ def test_jax_step_without_donation_aliases_nothing_and_matches_the_donated_step(
     assert donated.memory_stats()["alias_size_in_bytes"] > 0
     assert kept.memory_stats()["alias_size_in_bytes"] == 0
     assert donated.last_loss() == pytest.approx(kept.last_loss(), rel=1e-6)
-
-
-def test_cpu_collective_queue_at_depth_two_finishes(tmp_path):
-    """`bench/cpu_collective_queue.py`'s harness: a two-device all-gather program called with
-    at most two calls queued (what the training loop does on such runs) finishes cleanly."""
-    from bench import cpu_collective_queue
-
-    report = cpu_collective_queue.main(["--calls", "200", "--depths", "2", "--runs", "1",
-                                        "--output", str(tmp_path / "out.json")])
-    run = report["by_depth"]["2"]["runs"][0]
-    assert run["returncode"] == 0 and run["finished"] and not run["rendezvous_abort"]
-
-
-def test_xla_flags_names_the_libraries_a_compiled_convolution_uses():
-    """jaxlib's default hands the convolution to YNNPACK; the project's "none" setting keeps it
-    in XLA's own kernel, and neither program holds a oneDNN or XNNPACK call."""
-    from amcl_jax.models.fast_conv import xla_compiler_options
-    from bench.xla_flags import libraries_in
-
-    x = jnp.ones((2, 8, 8, 32))  # YNNPACK takes convolutions from 32 channels on.
-    w = jnp.ones((3, 3, 32, 32))
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    def libraries(options):
-        return libraries_in(jax.jit(conv, compiler_options=options).lower(x, w).compile()
-                            .as_text())
-
-    assert libraries(None) == ["ynnpack"]
-    assert libraries(xla_compiler_options("none", backend="cpu")) == []
-    assert libraries_in("custom-call(...), custom_call_target=\"__onednn$convolution\"") == [
-        "onednn"]
 
 
 def test_streaming_benchmark_times_both_sources_of_the_same_images(tmp_path):

@@ -16,7 +16,7 @@ BAD_VALUES = [
     ("method", "simclrr"),
     ("model.name", "resnet19"),
     ("model.stem", "tiny"),
-    ("model.conv_impl", "cudnn"),
+    ("model.conv_impl", "per_shape"),  # A formulation that lost and was removed.
     ("model.xla_cpu_ynnpack", "eigen"),
     ("model.dtype", "float16"),
     ("model.batch_norm_groups", 0),
@@ -116,12 +116,13 @@ def test_temperature_ablation_is_refused_where_the_loss_has_no_such_split():
 
 def test_xla_cpu_ynnpack_settings_and_configs_written_before_the_field():
     from amcl_jax import config as config_lib
-    from amcl_jax import models, train
+    from amcl_jax import train
+    from amcl_jax.platform import cpu
 
-    assert config_lib.XLA_CPU_YNNPACK == tuple(models.XLA_CPU_YNNPACK)
+    assert config_lib.XLA_CPU_YNNPACK == tuple(cpu.XLA_CPU_YNNPACK)
     config = get_default_config()
-    assert config.model.xla_cpu_ynnpack == models.DEFAULT_XLA_CPU_YNNPACK
-    assert train.compiler_options(config) == models.xla_compiler_options(
+    assert config.model.xla_cpu_ynnpack == cpu.DEFAULT_XLA_CPU_YNNPACK
+    assert train.compiler_options(config) == cpu.xla_compiler_options(
         config.model.xla_cpu_ynnpack)
     old = ml_collections.ConfigDict(json.loads(config.to_json()))
     del old.model["xla_cpu_ynnpack"]

@@ -1,9 +1,8 @@
-"""Tests for amcl_jax.models: ResNets, the fast-wgrad conv, projector and temperature net."""
+"""Tests for amcl_jax.models: ResNets, projector and temperature net."""
 
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,6 @@ import pytest
 from jax import lax
 
 from amcl_jax.models import (
-    XLA_CPU_YNNPACK,
     BasicBlock,
     Bottleneck,
     BoundTemperature,
@@ -23,16 +21,8 @@ from amcl_jax.models import (
     ResNet50,
     TemperatureNet,
     build_encoder,
-    conv_general_dilated_fast_wgrad,
-    conv_general_dilated_per_shape,
-    conv_general_dilated_xla_cpu,
     encoder_feature_dim,
-    fast_conv,
     feature_dim,
-    fusion_barrier,
-    keep_predicate,
-    select_conv,
-    xla_compiler_options,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -111,113 +101,13 @@ def test_resnet_rejects_unknown_stem():
 
 
 def test_build_encoder_registry():
-    model = build_encoder("resnet18", width=0.125, stem="cifar", dtype=jnp.float32,
-                          conv_impl="lax")
-    assert model.conv is lax.conv_general_dilated
+    model = build_encoder("resnet18", width=0.125, stem="cifar", dtype=jnp.float32)
+    assert isinstance(model, ResNet) and model.stage_sizes == (2, 2, 2, 2)
     assert encoder_feature_dim("resnet50", 0.5) == 1024
     with pytest.raises(ValueError, match=r"model\.name.*resnet18"):
-        build_encoder("vgg", width=1.0, stem="cifar", dtype=jnp.float32, conv_impl="lax")
+        build_encoder("vgg", width=1.0, stem="cifar", dtype=jnp.float32)
     with pytest.raises(ValueError, match=r"model\.name"):
         encoder_feature_dim("vgg", 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# fast_wgrad conv
-# ---------------------------------------------------------------------------------------------
-
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-@pytest.mark.parametrize(
-    ("kernel", "stride", "padding", "size"),
-    [
-        (3, 1, "SAME", 7),
-        (3, 2, ((1, 1), (1, 1)), 9),
-        (3, 2, "SAME", 8),
-        (1, 2, "VALID", 7),
-        (1, 1, ((0, 0), (0, 0)), 5),
-        (7, 2, ((3, 3), (3, 3)), 11),
-        (3, 1, ((2, 0), (1, -1)), 6),  # asymmetric and negative pads
-    ],
-)
-def test_fast_wgrad_matches_lax(kernel, stride, padding, size):
-    lhs = jax.random.normal(jax.random.key(0), (2, size, size + 2, 3))
-    rhs = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
-
-    def loss(conv, lhs, rhs):
-        out = conv(lhs, rhs, (stride, stride), padding, dimension_numbers=_DN)
-        return jnp.sum(jnp.sin(out)), out
-
-    (ref_loss, ref_out), ref_grads = jax.value_and_grad(
-        lambda a, b: loss(lax.conv_general_dilated, a, b), argnums=(0, 1), has_aux=True)(lhs, rhs)
-    (fast_loss, fast_out), fast_grads = jax.value_and_grad(
-        lambda a, b: loss(conv_general_dilated_fast_wgrad, a, b), argnums=(0, 1),
-        has_aux=True)(lhs, rhs)
-    np.testing.assert_allclose(fast_out, ref_out, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(fast_grads[0], ref_grads[0], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(fast_grads[1], ref_grads[1], rtol=1e-4, atol=1e-4)
-
-
-def test_fast_wgrad_bfloat16():
-    lhs = jax.random.normal(jax.random.key(0), (2, 6, 6, 3), jnp.bfloat16)
-    rhs = jax.random.normal(jax.random.key(1), (3, 3, 3, 4), jnp.bfloat16)
-
-    def grads(conv):
-        loss = lambda a, b: jnp.sum(conv(a, b, (2, 2), "SAME", dimension_numbers=_DN)
-                                    .astype(jnp.float32) ** 2)
-        return jax.jit(jax.grad(loss, argnums=(0, 1)))(lhs, rhs)
-
-    ref, fast = grads(lax.conv_general_dilated), grads(conv_general_dilated_fast_wgrad)
-    for r, f in zip(ref, fast, strict=True):
-        assert f.dtype == jnp.bfloat16
-        np.testing.assert_allclose(f.astype(np.float32), r.astype(np.float32), rtol=3e-2,
-                                   atol=3e-2)
-
-
-def test_fast_wgrad_falls_back_for_unsupported_layouts():
-    lhs = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))  # NCHW
-    rhs = jax.random.normal(jax.random.key(1), (4, 3, 3, 3))  # OIHW
-    for kwargs in ({}, {"rhs_dilation": (2, 2)}):
-
-        def loss(rhs, conv, kwargs=kwargs):
-            return jnp.sum(conv(lhs, rhs, (1, 1), "SAME", **kwargs) ** 2)
-
-        ref = jax.grad(loss)(rhs, lax.conv_general_dilated)
-        fast = jax.grad(loss)(rhs, conv_general_dilated_fast_wgrad)
-        np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize(
-    ("stage_sizes", "block_cls", "stem"),
-    [((1, 1), BasicBlock, "imagenet"), ((1,), Bottleneck, "cifar")],
-)
-def test_resnet_gradients_fast_wgrad_equal_lax(stage_sizes, block_cls, stem):
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-    make = lambda conv_impl: ResNet(stage_sizes=stage_sizes, block_cls=block_cls, width=0.125,
-                                    stem=stem, conv=select_conv(conv_impl))
-    variables = _init(make("lax"), x)
-
-    def grads(conv_impl):
-        model = make(conv_impl)
-
-        def loss(params):
-            out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                 train=True, mutable=["batch_stats"])
-            return jnp.sum(out**2)
-
-        return jax.jit(jax.grad(loss))(variables["params"])
-
-    ref, fast = grads("lax"), grads("fast_wgrad")
-    # Every conv of the model took the fast path (none fell back to the plain lax conv).
-    closed = jax.make_jaxpr(lambda x: make("fast_wgrad").apply(variables, x, train=False))(x)
-    primitives = [eqn.primitive.name for eqn in closed.jaxpr.eqns]
-    assert "conv_general_dilated" not in primitives
-    assert primitives.count("custom_vjp_call") == len(
-        [path for path, _ in jax.tree_util.tree_leaves_with_path(variables["params"])
-         if "kernel" in jax.tree_util.keystr(path)])
-    for r, f in zip(jax.tree.leaves(ref), jax.tree.leaves(fast), strict=True):
-        np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -256,154 +146,6 @@ def test_cpu_fusion_barriers_keep_values_and_gradients_and_sit_where_they_should
     # Evaluation (no backward pass) never gets them.
     features = jax.jit(lambda x: make(True).apply(variables, x, train=False))
     assert " conditional(" not in features.lower(x).compile().as_text()
-
-
-def test_fusion_barrier_is_the_identity_nan_included():
-    x = jnp.asarray([[np.nan, -0.0, 1.5], [2.0, np.inf, -3.0]], jnp.float32)
-    for value in (x, x.at[0, 0].set(0.5), x.astype(jnp.bfloat16)):
-        for keep in (None, jnp.asarray(True), jnp.asarray(False)):
-            got = jax.jit(fusion_barrier)(value, keep)
-            assert got.dtype == value.dtype
-            np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                          np.asarray(value, np.float32))
-    assert bool(keep_predicate(x[1])) and not bool(keep_predicate(x))
-    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(fusion_barrier(v) * v))(x[1]),
-                                  2 * x[1])
-
-
-def test_resnet_gradients_per_shape_equal_lax():
-    """ResNet-18-like (imagenet stem) at 16x16: every per-shape formulation is used (Winograd on
-    4x4 and 2x2, im2col on the stride-2 3x3 convs, fast_wgrad on the 7x7 stem and 1x1 shortcut)."""
-    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
-    make = lambda conv_impl: ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, width=0.125,
-                                    stem="imagenet", conv=select_conv(conv_impl))
-    variables = _init(make("lax"), x)
-
-    def grads(conv_impl):
-        def loss(params):
-            out, _ = make(conv_impl).apply(
-                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                mutable=["batch_stats"])
-            return jnp.sum(out**2)
-
-        with jax.default_matmul_precision("highest"):
-            return jax.jit(jax.grad(loss))(variables["params"])
-
-    for r, f in zip(jax.tree.leaves(grads("lax")), jax.tree.leaves(grads("per_shape")),
-                    strict=True):
-        np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-4)
-
-
-def _sin_loss(conv, lhs, rhs, stride, padding):
-    out = conv(lhs, rhs, (stride, stride), padding, dimension_numbers=_DN)
-    return jnp.sum(jnp.sin(out)), out
-
-
-def _assert_conv_matches_lax(conv, lhs, rhs, stride, padding) -> set[str]:
-    """`conv`'s output and gradients equal lax's; returns the primitives of its jaxpr."""
-    with jax.default_matmul_precision("highest"):
-        (_, want_out), want = jax.value_and_grad(
-            lambda a, b: _sin_loss(lax.conv_general_dilated, a, b, stride, padding),
-            argnums=(0, 1), has_aux=True)(lhs, rhs)
-        (_, got_out), got = jax.value_and_grad(
-            lambda a, b: _sin_loss(conv, a, b, stride, padding), argnums=(0, 1),
-            has_aux=True)(lhs, rhs)
-    np.testing.assert_allclose(got_out, want_out, rtol=1e-4, atol=1e-4)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-    return {eqn.primitive.name for eqn in jax.make_jaxpr(
-        lambda a, b: conv(a, b, (stride, stride), padding, dimension_numbers=_DN))(
-            lhs, rhs).jaxpr.eqns}
-
-
-@pytest.mark.parametrize(
-    ("stride", "padding", "size", "formulation"),
-    [
-        (2, "SAME", 8, "im2col"),
-        (2, ((1, 1), (1, 1)), 9, "im2col"),
-        (1, ((1, 1), (1, 1)), 4, "winograd"),
-        (1, "SAME", 2, "winograd"),
-        (1, "SAME", 8, "fast_wgrad"),  # above WINOGRAD_MAX_PIXELS
-        (1, "SAME", 3, "fast_wgrad"),  # odd
-        (1, "VALID", 4, "fast_wgrad"),
-    ],
-)
-def test_per_shape_conv_matches_lax_and_takes_the_measured_formulation(stride, padding, size,
-                                                                       formulation):
-    lhs = jax.random.normal(jax.random.key(0), (2, size, size, 5))
-    rhs = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
-    primitives = _assert_conv_matches_lax(conv_general_dilated_per_shape, lhs, rhs, stride,
-                                          padding)
-    took = ("fast_wgrad" if "custom_vjp_call" in primitives else
-            "lax" if "conv_general_dilated" in primitives else
-            "winograd" if "concatenate" not in primitives else "im2col")
-    assert took == formulation, primitives
-
-
-def test_select_conv():
-    assert select_conv("lax") is lax.conv_general_dilated
-    assert select_conv("fast_wgrad") is conv_general_dilated_fast_wgrad
-    assert select_conv("per_shape") is conv_general_dilated_per_shape
-    assert select_conv("xla_cpu") is conv_general_dilated_xla_cpu
-    # "auto": per_shape only where YNNPACK runs the convolutions (XLA:CPU, "jaxlib"), else lax.
-    cpu = jax.default_backend() == "cpu"
-    assert select_conv("auto") is lax.conv_general_dilated
-    for setting in ("dot", "none"):
-        assert select_conv("auto", setting) is lax.conv_general_dilated
-    assert select_conv("auto", "jaxlib") is (
-        conv_general_dilated_per_shape if cpu else lax.conv_general_dilated)
-    with pytest.raises(ValueError, match=r"model\.conv_impl.*'auto', 'lax', 'fast_wgrad', "
-                                         r"'per_shape', 'xla_cpu'"):
-        select_conv("cudnn")
-
-
-# ---------------------------------------------------------------------------------------------
-# model.xla_cpu_ynnpack: which XLA:CPU ops YNNPACK runs
-# ---------------------------------------------------------------------------------------------
-def _conv_and_dot(x, w, m):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN), x.reshape(
-        -1, x.shape[-1]) @ m
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
-@pytest.mark.parametrize("setting,ynn_conv,ynn_dot",
-                         [("jaxlib", True, True), ("dot", False, True), ("none", False, False)])
-def test_xla_cpu_ynnpack_sends_convolutions_and_dots_where_it_says(setting, ynn_conv, ynn_dot):
-    # YNNPACK takes convolutions from 32 channels on (jaxlib 0.10.2), dots of any size.
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
-    m = jax.random.normal(jax.random.key(2), (32, 24))
-    options = xla_compiler_options(setting)
-    assert (options is None) == (setting == "jaxlib")
-    compiled = jax.jit(_conv_and_dot, compiler_options=options).lower(x, w, m).compile()
-    text = compiled.as_text()
-    # An op YNNPACK runs sits inside a "ynn_fusion" computation; one XLA runs itself is a plain
-    # instruction of the entry computation (the two outputs are separate, so nothing fuses them).
-    entry = text[text.index("ENTRY"):]
-    assert (" convolution(" not in entry) == ynn_conv, entry
-    assert (" dot(" not in entry) == ynn_dot, entry
-    assert ("ynn_fusion" in text) == (ynn_conv or ynn_dot)
-    # Same values whichever library computes them.
-    with jax.default_matmul_precision("highest"):
-        want = _conv_and_dot(x, w, m)
-    for got, ref in zip(compiled(x, w, m), want, strict=True):
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-
-
-def test_xla_cpu_ynnpack_off_cpu_and_bad_values():
-    assert set(XLA_CPU_YNNPACK) == {"jaxlib", "dot", "none"}
-    for setting in XLA_CPU_YNNPACK:
-        assert xla_compiler_options(setting, backend="gpu") is None
-        assert xla_compiler_options(setting, backend="tpu") is None
-    with pytest.raises(ValueError, match=r"model\.xla_cpu_ynnpack.*'jaxlib', 'dot', 'none'"):
-        xla_compiler_options("eigen")
-
-
-def test_an_option_this_jaxlib_rejects_is_dropped_with_a_warning(monkeypatch):
-    assert not fast_conv._cpu_option_accepted("xla_cpu_experimental_ynn_fusion_type",
-                                              "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
-    monkeypatch.setattr(fast_conv, "_cpu_option_accepted", lambda name, value: False)
-    assert xla_compiler_options("dot", backend="cpu") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,10 +362,9 @@ def test_grouped_batch_norm_equals_flax_batch_norm_on_each_device_shard():
 def test_per_device_batch_norm_keeps_the_parameter_tree():
     """Checkpoints move between modes: the same variable names and shapes."""
     x = jnp.zeros((4, 8, 8, 3))
-    plain = build_encoder("resnet18", width=0.125, stem="cifar", dtype=jnp.float32,
-                          conv_impl="lax")
+    plain = build_encoder("resnet18", width=0.125, stem="cifar", dtype=jnp.float32)
     grouped = build_encoder("resnet18", width=0.125, stem="cifar", dtype=jnp.float32,
-                            conv_impl="lax", batch_norm_groups=2, batch_norm_group_rows=2)
+                            batch_norm_groups=2, batch_norm_group_rows=2)
     assert jax.tree.map(jnp.shape, _init_shapes(plain, x)) == jax.tree.map(
         jnp.shape, _init_shapes(grouped, x))
     variables = _init(grouped, x)
@@ -650,39 +391,3 @@ def test_batch_norm_mlp_heads_compute_in_bfloat16():
     reference, _ = full.apply(variables, x, train=True, mutable=["batch_stats"])
     assert out.dtype == jnp.float32 and out.shape == (2, 6, 4)
     np.testing.assert_allclose(out, reference, atol=0.1)
-
-
-@pytest.mark.parametrize(
-    ("size", "kernel", "cin", "stride", "padding", "formulation"),
-    [
-        (16, 3, 5, 2, "SAME", "phase_dgrad"),
-        (17, 3, 5, 2, ((1, 1), (1, 1)), "phase_dgrad"),  # odd input
-        (16, 3, 5, 2, ((0, 2), (1, 0)), "phase_dgrad"),  # uneven pads
-        (16, 3, 5, 3, "VALID", "phase_dgrad"),  # stride 3: 9 phases
-        (8, 3, 5, 2, "SAME", "lax"),  # below PHASE_DGRAD_MIN_PIXELS
-        (9, 1, 5, 2, "VALID", "slice_dot"),
-        (16, 1, 5, 2, "SAME", "slice_dot"),  # 1x1 SAME pads nothing
-        (8, 3, 3, 1, "SAME", "im2col"),  # the image stem
-        (8, 3, 5, 1, "SAME", "lax"),
-        (8, 1, 5, 1, "VALID", "lax"),
-    ],
-)
-def test_xla_cpu_conv_matches_lax_and_takes_its_formulation(size, kernel, cin, stride, padding,
-                                                            formulation):
-    lhs = jax.random.normal(jax.random.key(0), (2, size, size, cin))
-    rhs = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, 6))
-    primitives = _assert_conv_matches_lax(conv_general_dilated_xla_cpu, lhs, rhs, stride,
-                                          padding)
-    took = ("phase_dgrad" if "custom_vjp_call" in primitives else
-            "lax" if "conv_general_dilated" in primitives else
-            "im2col" if "concatenate" in primitives else "slice_dot")
-    assert took == formulation, primitives
-    if formulation == "phase_dgrad":  # the input gradient has no zero-dilated convolution
-        text = jax.jit(jax.grad(lambda a: _sin_loss(
-            conv_general_dilated_xla_cpu, a, rhs, stride, padding)[0])).lower(lhs).as_text()
-        dilations = re.findall(r"lhs_dilate = \[(\d+), (\d+)\]", text)
-        assert dilations and all(d == ("1", "1") for d in dilations), dilations
-        want_text = jax.jit(jax.grad(lambda a: _sin_loss(  # lax's own transpose dilates
-            lax.conv_general_dilated, a, rhs, stride, padding)[0])).lower(lhs).as_text()
-        assert any(d != ("1", "1") for d in re.findall(r"lhs_dilate = \[(\d+), (\d+)\]",
-                                                        want_text))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from amcl_jax import models
+from amcl_jax.platform import cpu
 
 # The parts of the model a momentum (EMA) network copies; the predictor and the temperature
 # network exist only online.
@@ -78,7 +79,7 @@ def batch_norm_layout(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 def xla_cpu_ynnpack(config: ml_collections.ConfigDict) -> str:
     """`model.xla_cpu_ynnpack`; a config written before the field existed gets its default."""
-    return config.model.get("xla_cpu_ynnpack", models.DEFAULT_XLA_CPU_YNNPACK)
+    return config.model.get("xla_cpu_ynnpack", cpu.DEFAULT_XLA_CPU_YNNPACK)
 
 
 def cpu_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
@@ -89,8 +90,7 @@ def cpu_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return models.build_encoder(
         config.model.name, width=config.model.width, stem=config.model.stem,
-        dtype=jnp.dtype(config.model.dtype), conv_impl=config.model.conv_impl,
-        xla_cpu_ynnpack=xla_cpu_ynnpack(config),
+        dtype=jnp.dtype(config.model.dtype),
         cpu_fusion_barriers=cpu_fusion_barriers(config),
         **batch_norm_layout(config))
 

@@ -8,17 +8,6 @@ from typing import Any
 
 import flax.linen as nn
 
-from amcl_jax.models.fast_conv import (
-    CONV_IMPLS,
-    DEFAULT_XLA_CPU_YNNPACK,
-    XLA_CPU_YNNPACK,
-    conv_general_dilated_fast_wgrad,
-    conv_general_dilated_per_shape,
-    conv_general_dilated_xla_cpu,
-    select_conv,
-    xla_compiler_options,
-    ynnpack_runs_convolutions,
-)
 from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
 from amcl_jax.models.norm import BatchNorm, make_norm
 from amcl_jax.models.resnet import (
@@ -29,13 +18,11 @@ from amcl_jax.models.resnet import (
     ResNet34,
     ResNet50,
     feature_dim,
-    fusion_barrier,
-    keep_predicate,
 )
 from amcl_jax.models.ssl_heads import CrossCorrelationTemperatures, MultiHeadMLP
 from amcl_jax.models.vit import ViT, vit_feature_dim
 
-# name -> (constructor taking width/stem/dtype/conv, feature size as a function of width).
+# name -> (constructor taking width/stem/dtype, feature size as a function of width).
 # Add new encoders (e.g. "vit_s") here.
 ENCODERS: dict[str, tuple[Callable[..., nn.Module], Callable[[float], int]]] = {
     "resnet18": (ResNet18, lambda width: feature_dim("resnet18", width)),
@@ -65,14 +52,13 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]
     return ENCODERS[name]
 
 
-def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: str,
+def build_encoder(name: str, *, width: float, stem: str, dtype: Any,
                   batch_norm_groups: int = 1, batch_norm_group_rows: int = 0,
-                  xla_cpu_ynnpack: str = DEFAULT_XLA_CPU_YNNPACK,
                   cpu_fusion_barriers: bool = True) -> nn.Module:
     """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features.
 
-    `conv_impl`, `xla_cpu_ynnpack`: as `select_conv`. `cpu_fusion_barriers`: as `ResNet`'s
-    (ResNets only; the ViTs have no BatchNorm chains for XLA:CPU to recompute).
+    `cpu_fusion_barriers`: as `ResNet`'s (ResNets only; the ViTs have no BatchNorm chains for
+    XLA:CPU to recompute).
 
     `batch_norm_groups` > 1: per-device BatchNorm statistics (`models/norm.py`); encoders
     registered without these two attributes only support the default (global statistics).
@@ -84,8 +70,7 @@ def build_encoder(name: str, *, width: float, stem: str, dtype: Any, conv_impl: 
                    "batch_norm_group_rows": batch_norm_group_rows}
     if not cpu_fusion_barriers and name.startswith("resnet"):
         options["cpu_fusion_barriers"] = False
-    return constructor(width=width, stem=stem, dtype=dtype,
-                       conv=select_conv(conv_impl, xla_cpu_ynnpack), **options)
+    return constructor(width=width, stem=stem, dtype=dtype, **options)
 
 
 def encoder_feature_dim(name: str, width: float) -> int:
@@ -95,8 +80,6 @@ def encoder_feature_dim(name: str, width: float) -> int:
 
 
 __all__ = [
-    "CONV_IMPLS",
-    "DEFAULT_XLA_CPU_YNNPACK",
     "BatchNorm",
     "ENCODERS",
     "BasicBlock",
@@ -111,17 +94,8 @@ __all__ = [
     "ResNet50",
     "TemperatureNet",
     "ViT",
-    "XLA_CPU_YNNPACK",
     "build_encoder",
-    "conv_general_dilated_fast_wgrad",
-    "conv_general_dilated_per_shape",
-    "conv_general_dilated_xla_cpu",
-    "fusion_barrier",
-    "keep_predicate",
     "encoder_feature_dim",
     "feature_dim",
     "make_norm",
-    "select_conv",
-    "xla_compiler_options",
-    "ynnpack_runs_convolutions",
 ]

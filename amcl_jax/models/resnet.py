@@ -8,56 +8,29 @@ that is the global batch, i.e. synchronized BatchNorm for free; `batch_norm_grou
 per device instead (`models/norm.py`).
 
 `cpu_fusion_barriers` (training on the CPU backend only) stores each block's activations once
-instead of letting XLA:CPU recompute them inside the backward pass (see `fusion_barrier`).
+instead of letting XLA:CPU recompute them inside the backward pass (`platform/cpu.py`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from amcl_jax.models.norm import make_norm
+from amcl_jax.platform import cpu
 
 ModuleDef = Any
 
 STEMS = ("cifar", "imagenet")
 
 
-def fusion_barrier(x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-    """x, computed once: an identity that XLA:CPU does not fuse across.
-
-    XLA:CPU duplicates cheap elementwise producers into each consumer. In a ResNet's backward
-    pass the weight gradient of every convolution starts with a transposed copy of its input,
-    and that copy recomputed the whole BatchNorm / residual-add / ReLU chain back through the
-    stage (up to three convolution outputs re-read per element) instead of reading the stored
-    activation: 1.0 s of a 4.1 s ResNet-18 step at 64 images per view on 2 cores
-    (`bench/profile_step.py`, "thunk_kind_seconds"). `lax.optimization_barrier` does not stop
-    it (XLA:CPU removes barriers before fusion); a conditional is a computation boundary it
-    keeps. Its predicate `keep` must be a runtime value, so that the branch cannot be folded
-    away: `keep_predicate(a)` of a replicated array (a parameter) adds no communication on a
-    sharded batch, where reading x's own first element would broadcast it from the device that
-    holds it (the default, for a single device). Both branches return x (the second adds 0).
-    """
-    if keep is None:
-        keep = keep_predicate(x)
-    return lax.cond(keep, lambda v: v, lambda v: v + jnp.zeros((), v.dtype), x)
-
-
-def keep_predicate(a: jax.Array) -> jax.Array:
-    """A scalar bool XLA cannot evaluate at compile time: a's first element equals itself
-    (false only if it is NaN; `fusion_barrier` returns x either way)."""
-    first = a.reshape(-1)[0]
-    return first == first
-
-
 def _barrier(x: jax.Array, keep: jax.Array | None) -> jax.Array:
-    return x if keep is None else fusion_barrier(x, keep)
+    return x if keep is None else cpu.fusion_barrier(x, keep)
 
 
 class BasicBlock(nn.Module):
@@ -75,7 +48,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """`keep`: given, a `fusion_barrier` with it on the activations the convolutions read."""
+        """`keep`: given, a `cpu.fusion_barrier` with it on the activations convolutions read."""
         residual = x
         y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
         y = _barrier(nn.relu(self.norm()(y)), keep)
@@ -132,14 +105,11 @@ class ResNet(nn.Module):
       width: multiplier on the base channel count 64 (rounded, at least 1).
       stem: "cifar" or "imagenet" (see module docstring).
       dtype: computation dtype (e.g. jnp.bfloat16); params are always float32.
-      conv: the function given to every `nn.Conv` as `conv_general_dilated`
-        (e.g. `fast_conv.conv_general_dilated_fast_wgrad`).
       batch_norm_groups, batch_norm_group_rows: BatchNorm statistics over the whole batch (1 group,
         the default) or per group of rows, i.e. per device (`models/norm.py`).
-      cpu_fusion_barriers: when training on the CPU backend, a `fusion_barrier` on the stem's
-        and every block's activations (same values; a 1.17x faster ResNet-18 step on 2 cores,
-        `bench/results/fusion_barriers_cpu.json`).
-        Never on other backends, where a conditional would cost a host round trip.
+      cpu_fusion_barriers: when training on the CPU backend, a `cpu.fusion_barrier` on the
+        stem's and every block's activations (same values; a 1.17x faster ResNet-18 step on 2
+        cores, `bench/results/fusion_barriers_cpu.json`). Never on other backends.
 
     `__call__(x, train)`: x (B, H, W, 3) -> (B, F) float32 pooled features,
     F = `ResNet.num_features` = base * 8 * expansion.
@@ -150,7 +120,6 @@ class ResNet(nn.Module):
     width: float = 1.0
     stem: str = "cifar"
     dtype: Any = jnp.float32
-    conv: Callable[..., jax.Array] = lax.conv_general_dilated
     batch_norm_groups: int = 1
     batch_norm_group_rows: int = 0
     cpu_fusion_barriers: bool = True
@@ -164,8 +133,7 @@ class ResNet(nn.Module):
         if self.stem not in STEMS:
             raise ValueError(f"model.stem must be one of {STEMS}, got {self.stem!r}")
         base = base_channels(self.width)
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 conv_general_dilated=self.conv)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
         norm = make_norm(train=train, groups=self.batch_norm_groups,
                          group_rows=self.batch_norm_group_rows, dtype=self.dtype)
         if self.stem == "cifar":
@@ -174,9 +142,9 @@ class ResNet(nn.Module):
             stem = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")
         x = nn.relu(norm(name="bn_init")(stem(x)))
         keep = None  # Only a training step has the backward pass the barriers are for.
-        if self.cpu_fusion_barriers and train and jax.default_backend() == "cpu":
+        if self.cpu_fusion_barriers and train:
             # From a (replicated) parameter: no communication on a sharded batch.
-            keep = keep_predicate(stem.variables["params"]["kernel"])
+            keep = cpu.fusion_barrier_predicate(stem.variables["params"]["kernel"])
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = _barrier(x, keep)

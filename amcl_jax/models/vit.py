@@ -72,7 +72,7 @@ class ViT(nn.Module):
       pooling: "cls" or "mean".
       patch_size: 0 = from the input size (see `auto_patch_size`), else the patch side.
       dtype: computation dtype; params are float32 and the output is float32.
-      stem, conv, batch_norm_groups, batch_norm_group_rows: accepted for the encoder registry's
+      stem, batch_norm_groups, batch_norm_group_rows: accepted for the encoder registry's
         common signature and ignored (a ViT has no BatchNorm).
     """
 
@@ -82,7 +82,6 @@ class ViT(nn.Module):
     patch_size: int = 0
     dtype: Any = jnp.float32
     stem: str = "cifar"
-    conv: Any = None
     batch_norm_groups: int = 1
     batch_norm_group_rows: int = 0
 

@@ -1,0 +1,1 @@
+"""Settings that only one backend needs, kept out of the model code (`cpu`: XLA:CPU)."""
