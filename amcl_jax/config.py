@@ -124,7 +124,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.data.load_size = -1  # > 0: resize the stored images once at load (-1: native size).
     config.data.augmentations = "abcde"
     config.data.color_jitter_strength = 0.5
-    config.data.blur_p = 0.5
+    # Per view (view v takes entry v mod the length): the paper's symmetric views; BYOL's
+    # asymmetric ones are blur (1.0, 0.1) and solarize (0.0, 0.2).
+    config.data.blur_p = (0.5, 0.5)
+    config.data.solarize_p = (0.0, 0.0)
     config.data.num_views = 2
     config.data.max_train_examples = -1  # > 0: pretrain on a fixed random subset (cpu scale).
     # Image folders: "skip" drops (and reports) files that cannot be decoded, "fail" stops.

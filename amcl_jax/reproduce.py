@@ -1,25 +1,32 @@
 """Regenerate a table of the paper with one command, our numbers beside the published ones.
 
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=cpu \
-        --data_dir=../shared/data/cifar10-jpeg.tar.gz --methods=simclr --workdir=runs/table_aug
+        --data_dir=/data/cifar10-jpeg.tar.gz --methods=simclr --workdir=runs/table_aug
 
 A table spec (`configs/paper/<table>.py`, `get_table() -> Table`) lists rows: a method, AMCL on
 or off, config overrides (augmentation letters, number of heads...), and the published value to
-compare with. `reproduce` pretrains every (row, seed) in `<workdir>/runs/<row>/seed<s>/`:
+compare with. Every row starts from its method's own config (`recipes.method_config`:
+`configs/cifar10_<method>.py` or `configs/cifar10_amcl_<method>.py`, with that method's heads,
+learning rate and temperature bounds), then takes the scale's sizes, `--set`, the table's and the
+row's overrides. `reproduce` pretrains every (row, seed) in `<workdir>/runs/<row>/seed<s>/`:
 
 - a run whose `summary.json` exists is finished and skipped; an interrupted run resumes from its
   checkpoint (the trainer auto-resumes), so re-running the command continues where it stopped;
-- a row whose method is not registered (`amcl_jax.methods`) is reported "method not available",
-  a row overriding a config field that does not exist "config field not available";
+- a row whose method is not registered (`amcl_jax.methods`) or has no config file (BYOL with
+  AMCL) is reported "method not available", a row overriding a config field that does not exist
+  "config field not available";
+- a preempted run (SIGTERM) checkpoints and ends the command with one line; the same command
+  continues;
 - per row, mean +- std (sample std, ddof=1) over seeds of the kNN top-1 (best over evaluations
   and final), optionally of a linear probe; written to `table.md`, `table.json` and `table.png`.
 
 Scales (`scale_config`):
-  full   the paper's protocol: CIFAR-10, ResNet-18 (CIFAR stem), batch 512, 800 epochs, kNN
-         k=200 T=0.1 on the full train/test splits every 20 epochs; per-method learning rates of
-         the released code (SimCLR/AMCL 0.06, MoCo 0.08, SimSiam 0.05, Barlow Twins 0.11).
+  full   the paper's protocol, the method's config unchanged: CIFAR-10, ResNet-18 (CIFAR
+         stem), batch 512, 800 epochs, kNN k=200 T=0.1 on the full train/test splits every 20
+         epochs, the method's heads and learning rate of the released code.
   cpu    fits a 2-core CPU: a fixed 10,000-image subset of the CIFAR-10 training split,
-         ResNet-18 at width 0.25 (CIFAR stem), heads 128-64, batch 128, 300 steps (~3.8 epochs
+         ResNet-18 at width 0.25 (CIFAR stem), projector 128-64 (the method's number of layers
+         and predictor), batch 128, 300 steps (~3.8 epochs
          of the subset), kNN on that 10,000-image bank and 2,000 test queries at steps 0, 150
          and 300; ~8-10 minutes per run on 2 idle cores (estimated from CPU time, ~3 CPU-s per
          step; far below the paper's accuracy, meant to compare rows with each other).
@@ -28,7 +35,6 @@ Scales (`scale_config`):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
 import json
@@ -40,12 +46,28 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 SCALES = ("full", "cpu", "smoke")
 METRICS = ("knn_top1_best", "knn_top1")
-# The released code's learning rates (spec); applied unless a row overrides the field.
-METHOD_LEARNING_RATES = {"simclr": 0.06, "moco": 0.08, "simsiam": 0.05, "barlow_twins": 0.11}
+# What each scale changes in a method's config ("full" is the config itself).
+SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "cpu": {
+        "data.max_train_examples": 10_000, "model.width": 0.25,
+        "projector.hidden_dim": 128, "projector.out_dim": 64, "amcl.temperature_hidden_dim": 64,
+        "batch_size": 128, "total_steps": 300, "log_every_steps": 25, "eval.every_steps": 150,
+        "eval.max_query_examples": 2000, "checkpoint.every_steps": 50,
+    },
+    "smoke": {
+        "data.dataset": "digits", "data.image_size": 8, "data.load_size": 8,
+        "model.width": 0.125, "projector.hidden_dim": 16, "projector.out_dim": 8,
+        "predictor.hidden_dim": 16, "amcl.temperature_hidden_dim": 8, "batch_size": 16,
+        "total_steps": 4, "log_every_steps": 2, "eval.every_steps": 2, "eval.batch_size": 64,
+        "eval.knn_k": 5, "eval.max_bank_examples": 200, "eval.max_query_examples": 100,
+        "checkpoint.every_steps": 2,
+    },
+}
 UNAVAILABLE_METHOD = "method not available"
 UNAVAILABLE_FIELD = "config field not available"
 
@@ -94,44 +116,14 @@ class Table:
 # --------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------
-def scale_config(scale: str, data_dir: str = "") -> ml_collections.ConfigDict:
-    """The base config of every row at `scale` (module docstring)."""
+def scale_config(scale: str, data_dir: str = "", *, method: str = "simclr",
+                 amcl: bool = False) -> ml_collections.ConfigDict:
+    """`method`'s own config (`recipes.method_config`) at `scale` (module docstring)."""
     if scale not in SCALES:
         raise ValueError(f"--scale={scale!r}: allowed values are {', '.join(SCALES)}")
-    config = get_default_config()
-    config.data.dataset = "cifar10"
-    if scale == "full":
-        config.eval.every_steps = 1955  # 20 epochs at batch 512.
-        config.checkpoint.every_steps = 977
-    elif scale == "cpu":
-        config.data.max_train_examples = 10_000
-        config.model.width = 0.25
-        config.projector.hidden_dim = 128
-        config.projector.out_dim = 64
-        config.amcl.temperature_hidden_dim = 64
-        config.batch_size = 128
-        config.total_steps = 300
-        config.log_every_steps = 25
-        config.eval.every_steps = 150
-        config.eval.max_query_examples = 2000
-        config.checkpoint.every_steps = 50
-    else:
-        config.data.dataset = "digits"
-        config.data.image_size = 8
-        config.data.load_size = 8
-        config.model.width = 0.125
-        config.projector.hidden_dim = 16
-        config.projector.out_dim = 8
-        config.amcl.temperature_hidden_dim = 8
-        config.batch_size = 16
-        config.total_steps = 4
-        config.log_every_steps = 2
-        config.eval.every_steps = 2
-        config.eval.batch_size = 64
-        config.eval.knn_k = 5
-        config.eval.max_bank_examples = 200
-        config.eval.max_query_examples = 100
-        config.checkpoint.every_steps = 2
+    config = recipes.method_config(method, amcl)
+    for key, value in SCALE_OVERRIDES[scale].items():
+        _set_field(config, key, value)
     if data_dir:
         config.data.data_dir = data_dir
     return config
@@ -164,20 +156,23 @@ def _set_field(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     node[name] = value
 
 
-def row_config(base: ml_collections.ConfigDict, table: Table, scale: str, row: Row,
-               seed: int) -> tuple[ml_collections.ConfigDict | None, str]:
-    """(config, "") for a runnable (row, seed), or (None, why not)."""
+def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str = "",
+               overrides: dict[str, Any] | None = None
+               ) -> tuple[ml_collections.ConfigDict | None, str]:
+    """(config, "") for a runnable (row, seed), or (None, why not).
+
+    The row's method config at `scale`, then `overrides` (`--set`), the table's overrides for the
+    scale and the row's own.
+    """
     from amcl_jax import methods
 
-    if row.method not in methods.available():
+    if row.method not in methods.available() or not os.path.exists(
+            recipes.config_path(row.method, row.amcl)):
         return None, UNAVAILABLE_METHOD
-    config = copy.deepcopy(base)
-    config.method = row.method
-    config.amcl.enabled = row.amcl
+    config = scale_config(scale, data_dir, method=row.method, amcl=row.amcl)
     config.seed = seed
-    if row.method in METHOD_LEARNING_RATES:
-        config.optimizer.learning_rate = METHOD_LEARNING_RATES[row.method]
-    for key, value in {**table.scale_overrides.get(scale, {}), **row.overrides}.items():
+    for key, value in {**(overrides or {}), **table.scale_overrides.get(scale, {}),
+                       **row.overrides}.items():
         if not _has_field(config, key):
             return None, f"{UNAVAILABLE_FIELD}: {key}"
         _set_field(config, key, value)
@@ -190,8 +185,30 @@ def row_config(base: ml_collections.ConfigDict, table: Table, scale: str, row: R
     return config, ""
 
 
+def select_rows(table: Table, methods: tuple[str, ...] | None = None,
+                rows: tuple[str, ...] | None = None) -> list[Row]:
+    """The rows of these methods (all when None) whose name contains one of `rows` (any when
+    None); ValueError when none is left."""
+    selected = [r for r in table.rows
+                if (not methods or r.method in methods)
+                and (not rows or any(s in r.name for s in rows))]
+    if not selected:
+        raise ValueError("no table row matches --methods/--rows")
+    return selected
+
+
+def check_overrides(scale: str, overrides: dict[str, Any] | None) -> None:
+    """ValueError naming the first `--set` field that no config has."""
+    base = scale_config(scale)
+    for key in overrides or {}:
+        if not _has_field(base, key):
+            raise ValueError(f"override {key!r} is not a config field")
+
+
 def load_table(path: str) -> Table:
-    """`get_table()` of a table spec file (configs/paper/<table>.py)."""
+    """`get_table()` of a table spec file, given as a path or as a name of configs/paper/."""
+    if not os.path.exists(path) and os.sep not in path and not path.endswith(".py"):
+        path = os.path.join(recipes.CONFIG_DIR, "paper", f"{path}.py")
     module_name = "amcl_table_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -236,7 +253,7 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, linear_probe: bo
         log(f"  {'resuming' if resumed else 'running'}: {run_dir}")
         summary = train.train_and_evaluate(config, run_dir)
         if summary.get("preempted"):
-            raise KeyboardInterrupt(f"preempted during {run_dir}; run the command again")
+            raise Preempted(run_dir)
     if linear_probe:
         from amcl_jax.evaluate import linear_probe as probe_lib
 
@@ -248,6 +265,14 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, linear_probe: bo
             probe = probe_lib.run_linear_probe(run_dir, probe_config)
         summary = dict(summary, linear_probe_top1=probe["top1"], linear_probe_top5=probe["top5"])
     return summary
+
+
+class Preempted(Exception):
+    """A run stopped on a preemption signal after writing its checkpoint."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(f"preempted during {run_dir}; its checkpoint is written: run the same "
+                         "command again to continue")
 
 
 def _aggregate(values: list[float]) -> dict[str, Any]:
@@ -266,18 +291,14 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
 
     methods: keep only rows of these methods; rows: keep rows whose name contains one of these
     strings; overrides: extra "section.field" values for every row (after the scale's).
+    Raises `Preempted` when a run is preempted (after its checkpoint).
     """
-    base = scale_config(scale, data_dir)
+    check_overrides(scale, overrides)
+    base = scale_config(scale, data_dir)  # The protocol text's.
     for key, value in (overrides or {}).items():
-        if not _has_field(base, key):
-            raise ValueError(f"override {key!r} is not a config field")
         _set_field(base, key, value)
     seeds = tuple(seeds) if seeds else tuple(table.seeds[scale])
-    selected = [r for r in table.rows
-                if (not methods or r.method in methods)
-                and (not rows or any(s in r.name for s in rows))]
-    if not selected:
-        raise ValueError("no table row matches --methods/--rows")
+    selected = select_rows(table, methods, rows)
     os.makedirs(workdir, exist_ok=True)
     probe_config = probe_config_for_scale(scale) if linear_probe else None
     results = []
@@ -289,7 +310,8 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
             "overrides": dict(row.overrides), "seeds": list(seeds),
             "published": None if row.published is None else dataclasses.asdict(row.published),
         }
-        config, why_not = row_config(base, table, scale, row, seeds[0])
+        config, why_not = row_config(table, scale, row, seeds[0], data_dir=data_dir,
+                                     overrides=overrides)
         if config is None:
             log(f"  skipped: {why_not}")
             entry.update(status=why_not, ours=None, config=None)
@@ -300,7 +322,8 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
         summaries = []
         try:
             for seed in seeds:
-                config, _ = row_config(base, table, scale, row, seed)
+                config, _ = row_config(table, scale, row, seed, data_dir=data_dir,
+                                       overrides=overrides)
                 run_dir = os.path.join(workdir, "runs", row.name, f"seed{seed}")
                 summaries.append(run_one(config, run_dir, linear_probe=linear_probe,
                                          probe_config=probe_config, log=log))
@@ -349,8 +372,9 @@ def protocol_text(config: ml_collections.ConfigDict, scale: str, linear_probe: b
         f"({cap(train_size, 'training images')} of split `{config.data.train_split}`), "
         f"{config.model.name} (width {config.model.width}, {config.model.stem} stem) at "
         f"{config.data.image_size}x{config.data.image_size}, batch {config.batch_size}, {epochs}, "
-        f"{config.optimizer.name} with a {config.optimizer.schedule} schedule (per-method "
-        f"learning rates of the released code). Metric: weighted kNN top-1 (%) with "
+        f"{config.optimizer.name} with a {config.optimizer.schedule} schedule; every row "
+        f"starts from its method's own config (heads, learning rate of the released code). "
+        f"Metric: weighted kNN top-1 (%) with "
         f"k={config.eval.knn_k}, T={config.eval.knn_temperature}, cosine similarity on "
         f"L2-normalised backbone features, bank = {bank_text}, queries = "
         f"{cap(config.eval.max_query_examples, 'images')} of `{config.data.eval_test_split}`, "
@@ -505,9 +529,12 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m amcl_jax.reproduce", description=__doc__,
+    from amcl_jax.errors import UsageParser, usage_call
+
+    parser = UsageParser(prog="python -m amcl_jax.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", required=True, help="configs/paper/<table>.py")
+    parser.add_argument("--table", required=True,
+                        help="configs/paper/<table>.py, or its name (e.g. heads)")
     parser.add_argument("--scale", required=True, choices=SCALES)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data_dir", default="", help="config.data.data_dir for every row")
@@ -521,7 +548,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="list the runs and stop")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    table = load_table(args.table)
+    table = usage_call("--table", load_table, args.table)
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -529,21 +556,31 @@ def main(argv=None) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value  # A plain string, e.g. data.augmentations=abc.
-    seeds = tuple(int(s) for s in _split(args.seeds) or ()) or None
+    seeds = usage_call("--seeds", lambda: tuple(int(s) for s in _split(args.seeds) or ()) or None)
+    usage_call("--set", check_overrides, args.scale, overrides)
+    usage_call("--methods/--rows", select_rows, table, _split(args.methods), _split(args.rows))
     if args.dry_run:
-        base = scale_config(args.scale, args.data_dir)
-        for row in table.rows:
-            config, why_not = row_config(base, table, args.scale, row, 0)
+        check_overrides(args.scale, overrides)
+        for row in select_rows(table, _split(args.methods), _split(args.rows)):
+            config, why_not = row_config(table, args.scale, row, 0, data_dir=args.data_dir,
+                                         overrides=overrides)
             print(f"{row.name}: {why_not or 'runs'} x seeds "
                   f"{list(seeds or table.seeds[args.scale])}")
         return 0
-    reproduce(table, args.scale, args.workdir, data_dir=args.data_dir, seeds=seeds,
-              methods=_split(args.methods), rows=_split(args.rows),
-              linear_probe=args.linear_probe, overrides=overrides,
-              command=" ".join(["python -m amcl_jax.reproduce", *(argv or sys.argv[1:])]))
+    try:
+        reproduce(table, args.scale, args.workdir, data_dir=args.data_dir, seeds=seeds,
+                  methods=_split(args.methods), rows=_split(args.rows),
+                  linear_probe=args.linear_probe, overrides=overrides,
+                  command=" ".join(["python -m amcl_jax.reproduce", *(argv or sys.argv[1:])]))
+    except (Preempted, KeyboardInterrupt) as stop:
+        # One line, no traceback: finished runs are kept and the same command continues.
+        print(f"reproduce: {stop or 'interrupted'}", file=sys.stderr, flush=True)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
     print(f"wrote {os.path.join(args.workdir, 'table.md')}, table.json, table.png")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from amcl_jax.errors import run_command
+
+    sys.exit(run_command(main))

@@ -39,7 +39,7 @@ def get_config():
     config.data.eval_test_split = "val"  # TFDS: "validation" (mapped automatically).
     config.data.load_size = 160
     config.data.image_size = 224
-    config.data.blur_p = 0.5
+    config.data.blur_p = (0.5, 0.5)
     config.model.stem = "imagenet"
     config.batch_size = 256
     config.num_epochs = 200

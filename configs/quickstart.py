@@ -5,7 +5,8 @@
     python main.py --config=configs/quickstart.py:method=moco,amcl=true --workdir=runs/qs_amcl_moco
 
 Methods: simclr, moco, simsiam, barlow_twins (each with amcl=true|false) and byol (amcl=false
-only); `_method_defaults` sets each method's base-repository learning rate and heads.
+only). Each starts from its own CIFAR-10 config (`recipes.method_config`: learning rate, number
+of layers, temperature bounds, method fields), scaled down here (`_method_sizes`).
 
 The digits ship inside scikit-learn, so this needs no download. A quarter-width ResNet-18 (CIFAR
 stem) pretrains on the 1,500 training digits at 16x16; kNN (k=200, T=0.1) on the 297 held-out
@@ -13,7 +14,7 @@ digits is reported at step 0 (the random-init reference) and at the end. The REA
 figures come from exactly this command.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def _parse(arg: str) -> dict[str, str]:
@@ -30,13 +31,12 @@ def _parse(arg: str) -> dict[str, str]:
 
 def get_config(arg: str = ""):
     args = _parse(arg)
-    config = get_default_config()
-    config.method = args.get("method", "simclr")
+    method = args.get("method", "simclr")
     # BYOL has no AMCL form (the paper gives no equation for it): plain by default.
-    amcl = args.get("amcl", "false" if config.method == "byol" else "true").lower()
+    amcl = args.get("amcl", "false" if method == "byol" else "true").lower()
     if amcl not in ("true", "false"):
         raise ValueError(f"config argument amcl={amcl!r}: allowed values are true, false")
-    config.amcl.enabled = amcl == "true"
+    config = recipes.method_config(method, amcl == "true")
 
     config.data.dataset = "digits"
     config.data.image_size = 16
@@ -51,31 +51,22 @@ def get_config(arg: str = ""):
     config.projector.hidden_dim = 128
     config.projector.out_dim = 64
 
-    config.optimizer.learning_rate = 0.06
     config.optimizer.warmup_steps = 10
     config.eval.every_steps = 125
     config.eval.knn_k = 50
     config.checkpoint.every_steps = 125
-    _method_defaults(config)
+    _method_sizes(config)
     return config
 
 
-def _method_defaults(config) -> None:
-    """The base repository's learning rates and heads, scaled down like the rest of this file."""
+def _method_sizes(config) -> None:
+    """Each method's heads (and MoCo's queue) scaled down like the rest of this file."""
     if config.method == "moco":
-        config.optimizer.learning_rate = 0.08
         config.moco.queue_size = 1024  # The 1,500 digits x 2 views would be stale in 4096.
     elif config.method == "simsiam":
-        config.optimizer.learning_rate = 0.05
-        config.projector.num_layers = 3
         config.predictor.hidden_dim = 32
-        config.amcl.temperature_bounds = (0.5, 2.0)  # Eq. 2.2 degenerates near 0 (simsiam.py).
     elif config.method == "barlow_twins":
-        config.optimizer.learning_rate = 0.11
         config.projector.hidden_dim = 256
         config.projector.out_dim = 256
-        config.projector.num_layers = 3
-        config.amcl.temperature_bounds = (0.5, 2.0)  # Eq. 2.3 degenerates near 0.
     elif config.method == "byol":
-        config.optimizer.learning_rate = 0.05  # SimSiam's (methods/byol.py).
         config.predictor.hidden_dim = 128

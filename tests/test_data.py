@@ -468,3 +468,22 @@ def test_a_streamed_file_that_cannot_be_decoded_is_named(tmp_path):
     # In memory the same folder loads without the file (reported), as before.
     images, kept_labels, _ = load_split("x", "train", data_dir=str(tmp_path), image_size=8)
     assert len(images) == len(kept_labels) == 9
+
+
+def test_blur_and_solarize_probabilities_per_view():
+    """A per-view pair (BYOL's solarize 0 / 0.2, here 0 / 1) applies each entry to its view."""
+    from amcl_jax.data.pipeline import per_view
+
+    assert per_view(0.5, 2) == (0.5, 0.5)
+    assert per_view((1.0, 0.1), 4) == (1.0, 0.1, 1.0, 0.1)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        per_view((0.5, 1.5), 2)
+    images = np.tile(np.linspace(0, 255, 8, dtype=np.uint8)[None, :, None, None], (4, 1, 8, 3))
+    batch = next(train_iterator(
+        images, np.zeros(4, np.int64), global_batch_size=4, seed=0, start_step=0,
+        augmentations="", image_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        solarize_p=(0.0, 1.0)))
+    plain = images.astype(np.float32) / 255
+    np.testing.assert_allclose(batch["views"][0], plain, atol=1e-6)
+    np.testing.assert_allclose(batch["views"][1], np.where(plain >= 0.5, 1 - plain, plain),
+                               atol=1e-6)

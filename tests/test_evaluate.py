@@ -104,6 +104,14 @@ def test_figures_are_written(workdir):
     assert all(lower <= t <= upper for t in numbers["neg_tau"]["mean"])
 
 
+def test_figures_draw_each_methods_own_constant_temperature():
+    from amcl_jax import recipes
+
+    constant = lambda method: figures.constant_temperature(recipes.method_config(method, False))
+    assert constant("moco") == 0.1 and constant("simclr") == 0.5  # MoCo's, not SimCLR's.
+    assert constant("byol") is None  # No temperature in its loss: no line drawn.
+
+
 def test_knn_mode_on_a_projection_head(workdir, capsys):
     cli.run_mode("knn", workdir, knn_k=3, feature_layer="head1")
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from amcl_jax import reproduce, train
+from amcl_jax import recipes, reproduce, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_TABLES = ("augmentations", "heads", "temperature", "amcl_choices")
@@ -32,11 +32,10 @@ def get_table():
 def test_paper_tables_expand_to_valid_configs(name):
     table = reproduce.load_table(os.path.join(ROOT, "configs", "paper", f"{name}.py"))
     for scale in reproduce.SCALES:
-        base = reproduce.scale_config(scale)
         assert len(table.seeds[scale]) >= 1
         runnable = []
         for row in table.rows:
-            config, why_not = reproduce.row_config(base, table, scale, row, 0)
+            config, why_not = reproduce.row_config(table, scale, row, 0)
             assert (config is None) == bool(why_not)
             if config is not None:
                 runnable.append(row)
@@ -102,7 +101,7 @@ def test_a_changed_config_is_refused(tmp_path):
     spec.write_text(TINY_SPEC)
     table = reproduce.load_table(str(spec))
     row = table.rows[0]
-    config, _ = reproduce.row_config(reproduce.scale_config("smoke"), table, "smoke", row, 0)
+    config, _ = reproduce.row_config(table, "smoke", row, 0)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"seed": 123}))
@@ -114,3 +113,109 @@ def test_aggregate_uses_sample_std_in_percent():
     stats = reproduce._aggregate([0.5, 0.7])
     assert stats["mean"] == pytest.approx(60.0) and stats["std"] == pytest.approx(14.1421356)
     assert reproduce._aggregate([0.5])["std"] is None
+
+
+METHOD_ROWS_SPEC = '''
+from amcl_jax.reproduce import Row, Table
+
+
+def get_table():
+    return Table(
+        name="methods", title="one row per method",
+        rows=(Row("simclr", True), Row("moco", False), Row("simsiam", True),
+              Row("barlow_twins", False), Row("barlow_twins", True, {"optimizer.warmup_steps": 7}),
+              Row("byol", True)),
+        seeds={"full": (0,), "cpu": (0,), "smoke": (0,)})
+'''
+
+
+def _table(tmp_path, text: str) -> reproduce.Table:
+    spec = tmp_path / "spec.py"
+    spec.write_text(text)
+    return reproduce.load_table(str(spec))
+
+
+def test_full_scale_rows_are_their_methods_own_configs(tmp_path):
+    """Not the default config plus a learning rate: Barlow Twins keeps its 2048-wide three-layer
+    projector, SimSiam its heads, the AMCL rows their own temperature bounds."""
+    table = _table(tmp_path, METHOD_ROWS_SPEC)
+    for row in table.rows[:-1]:
+        config, why_not = reproduce.row_config(table, "full", row, 3)
+        assert why_not == "", row.name
+        expected = recipes.method_config(row.method, row.amcl)
+        expected.seed = 3
+        for key, value in row.overrides.items():
+            section, field = key.split(".")
+            expected[section][field] = value
+        assert config.to_dict() == expected.to_dict(), row.name
+    barlow, _ = reproduce.row_config(table, "full", table.rows[3], 0)
+    assert (barlow.projector.hidden_dim, barlow.projector.out_dim,
+            barlow.projector.num_layers) == (2048, 2048, 3)
+    # At a smaller scale the sizes shrink, the method's other settings stay.
+    moco, _ = reproduce.row_config(table, "cpu", table.rows[1], 0)
+    own = recipes.method_config("moco", False)
+    assert moco.optimizer.learning_rate == own.optimizer.learning_rate
+    assert moco.moco.temperature == own.moco.temperature and moco.model.width == 0.25
+    # BYOL has no AMCL config: the row is reported, not run from another method's settings.
+    assert reproduce.row_config(table, "full", table.rows[-1], 0) == (
+        None, reproduce.UNAVAILABLE_METHOD)
+
+
+def test_method_config_names_a_missing_file():
+    with pytest.raises(ValueError, match="cifar10_amcl_byol.py"):
+        recipes.method_config("byol", True)
+
+
+def test_dry_run_honours_methods_rows_and_set(tmp_path, capsys):
+    spec = tmp_path / "spec.py"
+    spec.write_text(METHOD_ROWS_SPEC)
+    common = ["--table", str(spec), "--scale=smoke", f"--workdir={tmp_path / 'w'}", "--dry_run"]
+    assert reproduce.main([*common, "--methods=barlow_twins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "barlow_twins-base", "barlow_twins-amcl-warmup_steps=7"]
+    assert reproduce.main([*common, "--rows=simsiam,moco"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "moco-base", "simsiam-amcl"]
+    assert reproduce.main([*common, "--methods=simclr", "--set=optimizer.name=adamw"]) == 0
+    assert "invalid config: config.optimizer.name='adamw'" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no_such_field"):
+        reproduce.main([*common, "--set=amcl.no_such_field=1"])
+
+
+def test_a_preempted_reproduce_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "tiny.py"
+    spec.write_text(TINY_SPEC)
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, path: {"preempted": True})
+    code = reproduce.main(["--table", str(spec), "--scale=smoke",
+                           f"--workdir={tmp_path / 'w'}", "--rows=simclr-base-augmentations"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 143 and len(err) == 1, err
+    assert err[0].startswith("reproduce: preempted during ") and "again" in err[0]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("method,amcl", [
+    ("simclr", True), ("moco", False), ("simsiam", True), ("barlow_twins", True), ("byol", False)])
+def test_quickstart_takes_each_methods_settings_from_its_config(method, amcl):
+    """One source of per-method settings: the quickstart differs from the method's CIFAR-10
+    config only in sizes (data, widths, steps), never in learning rate, layers or bounds."""
+    quick = recipes.load_config_file(os.path.join(ROOT, "configs", "quickstart.py"),
+                                     f"method={method},amcl={str(amcl).lower()}")
+    own = recipes.method_config(method, amcl)
+    quick, own = _flat(quick.to_dict()), _flat(own.to_dict())
+    differ = {key for key in quick.keys() | own.keys() if quick.get(key) != own.get(key)}
+    sizes = {"batch_size", "total_steps", "log_every_steps", "model.width", "moco.queue_size",
+             "projector.hidden_dim", "projector.out_dim", "predictor.hidden_dim",
+             "optimizer.warmup_steps", "checkpoint.every_steps"}
+    assert {key for key in differ if not key.startswith(("data.", "eval."))} <= sizes, differ
+    assert quick["optimizer.learning_rate"] == own["optimizer.learning_rate"]

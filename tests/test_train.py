@@ -216,3 +216,28 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
     assert train.params_sha256(plain.params) == train.params_sha256(probed.params)
     assert not plain.probe and "probe_loss" in probed_metrics
     assert float(jnp.abs(probed.probe["params"]["kernel"]).sum()) > 0  # The probe did move.
+
+
+class _StopAtTheInputPipeline(Exception):
+    pass
+
+
+def test_per_view_blur_and_solarize_reach_the_views_and_the_callers_config_is_kept(
+        tmp_path, monkeypatch):
+    """BYOL's asymmetric views (blur 1.0/0.1, solarize 0/0.2) reach the input pipeline, and
+    train_and_evaluate writes (online_probe.num_classes, ...) only into its own copy."""
+    config = tiny_config(**{"data.dataset": "digits", "data.blur_p": (1.0, 0.1),
+                            "data.solarize_p": (0.0, 0.2), "online_probe.enabled": True,
+                            "eval.max_bank_examples": 64, "eval.max_query_examples": 32})
+    before = config.to_dict()
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise _StopAtTheInputPipeline
+
+    monkeypatch.setattr(train.data_lib, "train_iterator", record)
+    with pytest.raises(_StopAtTheInputPipeline):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert seen["blur_p"] == (1.0, 0.1) and seen["solarize_p"] == (0.0, 0.2)
+    assert config.to_dict() == before

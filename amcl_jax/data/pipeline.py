@@ -69,6 +69,17 @@ def _normalise(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (image - mean) / std
 
 
+def per_view(probability: float | Sequence[float], num_views: int) -> tuple[float, ...]:
+    """One probability per view: a number serves every view; a sequence (e.g. BYOL's
+    asymmetric blur (1.0, 0.1)) gives view v its entry v mod its length."""
+    values = (tuple(float(p) for p in probability) if isinstance(probability, Sequence)
+              else (float(probability),))
+    if not values or not all(0.0 <= p <= 1.0 for p in values):
+        raise ValueError(f"probability {probability!r}: a number or a per-view sequence of "
+                         "numbers in [0, 1]")
+    return tuple(values[view % len(values)] for view in range(num_views))
+
+
 def example_index(
     position: tf.Tensor, *, seed: int, num_examples: int
 ) -> tf.Tensor:
@@ -99,8 +110,8 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     color_jitter_strength: float = 0.5,
-    blur_p: float = 0.5,
-    solarize_p: float = 0.0,
+    blur_p: float | Sequence[float] = 0.5,
+    solarize_p: float | Sequence[float] = 0.0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches for this process, starting at global step `start_step`.
 
@@ -108,6 +119,7 @@ def train_iterator(
       images: (N, H, W, 3) uint8 or `ImageFiles`; labels: (N,) int.
       augmentations: paper letters, e.g. "abcde" (see `augment.make_view_fn`).
       mean, std: per-channel constants for (x - mean) / std on pixels in [0, 1].
+      blur_p, solarize_p: for every view, or per view (`per_view`).
 
     Yields:
       {"views": (num_views, B_local, S, S, 3) float32 normalised,
@@ -122,13 +134,17 @@ def train_iterator(
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
     num_examples = len(images)
-    view_fn = make_view_fn(
-        augmentations,
-        image_size=image_size,
-        color_jitter_strength=color_jitter_strength,
-        blur_p=blur_p,
-        solarize_p=solarize_p,
-    )
+    view_fns = [
+        make_view_fn(
+            augmentations,
+            image_size=image_size,
+            color_jitter_strength=color_jitter_strength,
+            blur_p=blur,
+            solarize_p=solarize,
+        )
+        for blur, solarize in zip(per_view(blur_p, num_views), per_view(solarize_p, num_views),
+                                  strict=True)
+    ]
     read_image = _image_reader(images)
     labels_t = tf.constant(labels.astype(np.int32))
     augment_seed = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
@@ -145,7 +161,8 @@ def train_iterator(
         example_seed = tf.random.experimental.stateless_fold_in(augment_seed, position)
         views = [
             _normalise(
-                view_fn(image, tf.random.experimental.stateless_fold_in(example_seed, view)),
+                view_fns[view](image,
+                               tf.random.experimental.stateless_fold_in(example_seed, view)),
                 mean,
                 std,
             )

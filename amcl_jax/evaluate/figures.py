@@ -32,6 +32,14 @@ from amcl_jax.evaluate import common
 PAIR_TEMPERATURE_METHODS = ("simclr", "moco")
 
 
+def constant_temperature(config) -> float | None:
+    """The method's own global temperature without AMCL (SimCLR's `simclr.temperature`, MoCo's
+    `moco.temperature`); None for the methods whose loss has none."""
+    if config.method not in PAIR_TEMPERATURE_METHODS:
+        return None
+    return float(config[config.method].temperature)
+
+
 def _pyplot():
     import matplotlib
 
@@ -65,8 +73,9 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
         anchors = z_a[:, :max_anchors]
         neg_cos = jnp.einsum("cad,cbd->cab", anchors, z_b)  # (C, A, B); diagonal = positives
         off_diagonal = ~jnp.eye(anchors.shape[1], batch, dtype=bool)
-        if tau_net is None:
-            tau = jnp.full((1,), config.simclr.temperature, jnp.float32)
+        if tau_net is None:  # A constant (drawn as a line); NaN for a method without one.
+            constant = constant_temperature(config)
+            tau = jnp.full((1,), np.nan if constant is None else constant, jnp.float32)
             return pos_cos, neg_cos, off_diagonal, tau, tau
         pos_tau = tau_net(z_a, z_b)
         neg_tau = tau_net.pair_grid(anchors, z_b)
@@ -78,7 +87,7 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
         images, labels, global_batch_size=batch_size, seed=0, start_step=0,
         augmentations=config.data.augmentations, image_size=config.data.image_size,
         num_views=2, mean=mean, std=std, color_jitter_strength=config.data.color_jitter_strength,
-        blur_p=config.data.blur_p)
+        blur_p=config.data.blur_p, solarize_p=config.data.get("solarize_p", 0.0))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("pos_cos", "neg_cos", "pos_tau",
                                                          "neg_tau")}
     for _ in range(max(1, len(images) // batch_size)):
@@ -156,7 +165,7 @@ def make_figures(workdir: str, *, out_dir: str | None = None, step: int | None =
     }
     _histograms(paths["temperatures"], f"Per-head temperatures, {name}", stats["pos_tau"],
                 stats["neg_tau"], "tau",
-                constant=None if stats["amcl"] else float(config.simclr.temperature))
+                constant=None if stats["amcl"] else constant_temperature(config))
     _histograms(paths["similarities"], f"Pair similarities, {name}", stats["pos_cos"],
                 stats["neg_cos"], "cosine similarity")
     features, feature_labels = common.extract(
@@ -171,6 +180,7 @@ def make_figures(workdir: str, *, out_dir: str | None = None, step: int | None =
                 "q90": np.quantile(x, 0.9, axis=1).tolist()}
 
     numbers = {"checkpoint_step": int(ckpt_step), "amcl": stats["amcl"],
+               "constant_temperature": None if stats["amcl"] else constant_temperature(config),
                "num_examples": int(len(labels)),
                **{key: summary(stats[key]) for key in ("pos_cos", "neg_cos", "pos_tau",
                                                         "neg_tau")},
