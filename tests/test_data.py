@@ -487,3 +487,27 @@ def test_blur_and_solarize_probabilities_per_view():
     np.testing.assert_allclose(batch["views"][0], plain, atol=1e-6)
     np.testing.assert_allclose(batch["views"][1], np.where(plain >= 0.5, 1 - plain, plain),
                                atol=1e-6)
+
+
+def test_imagenet_from_tfds_resizes_each_image_while_loading():
+    """ImageNet's images differ in size: the TFDS loader resizes each one in tf.data (as
+    `data.load_size` asks) before batching them; without a size it says which field to set."""
+    import tensorflow_datasets as tfds
+
+    from amcl_jax import recipes, train
+    from amcl_jax.data.files import resize_square
+
+    config = recipes.load_config_file(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+        "imagenet_amcl_simclr.py"))
+    config.data.load_size = 24
+    with tfds.testing.mock_data(num_examples=6):
+        images, labels, num_classes = train.load_data(config, config.data.eval_test_split)
+        raw = list(tfds.load("imagenet2012", split="validation").as_numpy_iterator())
+        with pytest.raises(ValueError, match="data.load_size"):
+            load_split("imagenet2012", "validation", data_dir=None)
+    assert len({example["image"].shape for example in raw}) > 1  # mixed sizes, as ImageNet's
+    assert images.shape == (6, 24, 24, 3) and images.dtype == np.uint8 and num_classes == 1000
+    np.testing.assert_array_equal(
+        images, np.stack([resize_square(example["image"], 24).numpy() for example in raw]))
+    np.testing.assert_array_equal(labels, [example["label"] for example in raw])

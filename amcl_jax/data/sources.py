@@ -125,7 +125,7 @@ def load_split(
         load = _load_decoded_cache if _is_archive(data_dir) else _load_image_folder
         images, labels, num_classes = load(root, split, image_size, corrupt_images)
     else:
-        images, labels, num_classes = _load_tfds(dataset, split, data_dir, download)
+        images, labels, num_classes = _load_tfds(dataset, split, data_dir, download, image_size)
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
         images = resize_uint8(images, image_size)
     return images, labels.astype(np.int32), num_classes
@@ -462,8 +462,11 @@ def _decode_with_pillow(paths: list[str], image_size: int | None
 # TFDS
 # ---------------------------------------------------------------------------------------------
 def _load_tfds(
-    dataset: str, split: str, data_dir: str | None, download: bool
+    dataset: str, split: str, data_dir: str | None, download: bool, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """A TFDS split in memory; with `image_size`, each image is resized (`resize_square`) as it is
+    decoded, so that images of different sizes (ImageNet) batch and only the resized split is
+    ever held."""
     import tensorflow_datasets as tfds
 
     try:
@@ -479,7 +482,11 @@ def _load_tfds(
         ds = tfds.load(
             dataset, split=split, data_dir=data_dir, download=download, as_supervised=False
         )
-        ds = ds.map(lambda ex: (ex["image"], ex["label"])).batch(4096)
+        def example(ex):
+            image = ex["image"]
+            return (image if image_size is None else resize_square(image, image_size)), ex["label"]
+
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
         chunks = list(ds.as_numpy_iterator())
         if not chunks:
             raise ValueError(f"split {split!r} is empty")
@@ -487,6 +494,8 @@ def _load_tfds(
         labels = np.concatenate([c[1] for c in chunks])
     except Exception as error:
         hint = "" if download else " (set data.download=True to download it)"
+        if image_size is None and "to the batch" in str(error):  # tf.data's batching error
+            hint = " (its images differ in size: set data.load_size to resize them while loading)"
         raise ValueError(
             f"could not load TFDS data.dataset={dataset!r} split={split!r} from "
             f"data.data_dir={data_dir!r}{hint}: {error}"
