@@ -97,13 +97,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 class _WithoutOrbaxInfo(std_logging.Filter):
     """Orbax logs some 70 INFO lines for every checkpoint it writes, which would bury the run's
-    own lines; its warnings and errors still pass, except the traceback of a Ctrl-C."""
+    own lines; its warnings and errors still pass, except those carrying a traceback (a Ctrl-C,
+    a failed save), which reach main's handler as the exception (with --debug they pass)."""
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             return False  # Ctrl-C inside Orbax's waits: main's handler says it in one line.
-        return (record.levelno >= std_logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+        orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        if orbax and record.exc_info and not self.debug:
+            # A failed save (a full disk) is logged with its traceback by each of Orbax's
+            # threads, then raised here: main's handler gives the one line.
+            return False
+        return record.levelno >= std_logging.WARNING or not orbax
 
 
 def main(argv) -> None:
@@ -122,7 +131,9 @@ def _main(argv) -> None:
         if FLAGS[name].present and FLAGS.mode not in modes:
             _fail(f"--{name} is read by --mode={' or --mode='.join(modes)} only, not by "
                   f"--mode={FLAGS.mode}")
-    logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
+    from amcl_jax.errors import debug_enabled
+
+    logging.get_absl_handler().addFilter(_WithoutOrbaxInfo(FLAGS.debug or debug_enabled()))
     from amcl_jax.distributed import DistributedSetupError, finish, initialize_from_environment
 
     try:  # Before anything touches a device: a multi-host run must see every host's devices.

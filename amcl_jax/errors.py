@@ -67,6 +67,10 @@ def describe(error: BaseException) -> tuple[str, int]:
         return (f"out of memory ({_first_line(error) or 'MemoryError'}); try a smaller "
                 "batch_size, model or data.load_size"), RUNTIME
     message = _first_line(error)
+    if "No space left" in message or ("RESOURCE_EXHAUSTED" in message
+                                      and "Error writing" in message):
+        return (f"no space left on the device ({message[:300]}): the checkpoints written before "
+                "are kept; free some space and run the same command to resume"), RUNTIME
     if "RESOURCE_EXHAUSTED" in message or "Out of memory" in message:
         return (f"out of device memory ({message[:300]}); try a smaller batch_size or model"
                 ), RUNTIME
