@@ -346,3 +346,24 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     line = _one_error_line(run.stderr)
     assert "interrupted" in line and "run the same command to resume" in line
     assert not os.path.exists(os.path.join(str(tmp_path / "run"), workdir.LOCK_FILE))
+
+
+def test_damaged_archive_and_missing_split_are_named(tmp_path):
+    import tarfile
+
+    from amcl_jax.data import load_split
+
+    source = tmp_path / "folder" / "train" / "a"
+    source.mkdir(parents=True)
+    (source / "x.png").write_bytes(b"0" * 4096)
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "train", arcname="train")
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[:60])
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"cut.tar.gz.*truncated or damaged") as error:
+        load_split("image_folder", "train", data_dir=str(truncated), cache_dir=cache)
+    assert errors.describe(error.value)[1] == errors.RUNTIME
+    with pytest.raises(ValueError, match="nosplit"):
+        load_split("image_folder", "nosplit", data_dir=str(tmp_path / "folder"))

@@ -28,6 +28,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 from absl import logging
@@ -320,12 +321,20 @@ def _load_decoded_cache(
 
 
 def _extract_into(archive: str, folder: str) -> None:
-    if archive.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(folder)
-    else:
-        with tarfile.open(archive) as tf_archive:
-            tf_archive.extractall(folder, filter="data")  # "data" rejects paths leaving `folder`
+    """Extracts `archive` into `folder`; a truncated or damaged archive raises ValueError naming
+    it (tarfile and zipfile name neither the file nor the cause)."""
+    try:
+        if archive.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(folder)
+        else:
+            with tarfile.open(archive) as tf_archive:
+                # "data" rejects paths leaving `folder`.
+                tf_archive.extractall(folder, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise ValueError(
+            f"data.data_dir={archive!r} cannot be extracted, the archive is truncated or damaged "
+            f"({type(error).__name__}: {error}); download or copy it again") from error
 
 
 def _class_names(root: str) -> list[str]:
