@@ -234,11 +234,13 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shap
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was started with (written to `workdir/config.json` at start)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --workdir must be a pretraining workdir")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    from amcl_jax.workdir import read_recorded_config  # Names the file if it cannot be read.
+
+    recorded = read_recorded_config(workdir)
+    if recorded is None:
+        raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: --workdir must "
+                                "be a pretraining workdir")
+    return ml_collections.ConfigDict(recorded)
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:

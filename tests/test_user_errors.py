@@ -239,6 +239,8 @@ def test_a_truncated_config_json_is_named(tmp_path):
         f.truncate(40)
     with pytest.raises(workdir.RecordedConfigError, match="config.json cannot be read"):
         train.train_and_evaluate(tiny_config(), path)
+    with pytest.raises(workdir.RecordedConfigError, match="config.json cannot be read"):
+        train.load_config(path)  # The evaluation modes' reader.
 
 
 # ---- One run per workdir. ----
