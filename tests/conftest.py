@@ -1,4 +1,5 @@
-"""Test-wide settings: quiet TensorFlow, keep it off accelerators, fast XLA compiles."""
+"""Test-wide settings (quiet TensorFlow, keep it off accelerators, fast XLA compiles) and the one
+tiny training config the tests share (`tiny_config`; `from conftest import tiny_config`)."""
 
 import atexit
 import os
@@ -18,3 +19,36 @@ atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def tiny_config(**overrides):
+    """The default config at a size that trains in seconds on CPU: CIFAR-10 names (mock data
+    under `tfds.testing.mock_data`) at 8x8, ResNet-18 at width 0.125, heads 16-8, batch 8, 4
+    steps with an evaluation and a checkpoint every 2; `overrides` ("section.field": value)
+    last."""
+    from amcl_jax.config import get_default_config
+
+    config = get_default_config()
+    config.data.dataset = "cifar10"
+    config.data.download = False
+    config.data.image_size = 8
+    config.data.augmentations = "acde"
+    config.model.width = 0.125
+    config.projector.hidden_dim = 16
+    config.projector.out_dim = 8
+    config.amcl.temperature_hidden_dim = 8
+    config.batch_size = 8
+    config.total_steps = 4
+    config.log_every_steps = 2
+    config.eval.every_steps = 2
+    config.eval.batch_size = 16
+    config.eval.knn_k = 5
+    config.checkpoint.every_steps = 2
+    config.optimizer.learning_rate = 0.05
+    for key, value in overrides.items():
+        node = config
+        *sections, name = key.split(".")
+        for section in sections:
+            node = node[section]
+        node[name] = value
+    return config

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from amcl_jax import methods, models
 from amcl_jax.models.vit import auto_patch_size

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from amcl_jax import train
 from amcl_jax.config import get_default_config

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
+from conftest import tiny_config
 from test_losses import (
     MLPTemperature,
     make_mlp_params,
@@ -20,7 +21,6 @@ from test_losses import (
     np_tau,
     np_unit,
 )
-from test_train import tiny_config
 
 from amcl_jax import losses, methods, models, train
 from amcl_jax.config import ConfigError, validate_config

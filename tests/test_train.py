@@ -10,39 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import tiny_config
 
 from amcl_jax import train
-from amcl_jax.config import get_default_config
 from amcl_jax.data._tf import tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-    config = get_default_config()
-    config.data.dataset = "cifar10"
-    config.data.download = False
-    config.data.image_size = 8
-    config.data.augmentations = "acde"
-    config.model.width = 0.125
-    config.projector.hidden_dim = 16
-    config.projector.out_dim = 8
-    config.amcl.temperature_hidden_dim = 8
-    config.batch_size = 8
-    config.total_steps = 4
-    config.log_every_steps = 2
-    config.eval.every_steps = 2
-    config.eval.batch_size = 16
-    config.eval.knn_k = 5
-    config.checkpoint.every_steps = 2
-    config.optimizer.learning_rate = 0.05
-    for key, value in overrides.items():
-        node = config
-        *sections, name = key.split(".")
-        for section in sections:
-            node = node[section]
-        node[name] = value
-    return config
 
 
 def _read_jsonl(path):
