@@ -12,8 +12,13 @@ import os
 
 import ml_collections
 
+from amcl_jax import forms
+
 METHODS = ("simclr",)
-NEGATIVES = ("max", "logsumexp")
+NEGATIVES = ("topk", "max", "logsumexp")
+TEMPERATURE_NETS = ("pair_score", "concat_mlp")
+BARLOW_TWINS_TEMPERATURES = ("channel_map", "low_rank")
+MOCO_DIRECTIONS = ("query_and_key", "views")
 AMCL_LOSSES = ("paper", "released_code")
 ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
@@ -46,15 +51,25 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl = ml_collections.ConfigDict()
     config.amcl.enabled = True
     config.amcl.num_heads = 3
-    config.amcl.beta = 0.1
-    # "logsumexp" by measurement: the hard max of the table collapses (README, Known issues).
-    config.amcl.negatives = "logsumexp"
-    # -1: the head's output dimension (projector.out_dim); 1 for Barlow Twins, whose temperatures
-    # scale scalar cross-correlation entries (methods/barlow_twins.py).
-    config.amcl.omega_dim = -1
-    config.amcl.temperature_bounds = (1e-5, 2.0)
+    # "authors" (their AMCL v2.0 code) or "project" (amcl-jax's earlier reading): the settings of
+    # the placeholders below (None) come from the form for the method (amcl_jax/forms.py); set one
+    # to override the form for that field alone. README, "What AMCL is", says why "authors".
+    config.amcl.form = "authors"
+    placeholder = ml_collections.config_dict.placeholder
+    config.amcl.beta = placeholder(float)  # authors: 1e-4 (Barlow Twins 1e-6); project: 0.1.
+    # "topk" (Eq. 5: the amcl.topk most similar negatives), "max" (the table's hard max) or
+    # "logsumexp" (a soft max). authors: topk; project: logsumexp.
+    config.amcl.negatives = placeholder(str)
+    config.amcl.topk = 100  # k of "topk" (at most the number of negatives: 2N - 2, or the queue).
+    # Omega's K: the head's output dimension D (authors; project too, except Barlow Twins: 1).
+    config.amcl.omega_dim = placeholder(float)
+    config.amcl.temperature_bounds = placeholder(tuple)  # authors: (1e-5, 2.0) everywhere.
+    # "pair_score" (Eq. 3: sigmoid(-<phi(u), phi(v)>), phi D -> hidden -> D) or "concat_mlp"
+    # (an MLP on [u; v], 2D -> hidden -> 1). authors: pair_score; project: concat_mlp.
+    config.amcl.temperature_net = placeholder(str)
     config.amcl.temperature_hidden_dim = 128
-    config.amcl.shared_temperature_net = False
+    # One temperature network for all heads. authors: True; project: False (one per head).
+    config.amcl.shared_temperature_net = placeholder(bool)
     config.amcl.loss = "paper"  # "released_code" reproduces the authors' released number.
     # Which temperatures come from the network (the temperature ablation; SimCLR only): "both"
     # (AMCL), "positive" (tau+ only), "negative" (tau- only) or "none"; the other side uses the
@@ -74,10 +89,18 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.moco.queue_size = 4096  # Keys per head; >= 2 * batch_size (2N keys enqueued a step).
     config.moco.momentum = 0.99  # EMA of the key encoder and projector.
     config.moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
+    # AMCL-MoCo's pairs. "query_and_key" (authors): queries from view 1, keys from view 2, the
+    # mean of the q -> k and k -> q directions against the queue. "views" (project): the
+    # symmetric (L(q_a, k_b) + L(q_b, k_a)) / 2 of MoCo v2. Plain MoCo always uses "views".
+    config.moco.directions = placeholder(str)
 
     config.barlow_twins = ml_collections.ConfigDict()  # methods/barlow_twins.py.
     config.barlow_twins.off_diagonal_weight = 5e-3  # lambda.
-    config.barlow_twins.temperature_rank = 16  # AMCL: rank of the off-diagonal temperature logits.
+    # AMCL's temperatures: "channel_map" (authors: the Eq. 3 map on the channel vectors, phi
+    # N -> hidden -> N, so batch_size is fixed by it) or "low_rank" (project: learned per-entry
+    # logits, rank barlow_twins.temperature_rank off the diagonal).
+    config.barlow_twins.temperatures = placeholder(str)
+    config.barlow_twins.temperature_rank = 16
 
     config.byol = ml_collections.ConfigDict()  # methods/byol.py.
     config.byol.momentum = 0.99  # EMA of the target encoder and projector.
@@ -150,6 +173,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 0
     config.optimizer.lars_trust_coefficient = 1e-3
+    # Global gradient-norm clipping (optax.clip_by_global_norm) before weight decay; 0 = off.
+    # Unset: 1.0 for AMCL in the authors' form, else off.
+    config.optimizer.grad_clip_norm = placeholder(float)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.every_steps = 1000
@@ -187,6 +213,35 @@ def _one_of(config, field: str, allowed) -> None:
         _fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
 
 
+def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
+    """The AMCL form and the fields it fills (amcl_jax/forms.py), as they resolve."""
+    _one_of(config, "amcl.form", forms.FORMS)
+    choices = {"amcl.negatives": NEGATIVES, "amcl.temperature_net": TEMPERATURE_NETS,
+               "barlow_twins.temperatures": BARLOW_TWINS_TEMPERATURES,
+               "moco.directions": MOCO_DIRECTIONS}
+    for field, allowed in choices.items():
+        value = forms.setting(config, field)
+        if value not in allowed:
+            _fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
+    shared = forms.setting(config, "amcl.shared_temperature_net")
+    if not isinstance(shared, bool):
+        _fail("amcl.shared_temperature_net", shared, "must be true or false")
+    beta = forms.setting(config, "amcl.beta")
+    if not isinstance(beta, (int, float)) or beta < 0:
+        _fail("amcl.beta", beta, "must be a number >= 0")
+    bounds = forms.setting(config, "amcl.temperature_bounds")
+    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+        _fail("amcl.temperature_bounds", bounds, "must be (lower, upper) with 0 < lower < upper")
+    if forms.setting(config, "amcl.omega_dim") <= 0:
+        _fail("amcl.omega_dim", config.amcl.omega_dim,
+              "must be > 0 (unset: the form's, the head's output dimension)")
+    clip = forms.setting(config, "optimizer.grad_clip_norm")
+    if not isinstance(clip, (int, float)) or clip < 0:
+        _fail("optimizer.grad_clip_norm", clip, "must be >= 0 (0 turns clipping off)")
+    if not isinstance(config.amcl.topk, int) or config.amcl.topk < 1:
+        _fail("amcl.topk", config.amcl.topk, "must be an integer >= 1")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     """Checks every field that can be checked before loading data; raises ConfigError."""
     from amcl_jax import methods, models  # Registries; imported late to keep this module light.
@@ -199,12 +254,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "optimizer.name", OPTIMIZERS)
     _one_of(config, "optimizer.schedule", SCHEDULES)
-    _one_of(config, "amcl.negatives", NEGATIVES)
+    _validate_amcl_form(config)
     _one_of(config, "amcl.loss", AMCL_LOSSES)
     _one_of(config, "amcl.adaptive_temperature", ADAPTIVE_TEMPERATURES)
     if config.amcl.adaptive_temperature != "both" and (
             config.method != "simclr" or config.amcl.loss != "paper"
-            or (config.amcl.infonce and config.amcl.negatives == "max")):
+            or (config.amcl.infonce and forms.setting(config, "amcl.negatives") == "max")):
         _fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
               "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
               "both")
@@ -242,13 +297,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
               f"gives {groups} groups, which must divide batch_size={config.batch_size}")
     if int(config.amcl.num_heads) < 1:
         _fail("amcl.num_heads", config.amcl.num_heads, "must be an integer >= 1")
-    if config.amcl.beta < 0:
-        _fail("amcl.beta", config.amcl.beta, "must be >= 0")
-    bounds = tuple(config.amcl.temperature_bounds)
-    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
-        _fail("amcl.temperature_bounds", bounds, "must be (lower, upper) with 0 < lower < upper")
-    if config.amcl.omega_dim != -1 and config.amcl.omega_dim <= 0:
-        _fail("amcl.omega_dim", config.amcl.omega_dim, "must be > 0, or -1 for projector.out_dim")
     if config.amcl.chunk_size < 1:
         _fail("amcl.chunk_size", config.amcl.chunk_size, "must be >= 1")
     if config.simclr.temperature <= 0:
@@ -262,9 +310,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("data.num_views", config.data.num_views, f"method {config.method!r} needs 2")
     if config.moco.temperature <= 0:
         _fail("moco.temperature", config.moco.temperature, "must be > 0")
-    if config.method == "moco" and config.moco.queue_size < 2 * config.batch_size:
-        _fail("moco.queue_size", config.moco.queue_size,
-              f"must be >= 2 * batch_size = {2 * config.batch_size} (keys enqueued per step)")
+    if config.method == "moco":
+        keys_per_step = config.batch_size * (
+            1 if config.amcl.enabled and forms.setting(config, "moco.directions") == "query_and_key"
+            else 2)
+        if config.moco.queue_size < keys_per_step:
+            _fail("moco.queue_size", config.moco.queue_size,
+                  f"must be >= the {keys_per_step} keys enqueued per step")
     for section in ("moco", "byol"):
         if not 0 <= config[section].momentum <= 1:
             _fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 
 Metrics = dict[str, jax.Array]
 
-NEGATIVES_CHOICES = ("max", "logsumexp")
+NEGATIVES_CHOICES = ("topk", "max", "logsumexp")
+QUEUE_DIRECTIONS = ("query", "query_and_key")
 DEFAULT_CHUNK_SIZE = 32
+DEFAULT_TOPK = 100  # Eq. 5's k in the authors' code.
 
 
 class TemperatureFn(Protocol):
@@ -125,6 +127,84 @@ def _pair_grid_temperatures(temperature_fn: TemperatureFn, u: jax.Array, v: jax.
         v_tiled.reshape(num_heads, rows * cols, dim),
     )
     return tau.reshape(num_heads, rows, cols)
+
+
+def _gathered_temperatures(temperature_fn: TemperatureFn, u: jax.Array, v: jax.Array,
+                           index: jax.Array) -> jax.Array:
+    """Temperatures of the pairs (u[c, a], v[c, index[c, a, j]]): (C, A, k) float32.
+
+    Uses `temperature_fn.gathered(u, v, index)` when it exists (the pair-score map takes them
+    from one matmul of phi features); otherwise gathers the k rows of v per anchor and calls
+    temperature_fn on the (C, A * k) pairs, so any `temperature_fn(u, v)` works.
+    """
+    num_heads, rows, k = index.shape
+    gathered = getattr(temperature_fn, "gathered", None)
+    if gathered is not None:
+        tau = jnp.asarray(gathered(u, v, index)).astype(jnp.float32)
+        if tau.shape != index.shape:
+            raise ValueError(f"temperature_fn.gathered(u, v, index) must return shape "
+                             f"{index.shape}, got {tau.shape}")
+        return tau
+    v_chosen = jnp.take_along_axis(v, index.reshape(num_heads, rows * k)[..., None], axis=1)
+    u_repeated = jnp.repeat(u, k, axis=1)  # Row a * k + j pairs u[a] with its j-th choice.
+    return _temperatures(temperature_fn, u_repeated, v_chosen).reshape(num_heads, rows, k)
+
+
+def _topk_terms(
+    anchors: jax.Array,
+    positives: jax.Array,
+    bank: jax.Array,
+    negative_mask: jax.Array | None,
+    temperature_fn: TemperatureFn,
+    beta: float,
+    omega_dim: float,
+    topk: int,
+    positive_temperature_fn: TemperatureFn | None = None,
+) -> tuple[jax.Array, Metrics]:
+    """Eq. 2.1 with Eq. 5's top-k negatives (the authors' v2.0 form), per anchor.
+
+    anchors, positives: (C, M, D); bank: (C, K, D) candidate negatives; negative_mask: (M, K)
+    bool (True where bank row k is a negative of anchor m) or None (all are); all float32 and
+    normalised. Per anchor, with the k negatives of largest cosine (chosen without gradient;
+    the gradient reaches their cosines and temperatures through the features):
+        -s+/tau+ + mean_k(s_k/tau_k) + beta Omega_K(tau+) - beta sum_k (log tau_k + 1/tau_k).
+    The negative side's regulariser is Omega with K = 2, summed over the k negatives (as the
+    authors' code). `topk` must not exceed the number of negatives per anchor.
+    Returns per-anchor loss (C, M) and metrics.
+    """
+    s_pos = jnp.sum(anchors * positives, axis=-1)  # (C, M)
+    cos = jnp.einsum("cmd,ckd->cmk", anchors, bank)  # (C, M, K)
+    cos_sg = jax.lax.stop_gradient(cos)
+    ranked = cos_sg if negative_mask is None else jnp.where(negative_mask, cos_sg, -jnp.inf)
+    _, index = jax.lax.top_k(ranked, topk)  # (C, M, k), not differentiated
+    s_neg = jnp.take_along_axis(cos, index, axis=-1)  # (C, M, k)
+    tau_pos = _temperatures(positive_temperature_fn or temperature_fn, anchors, positives)
+    tau_neg = _gathered_temperatures(temperature_fn, anchors, bank, index)
+    per_anchor = (-s_pos / tau_pos + jnp.mean(s_neg / tau_neg, axis=-1)
+                  + beta * omega(tau_pos, omega_dim)
+                  - beta * jnp.sum(omega(tau_neg, 2.0), axis=-1))  # log tau + 1 / tau
+    if negative_mask is None:
+        neg_sim = jnp.mean(cos_sg)
+    else:
+        neg_sim = jnp.sum(jnp.where(negative_mask, cos_sg, 0.0)) / (
+            anchors.shape[0] * jnp.sum(negative_mask))
+    sg = jax.lax.stop_gradient
+    metrics = {
+        "pos_sim": jnp.mean(sg(s_pos)),
+        "neg_sim": neg_sim,
+        "hard_neg_sim": jnp.mean(jnp.max(ranked, axis=-1)),
+        "topk_neg_sim": jnp.mean(sg(s_neg)),
+        **_tau_metrics(tau_pos, jnp.mean(tau_neg, axis=-1), jnp.min(tau_neg, axis=-1),
+                       jnp.max(tau_neg, axis=-1)),
+    }
+    return per_anchor, metrics
+
+
+def _check_topk(topk: int, available: int) -> int:
+    """Eq. 5's k, at most the `available` negatives per anchor."""
+    if not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
+    return min(topk, available)
 
 
 def _amcl_max(
@@ -278,7 +358,8 @@ def amcl_contrastive(
     *,
     beta: float,
     omega_dim: float,
-    negatives: str = "max",
+    negatives: str = "topk",
+    topk: int = DEFAULT_TOPK,
     chunk_size: int | None = None,
     positive_temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array]
     | None = None,
@@ -289,6 +370,12 @@ def amcl_contrastive(
     positive is view (i + N) mod 2N and its negatives are the other 2N - 2 views. With s = cosine
     similarity and tau = temperature_fn(anchor, candidate), the per-anchor loss is:
 
+    - `negatives="topk"` (the authors' v2.0 code, the paper's Eq. 5): with the k = min(topk,
+      2N - 2) negatives of largest cosine (the selection is not differentiated),
+        -s+/tau+ + mean_k(s_k/tau_k) + beta * Omega(tau+) - beta * sum_k(log tau_k + 1/tau_k).
+      Temperatures only for the positive and the k chosen pairs, through
+      `temperature_fn.gathered` when present (one matmul of phi features for the pair-score
+      map). With k = 1 and beta = 0 it equals "max" with beta = 0.
     - `negatives="max"` (the paper's table): with n* the hardest negative (largest cosine),
         -s+/tau+ + s*/tau* + beta * Omega(tau+) - beta * Omega(tau*).
       Only 2 temperatures per anchor are evaluated (positive and n*), O(N) per head. The argmax
@@ -312,7 +399,8 @@ def amcl_contrastive(
         optionally with `pair_grid(u, v)`, u (C, A, D), v (C, B, D) -> (C, A, B).
       beta: regulariser weight.
       omega_dim: K in Omega(tau) = (K / 2) log tau + 1 / tau (the head output dimension D).
-      negatives: "max" or "logsumexp".
+      negatives: "topk", "max" or "logsumexp".
+      topk: k of "topk" (100 in the authors' code), capped at the 2N - 2 negatives.
       chunk_size: anchors per chunk for "logsumexp" (default min(2N, 32)); need not divide 2N.
       positive_temperature_fn: None (default): `temperature_fn` gives every temperature. Else it
         gives the positive pairs' tau+ and `temperature_fn` only the negatives' (the temperature
@@ -334,6 +422,17 @@ def amcl_contrastive(
     if z_a.shape[1] < 2:
         raise ValueError(f"need N >= 2 images per batch for negatives, got N = {z_a.shape[1]}")
     z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D) float32
+    if negatives == "topk":
+        num_views = z.shape[1]
+        k = _check_topk(topk, num_views - 2)
+        views = jnp.arange(num_views)
+        positive = (views + num_views // 2) % num_views
+        is_neg = ~((views[:, None] == views[None, :]) | (positive[:, None] == views[None, :]))
+        z_pos = jnp.concatenate([z[:, num_views // 2:], z[:, :num_views // 2]], axis=1)
+        per_anchor, metrics = _topk_terms(z, z_pos, z, is_neg, temperature_fn, beta, omega_dim,
+                                          k, positive_temperature_fn)
+        # Mean over the 2N anchors: the two directions (a -> b, b -> a) averaged.
+        return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
     if negatives == "max":
         return _amcl_max(z, temperature_fn, beta, omega_dim, positive_temperature_fn)
     return _amcl_logsumexp(z, temperature_fn, beta, omega_dim, chunk_size,
@@ -549,74 +648,33 @@ def amcl_infonce_max(
     return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
 
 
-def amcl_queue_contrastive(
-    q: jax.Array,
-    k: jax.Array,
-    queue: jax.Array,
-    temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array],
-    *,
-    beta: float,
-    omega_dim: float,
-    negatives: str = "logsumexp",
-    infonce: bool = False,
-    chunk_size: int | None = None,
+def _queue_logsumexp_terms(
+    anchors: jax.Array, positives: jax.Array, queue: jax.Array, temperature_fn: TemperatureFn,
+    beta: float, omega_dim: float, chunk_size: int | None,
 ) -> tuple[jax.Array, Metrics]:
-    """AMCL-MoCo: Eq. 2.1 (or 2.4) with a queue of keys as the negatives, summed over heads.
+    """The log-sum-exp form of Eq. 2.1 against a queue, per anchor: (C, M) and metrics.
 
-    Anchor q[c, i] (online head c), positive k[c, i] (momentum head c, the other view), negatives
-    the K queued keys queue[c]. With s = cosine and tau = temperature_fn(anchor, candidate):
-
-    - `negatives="max"`: -s+/tau+ + s*/tau* + beta Omega(tau+) - beta Omega(tau*), n* the most
-      similar queued key (`infonce=True`: the most similar of the queue and the positive, Eq. 2.4).
-      Two temperatures per anchor.
-    - `negatives="logsumexp"`: -s+/tau+ + logsumexp([s+/tau+, s_1/tau_1, ..., s_K/tau_K])
-      + beta Omega(tau+) - beta sum_n w_n Omega(tau_n), w = stop-gradient softmax over the queue
-      of s_n/tau_n (as `amcl_contrastive`). With C = 1, a constant tau and beta = 0 this is
-      exactly `moco_infonce`. The (C, chunk, K) temperature grid is built `chunk_size` anchors at
-      a time under `jax.lax.map`, each chunk rematerialised in the backward pass; peak memory is
-      C * chunk * K * hidden floats (3 * 32 * 4096 * 128 * 4 B = 200 MB at the defaults: lower
-      `amcl.chunk_size` on small accelerators).
-
-    Args:
-      q: (C, N, D) queries, any float dtype; cast to float32 and L2-normalised inside.
-      k: (C, N, D) keys; the caller stops their gradient.
-      queue: (C, K, D) queued keys (the caller stops their gradient).
-      temperature_fn: u, v (C, M, D) -> (C, M), optionally `pair_grid`.
-      beta, omega_dim, negatives, chunk_size: as `amcl_contrastive`.
-      infonce: Eq. 2.4 for the hard max (no effect on "logsumexp", which has the positive).
-
-    Returns:
-      loss: float32 scalar (mean over anchors, sum over heads). metrics: float32 scalars
-      `pos_sim`, `neg_sim`, `hard_neg_sim`; (C,) `tau_pos_*`, `tau_neg_*`.
+    anchors, positives (C, M, D), queue (C, K, D), float32 and normalised. The (C, chunk, K)
+    temperature grid is built `chunk_size` anchors at a time under `jax.lax.map`, each chunk
+    rematerialised in the backward pass.
     """
-    if negatives not in NEGATIVES_CHOICES:
-        raise ValueError(f"negatives must be one of {NEGATIVES_CHOICES}, got {negatives!r}")
-    if q.ndim != 3 or q.shape != k.shape or queue.ndim != 3 or queue.shape[::2] != q.shape[::2]:
-        raise ValueError(f"need q, k (C, N, D) and queue (C, K, D); got {q.shape}, {k.shape}, "
-                         f"{queue.shape}")
-    q, k, queue = _l2_normalize(q), _l2_normalize(k), _l2_normalize(queue)
-    if negatives == "max":
-        per_anchor, metrics = _hard_max_terms(q, k, queue, None, temperature_fn, beta, omega_dim,
-                                              infonce)
-        return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
-
-    num_heads, num, dim = q.shape
-    s_pos = jnp.sum(q * k, axis=-1)  # (C, N)
-    tau_pos = _temperatures(temperature_fn, q, k)
+    num_heads, num, dim = anchors.shape
+    s_pos = jnp.sum(anchors * positives, axis=-1)  # (C, M)
+    tau_pos = _temperatures(temperature_fn, anchors, positives)
     pos_logit = s_pos / tau_pos
     chunk_size = min(num, chunk_size or DEFAULT_CHUNK_SIZE)
     num_chunks = -(-num // chunk_size)
     padded = num_chunks * chunk_size
     # Padding anchors repeat real ones (finite values) and are sliced away below.
-    q_chunks = jnp.take(q, jnp.arange(padded) % num, axis=1)
-    q_chunks = q_chunks.reshape(num_heads, num_chunks, chunk_size, dim).transpose(1, 0, 2, 3)
+    a_chunks = jnp.take(anchors, jnp.arange(padded) % num, axis=1)
+    a_chunks = a_chunks.reshape(num_heads, num_chunks, chunk_size, dim).transpose(1, 0, 2, 3)
     pos_chunks = jnp.take(pos_logit, jnp.arange(padded) % num, axis=1)
     pos_chunks = pos_chunks.reshape(num_heads, num_chunks, chunk_size).transpose(1, 0, 2)
 
-    def chunk_terms(queue, q_chunk, pos_chunk):
+    def chunk_terms(queue, a_chunk, pos_chunk):
         """(C, Kc, D) anchors and their (C, Kc) positive logits -> per-anchor terms (C, Kc)."""
-        cos = jnp.einsum("cmd,ckd->cmk", q_chunk, queue)  # (C, Kc, K)
-        tau = _pair_grid_temperatures(temperature_fn, q_chunk, queue)
+        cos = jnp.einsum("cmd,ckd->cmk", a_chunk, queue)  # (C, Kc, K)
+        tau = _pair_grid_temperatures(temperature_fn, a_chunk, queue)
         logits = cos / tau
         lse = jax.nn.logsumexp(jnp.concatenate([pos_chunk[..., None], logits], axis=-1), axis=-1)
         weights = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
@@ -632,7 +690,7 @@ def amcl_queue_contrastive(
         }
 
     chunk_terms = jax.checkpoint(chunk_terms)
-    stacked = jax.lax.map(lambda xs: chunk_terms(queue, *xs), (q_chunks, pos_chunks))
+    stacked = jax.lax.map(lambda xs: chunk_terms(queue, *xs), (a_chunks, pos_chunks))
     per = {key: value.transpose(1, 0, 2).reshape(num_heads, padded)[:, :num]
            for key, value in stacked.items()}
     per_anchor = -pos_logit + per["lse_minus_omega"] + beta * omega(tau_pos, omega_dim)
@@ -642,7 +700,85 @@ def amcl_queue_contrastive(
         "hard_neg_sim": jnp.mean(per["hard_neg_sim"]),
         **_tau_metrics(tau_pos, per["tau_neg_weighted"], per["tau_neg_min"], per["tau_neg_max"]),
     }
-    return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
+    return per_anchor, metrics
+
+
+def amcl_queue_contrastive(
+    q: jax.Array,
+    k: jax.Array,
+    queue: jax.Array,
+    temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    beta: float,
+    omega_dim: float,
+    negatives: str = "topk",
+    topk: int = DEFAULT_TOPK,
+    directions: str | None = None,
+    infonce: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, Metrics]:
+    """AMCL-MoCo: Eq. 2.1 (or 2.4) with a queue of keys as the negatives, summed over heads.
+
+    Direction "query": anchor q[c, i] (online head c), positive k[c, i] (momentum head c),
+    negatives the K queued keys queue[c]. Direction "key": anchor k[c, i], positive q[c, i],
+    the same queue. `directions="query_and_key"` (the authors' v2.0 MoCo) is, per head, the mean
+    of the two; "query" the first alone (the project's form, which the method makes symmetric
+    over the two views instead). Keys and queue carry no gradient (stopped here). With
+    s = cosine and tau = temperature_fn(anchor, candidate), per anchor:
+
+    - `negatives="topk"` (the authors'): the k = min(topk, K) queued keys of largest cosine with
+      the anchor, -s+/tau+ + mean_k(s_k/tau_k) + beta Omega(tau+) - beta sum_k(log tau_k +
+      1/tau_k); temperatures for the positive and the k chosen keys only.
+    - `negatives="max"`: -s+/tau+ + s*/tau* + beta Omega(tau+) - beta Omega(tau*), n* the most
+      similar queued key (`infonce=True`: the most similar of the queue and the positive, Eq. 2.4).
+    - `negatives="logsumexp"`: -s+/tau+ + logsumexp([s+/tau+, s_1/tau_1, ..., s_K/tau_K])
+      + beta Omega(tau+) - beta sum_n w_n Omega(tau_n), w = stop-gradient softmax over the queue
+      of s_n/tau_n. With C = 1, a constant tau, beta = 0 and direction "query" this is exactly
+      `moco_infonce`. Peak memory C * chunk * K * hidden floats for the concat-MLP network
+      (3 * 32 * 4096 * 128 * 4 B = 200 MB: lower `amcl.chunk_size` on small accelerators).
+
+    Args:
+      q: (C, N, D) queries, any float dtype; cast to float32 and L2-normalised inside.
+      k: (C, N, D) keys.
+      queue: (C, K, D) queued keys.
+      temperature_fn: u, v (C, M, D) -> (C, M), optionally `pair_grid`, `gathered`.
+      beta, omega_dim, negatives, topk, chunk_size: as `amcl_contrastive`.
+      directions: "query" or "query_and_key"; None: "query_and_key" for "topk", else "query".
+      infonce: Eq. 2.4 for the hard max (no effect on the other forms).
+
+    Returns:
+      loss: float32 scalar (mean over anchors and directions, sum over heads). metrics: float32
+      scalars `pos_sim`, `neg_sim`, `hard_neg_sim`; (C,) `tau_pos_*`, `tau_neg_*`.
+    """
+    if negatives not in NEGATIVES_CHOICES:
+        raise ValueError(f"negatives must be one of {NEGATIVES_CHOICES}, got {negatives!r}")
+    if directions is None:
+        directions = "query_and_key" if negatives == "topk" else "query"
+    if directions not in QUEUE_DIRECTIONS:
+        raise ValueError(f"directions must be one of {QUEUE_DIRECTIONS}, got {directions!r}")
+    if q.ndim != 3 or q.shape != k.shape or queue.ndim != 3 or queue.shape[::2] != q.shape[::2]:
+        raise ValueError(f"need q, k (C, N, D) and queue (C, K, D); got {q.shape}, {k.shape}, "
+                         f"{queue.shape}")
+    sg = jax.lax.stop_gradient
+    q, k, queue = _l2_normalize(q), sg(_l2_normalize(k)), sg(_l2_normalize(queue))
+
+    def direction(anchors, positives):
+        if negatives == "topk":
+            return _topk_terms(anchors, positives, queue, None, temperature_fn, beta, omega_dim,
+                               _check_topk(topk, queue.shape[1]))
+        if negatives == "max":
+            return _hard_max_terms(anchors, positives, queue, None, temperature_fn, beta,
+                                   omega_dim, infonce)
+        return _queue_logsumexp_terms(anchors, positives, queue, temperature_fn, beta,
+                                      omega_dim, chunk_size)
+
+    per_anchor, metrics = direction(q, k)
+    loss = jnp.sum(jnp.mean(per_anchor, axis=1))
+    if directions == "query_and_key":
+        per_anchor_k, metrics_k = direction(k, q)
+        loss = 0.5 * (loss + jnp.sum(jnp.mean(per_anchor_k, axis=1)))
+        metrics = jax.tree.map(lambda a, b: 0.5 * (a + b), metrics, metrics_k)
+    return loss, metrics
 
 
 def symmetric_negative_cosine(
@@ -716,12 +852,17 @@ def amcl_simsiam(
     return jnp.sum(jnp.mean(per_image, axis=1)), metrics
 
 
-def cross_correlation(z_a: jax.Array, z_b: jax.Array, eps: float = 1e-5) -> jax.Array:
+STANDARDISATIONS = ("variance_eps", "std_eps")
+
+
+def cross_correlation(z_a: jax.Array, z_b: jax.Array, eps: float = 1e-5,
+                      standardisation: str = "variance_eps") -> jax.Array:
     """Barlow Twins' cross-correlation of batch-standardised features.
 
-    Each feature is standardised over the batch with the unbiased standard deviation (as the base
-    repository's lightly loss, `torch.std`), sqrt(var + eps) so a constant feature stays finite,
-    then C = z_a_std^T z_b_std / N.
+    Each feature is centred over the batch and divided by its unbiased standard deviation,
+    then C = z_a_std^T z_b_std / N. `standardisation="variance_eps"`: (z - mean) / sqrt(var + eps)
+    (the base repository's lightly loss, eps 1e-5); "std_eps": (z - mean) / (std + eps), the
+    authors' v2.0 code with eps 1e-9. Either keeps a constant feature finite.
 
     Args:
       z_a, z_b: (..., N, D) any float dtype, N >= 2.
@@ -729,12 +870,17 @@ def cross_correlation(z_a: jax.Array, z_b: jax.Array, eps: float = 1e-5) -> jax.
     Returns:
       (..., D, D) float32.
     """
+    if standardisation not in STANDARDISATIONS:
+        raise ValueError(f"standardisation must be one of {STANDARDISATIONS}, got "
+                         f"{standardisation!r}")
     num = z_a.shape[-2]
 
     def standardise(z):
         z = z.astype(jnp.float32)
         centred = z - jnp.mean(z, axis=-2, keepdims=True)
         var = jnp.sum(centred * centred, axis=-2, keepdims=True) / (num - 1)
+        if standardisation == "std_eps":
+            return centred / (jnp.sqrt(var) + eps)
         return centred * jax.lax.rsqrt(var + eps)
 
     return jnp.einsum("...nl,...nm->...lm", standardise(z_a), standardise(z_b)) / num
@@ -772,6 +918,8 @@ def amcl_barlow_twins(
     off_diagonal_weight: float,
     beta: float,
     omega_dim: float,
+    eps: float = 1e-9,
+    standardisation: str = "std_eps",
 ) -> tuple[jax.Array, Metrics]:
     """AMCL-Barlow Twins (the paper's Eq. 2.3), summed over heads.
 
@@ -793,13 +941,16 @@ def amcl_barlow_twins(
       z_a, z_b: (C, N, D) per-head projections of the two views, any float dtype.
       tau_diag: (C, D) temperatures of the diagonal entries.
       tau_off: (C, D, D) temperatures of the off-diagonal entries (its diagonal is ignored).
-      off_diagonal_weight: lambda. beta: regulariser weight. omega_dim: K of Omega.
+      off_diagonal_weight: lambda. beta: regulariser weight. omega_dim: K of Omega (the
+        authors': the head dimension D, with beta 1e-6).
+      eps, standardisation: the cross-correlation's (`cross_correlation`); the defaults are the
+        authors' (std + 1e-9); the project's form passes lightly's (1e-5, "variance_eps").
 
     Returns:
       loss: float32 scalar. metrics: scalars `diag_corr`, `off_diag_corr_sq`; (C,)
       `tau_pos_mean/min/max` over the diagonal, `tau_neg_mean/min/max` over the off-diagonal.
     """
-    corr = cross_correlation(z_a, z_b)  # (C, D, D)
+    corr = cross_correlation(z_a, z_b, eps, standardisation)  # (C, D, D)
     dim = corr.shape[-1]
     tau_diag = jnp.asarray(tau_diag).astype(jnp.float32)
     tau_off = jnp.asarray(tau_off).astype(jnp.float32)

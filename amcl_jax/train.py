@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from amcl_jax import data as data_lib
-from amcl_jax import knn, methods, optim
+from amcl_jax import forms, knn, methods, optim
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
 from amcl_jax.methods.common import xla_cpu_ynnpack
@@ -618,7 +618,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ---- Loop. ----
     writer = metric_writer(workdir, is_chief=is_chief)
     if is_chief:
-        writer.write_hparams({k: str(v) for k, v in _flat_config(config).items()})
+        # The form-dependent fields as the run resolves them (forms.py), not as None.
+        hparams = _flat_config(config)
+        if config.amcl.enabled:
+            hparams.update(forms.resolved(config))
+        writer.write_hparams({k: str(v) for k, v in hparams.items()})
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start_step = int(jax.device_get(state.step))
     if start_step == 0 and not history["knn"]:

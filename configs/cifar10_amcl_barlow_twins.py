@@ -1,13 +1,14 @@
 """AMCL-Barlow Twins on CIFAR-10 (the paper's Eq. 2.3).
 
 As configs/cifar10_barlow_twins.py with 3 projector heads (3 x Linear(2048), BatchNorm) and a
-temperature for every diagonal and off-diagonal cross-correlation entry of each head (learned
-logits, rank-16 off the diagonal; methods/barlow_twins.py), beta 0.1, Omega's K = 1, temperature
-bounds (0.5, 2.0): with the default (1e-5, 2.0) Eq. 2.3 drives every off-diagonal temperature to
-the lower bound and multiplies lambda by 1e5 (losses.amcl_barlow_twins). lr 0.11.
+temperature for every diagonal and off-diagonal cross-correlation entry of each head. The authors'
+form (docs/amcl.md): the Eq. 3 map on the channel vectors (phi 512 -> 128 -> 512, so batch_size
+is fixed at 512), Omega's K = 2048, beta 1e-6, bounds (1e-5, 2.0), clipping 1.0. The project's
+form (`--config.amcl.form=project`): learned per-entry logits (rank 16 off the diagonal), K = 1,
+beta 0.1, bounds (0.5, 2.0). lr 0.11.
 
     python main.py --config=configs/cifar10_amcl_barlow_twins.py \
-        --config.data.data_dir=../shared/data/cifar10-jpeg.tar.gz \
+        --config.data.data_dir=/data/cifar10-jpeg.tar.gz \
         --workdir=runs/cifar10_amcl_barlow_twins
 
 Expected: Barlow Twins abcde 86.91 +- 0.09 without AMCL in the base repository at 800 epochs and
@@ -22,7 +23,6 @@ def get_config():
     config = get_default_config()
     config.method = "barlow_twins"
     config.amcl.enabled = True
-    config.amcl.temperature_bounds = (0.5, 2.0)
     config.optimizer.learning_rate = 0.11
     config.projector.hidden_dim = 2048
     config.projector.out_dim = 2048

@@ -1,12 +1,13 @@
 """AMCL-SimSiam on CIFAR-10 (the paper's Eq. 2.2).
 
-As configs/cifar10_simsiam.py with 3 projector and predictor heads, a per-head temperature network
-for each of the two symmetric terms, beta 0.1, temperature bounds (0.5, 2.0): with the default
-(1e-5, 2.0) Eq. 2.2 is unbounded below once a pair's cosine exceeds 2 beta, so the temperatures
-sit at 1e-5 and the gradient is multiplied by up to 5e4 (methods/simsiam.py). lr 0.05.
+As configs/cifar10_simsiam.py with 3 projector and predictor heads and a temperature for each of
+the two symmetric terms. The authors' form (docs/amcl.md): the shared Eq. 3 map on the normalised
+prediction and stop-gradient target, beta 1e-4, bounds (1e-5, 2.0), clipping 1.0. The project's
+form (`--config.amcl.form=project`): a per-head [u; v] MLP, beta 0.1, bounds (0.5, 2.0), since
+Eq. 2.2 is unbounded below once a pair's cosine exceeds 2 beta (methods/simsiam.py). lr 0.05.
 
     python main.py --config=configs/cifar10_amcl_simsiam.py \
-        --config.data.data_dir=../shared/data/cifar10-jpeg.tar.gz \
+        --config.data.data_dir=/data/cifar10-jpeg.tar.gz \
         --workdir=runs/cifar10_amcl_simsiam
 
 Expected: SimSiam abcde 90.59 +- 0.11 without AMCL in the base repository at 800 epochs and a gain
@@ -20,7 +21,6 @@ def get_config():
     config = get_default_config()
     config.method = "simsiam"
     config.amcl.enabled = True
-    config.amcl.temperature_bounds = (0.5, 2.0)
     config.optimizer.learning_rate = 0.05
     config.projector.num_layers = 3
     config.predictor.hidden_dim = 64

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from amcl_jax import train
+from amcl_jax import forms, train
 from amcl_jax.config import get_default_config
 from amcl_jax.evaluate import cli, common, figures, knn_eval, linear_probe
 
@@ -100,7 +100,7 @@ def test_figures_are_written(workdir):
         assert os.path.getsize(path) > 1000, path
     numbers = json.load(open(os.path.join(workdir, "figures", "figures.json")))
     assert numbers["amcl"] is True and len(numbers["pos_tau"]["mean"]) == 2
-    lower, upper = get_default_config().amcl.temperature_bounds
+    lower, upper = forms.setting(get_default_config(), "amcl.temperature_bounds")
     assert all(lower <= t <= upper for t in numbers["neg_tau"]["mean"])
 
 

@@ -41,6 +41,7 @@ def test_decay_mask_excludes_biases_and_scales():
 def test_lars_leaves_bias_without_decay_or_trust_ratio():
     config = get_default_config()
     config.optimizer.name = "lars"
+    config.optimizer.grad_clip_norm = 0.0  # The update rule alone.
     config.optimizer.learning_rate = 1.0
     config.optimizer.momentum = 0.0
     config.optimizer.weight_decay = 0.5

@@ -28,6 +28,7 @@ import numpy as np
 from amcl_jax import data as data_lib
 from amcl_jax import models, train
 from amcl_jax.evaluate import common
+from amcl_jax.methods.simclr import temperature_module
 
 PAIR_TEMPERATURE_METHODS = ("simclr", "moco")
 
@@ -58,10 +59,7 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
     amcl = "temperature_net" in params and config.method in PAIR_TEMPERATURE_METHODS
     tau_net = None
     if amcl:
-        tau_net = models.BoundTemperature(models.TemperatureNet(
-            num_heads=config.amcl.num_heads, hidden_dim=config.amcl.temperature_hidden_dim,
-            bounds=tuple(config.amcl.temperature_bounds),
-            shared=config.amcl.shared_temperature_net), params["temperature_net"])
+        tau_net = models.BoundTemperature(temperature_module(config), params["temperature_net"])
 
     @functools.partial(jax.jit, compiler_options=train.compiler_options(config))
     def pairs(variables, views):  # views (2, B, H, W, 3)

@@ -6,20 +6,21 @@ on the global batch's cross-correlation C of the batch-standardised projections:
 sum_l (1 - C_ll)^2 + lambda sum_{l != m} C_lm^2, lambda = `barlow_twins.off_diagonal_weight`.
 
 With AMCL: C heads and Eq. 2.3, each head's diagonal entry l scaled by a temperature tau_l+ and
-each off-diagonal entry (l, m) by tau_lm-. The temperatures come from
-`models.CrossCorrelationTemperatures`: learned per-entry logits (free on the diagonal, rank
-`barlow_twins.temperature_rank` on the off-diagonal), bounded by `amcl.temperature_bounds` through
-a sigmoid; its docstring says why (C is a batch statistic, so there is no per-sample pair to feed
-an MLP; O(C d' r) params, O(d'^2) memory).
+each off-diagonal entry (l, m) by tau_lm-, plus beta sum Omega(tau+) - beta sum Omega(tau-).
+`barlow_twins.temperatures`:
 
-Omega's K: 1 by default (`amcl.omega_dim = -1`): a temperature here scales one scalar entry, not a
-D-dimensional unit vector, and with K = d' the regulariser's minimum tau = 2 / d' drags every
-diagonal temperature, hence the invariance target C_ll = tau_l+, towards 0.
+- "channel_map" (the authors' form): `models.ChannelTemperatures`, the Eq. 3 pair-score map on
+  the channel vectors (each feature's values over the global batch, phi N -> hidden -> N, shared
+  by heads), so `batch_size` is fixed by the network; Omega's K = D (2048), beta 1e-6, bounds
+  (1e-5, 2.0), the cross-correlation standardised by (std + 1e-9).
+- "low_rank" (the project's form): `models.CrossCorrelationTemperatures`, learned per-entry
+  logits (free on the diagonal, rank `barlow_twins.temperature_rank` off it; its docstring says
+  why); Omega's K = 1, beta 0.1, bounds (0.5, 2.0).
 
-Degeneracy (`losses.amcl_barlow_twins`): the off-diagonal terms (lambda C^2 - beta) / tau -
-beta (K/2) log tau go to -inf as tau -> 0 because lambda C^2 < beta, so every tau- sits at the
-lower bound, scaling lambda by 1 / lower (1e5 with the default bounds (1e-5, 2)).
-`configs/cifar10_amcl_barlow_twins.py` and the quickstart therefore use bounds (0.5, 2.0).
+Degeneracy (`losses.amcl_barlow_twins`): the off-diagonal terms (lambda C^2 - beta K/2 ...) go to
+-inf as tau -> 0 whenever lambda C^2 < beta, so tau- sits at the lower bound, scaling lambda by
+1 / lower; with the authors' beta 1e-6 this needs C_lm^2 < 2e-4, a weak pull, and the diagonal's
+Omega with K = 2048 has its minimum at tau = 2 / K. The project's form bounds tau in (0.5, 2.0).
 """
 
 from __future__ import annotations
@@ -27,20 +28,30 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import forms, losses, models
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
 
-def temperature_module(config: ml_collections.ConfigDict) -> models.CrossCorrelationTemperatures:
-    return models.CrossCorrelationTemperatures(
-        num_heads=config.amcl.num_heads, rank=config.barlow_twins.temperature_rank,
-        bounds=tuple(config.amcl.temperature_bounds))
+def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
+    """`barlow_twins.temperatures`: "channel_map" (the authors') or "low_rank" (the project's)."""
+    bounds = tuple(forms.setting(config, "amcl.temperature_bounds"))
+    kind = forms.setting(config, "barlow_twins.temperatures")
+    if kind == "channel_map":
+        return models.ChannelTemperatures(
+            num_heads=config.amcl.num_heads, batch_size=config.batch_size,
+            hidden_dim=config.amcl.temperature_hidden_dim, bounds=bounds)
+    if kind == "low_rank":
+        return models.CrossCorrelationTemperatures(
+            num_heads=config.amcl.num_heads, rank=config.barlow_twins.temperature_rank,
+            bounds=bounds)
+    raise ValueError(f"config.barlow_twins.temperatures={kind!r} is invalid: allowed values are "
+                     "'channel_map', 'low_rank'")
 
 
 def omega_dim(config: ml_collections.ConfigDict) -> float:
-    """Omega's K for Eq. 2.3: 1 unless `amcl.omega_dim` is set (see the module docstring)."""
-    return 1 if config.amcl.omega_dim == -1 else config.amcl.omega_dim
+    """Omega's K for Eq. 2.3: D (authors) or 1 (project) unless `amcl.omega_dim` is set."""
+    return forms.setting(config, "amcl.omega_dim")
 
 
 class BarlowTwins(Method):
@@ -62,9 +73,14 @@ class BarlowTwins(Method):
         if config.amcl.enabled:
             tau_diag, tau_off = temperature_module(config).apply(
                 {"params": params["temperature_net"]}, z_a, z_b)
+            # The authors' cross-correlation divides by (std + 1e-9); lightly's by
+            # sqrt(var + 1e-5), which the baseline and the project's form keep.
+            eps, standardisation = ((1e-9, "std_eps") if forms.form(config) == "authors"
+                                    else (1e-5, "variance_eps"))
             loss, metrics = losses.amcl_barlow_twins(
-                z_a, z_b, tau_diag, tau_off, off_diagonal_weight=weight, beta=config.amcl.beta,
-                omega_dim=omega_dim(config))
+                z_a, z_b, tau_diag, tau_off, off_diagonal_weight=weight,
+                beta=forms.setting(config, "amcl.beta"), omega_dim=omega_dim(config), eps=eps,
+                standardisation=standardisation)
         else:
             loss, metrics = losses.barlow_twins_loss(z_a[0], z_b[0], off_diagonal_weight=weight)
         return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)

@@ -1,12 +1,16 @@
 """MoCo v2 and AMCL-MoCo (the paper's Eq. 2.1, or 2.4, with the queue as negatives).
 
-The online encoder and projector give queries; a momentum (EMA) copy gives keys. The loss is
-symmetric, as in the base repository: (L(q_a, k_b) + L(q_b, k_a)) / 2, both terms against the
-queue as it was before the step; then the 2N keys of the step (view a's, then view b's) replace
-the 2N oldest. Without AMCL: InfoNCE with `moco.temperature` (0.1), one head. With AMCL: C heads
-(the EMA network has C heads too), the queue is per head, shape (C, K, D), and every
-(query, key) pair gets a temperature from the temperature network (`amcl.negatives`,
-`amcl.infonce` as for SimCLR).
+The online encoder and projector give queries; a momentum (EMA) copy gives keys. Without AMCL:
+InfoNCE with `moco.temperature` (0.1), one head, symmetric over the views as in the base
+repository: (L(q_a, k_b) + L(q_b, k_a)) / 2, both terms against the queue as it was before the
+step; then the 2N keys of the step (view a's, then view b's) replace the 2N oldest. With AMCL: C
+heads (the EMA network has C heads too), the queue is per head, shape (C, K, D), and every
+(query, key) pair gets a temperature from the temperature network. `moco.directions`:
+
+- "query_and_key" (the authors' form): queries from view a only, keys from view b only; per head
+  the mean of q -> k and k -> q against the same queue (`losses.amcl_queue_contrastive`); the N
+  keys of view b are enqueued.
+- "views" (the project's form): the symmetric pair of MoCo v2 above, C heads.
 
 Train state (`extra`, checkpointed): `target_params` and `target_batch_stats` (the momentum
 encoder and projector), `queue` (C, K, D) float32 unit keys, `queue_ptr` () int32 (the row of
@@ -22,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import forms, losses, models
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 from amcl_jax.methods.simclr import omega_dim, temperature_module
@@ -43,37 +47,56 @@ class MoCo(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (_, queries), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            mutable=["batch_stats"])
-        keys, target_batch_stats = common.target_forward(model, extra, images)
-        q_a, q_b = common.split_views(queries)
-        k_a, k_b = common.split_views(keys)
-        queue = jax.lax.stop_gradient(extra["queue"])
-        if config.amcl.enabled:
-            temperature_fn = models.BoundTemperature(temperature_module(config),
-                                                    params["temperature_net"])
-            pair_loss = lambda q, k: losses.amcl_queue_contrastive(
-                q, k, queue, temperature_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
-                negatives=config.amcl.negatives, infonce=config.amcl.infonce,
-                chunk_size=config.amcl.chunk_size)
+        if config.amcl.enabled and forms.setting(config, "moco.directions") == "query_and_key":
+            # The authors' pairs: queries from view a only, keys from view b only.
+            query_images, key_images = views[0], views[1]
         else:
-            pair_loss = lambda q, k: losses.moco_infonce(q[0], k[0], queue[0],
-                                                         config.moco.temperature)
-        loss_ab, metrics_ab = pair_loss(q_a, k_b)
-        loss_ba, metrics_ba = pair_loss(q_b, k_a)
-        metrics = common.mean_metrics(metrics_ab, metrics_ba)
-        if not config.amcl.enabled:
-            tau = jnp.full((1,), config.moco.temperature, jnp.float32)
-            metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
-        new_queue, new_ptr = common.enqueue(
-            extra["queue"], extra["queue_ptr"],
-            common.l2_normalize(jnp.concatenate([k_a, k_b], axis=1)))
+            query_images = key_images = common.stack_views(views)
+        (_, queries), mutated = model.apply(
+            {"params": params, "batch_stats": batch_stats}, query_images, train=True,
+            mutable=["batch_stats"])
+        keys, target_batch_stats = common.target_forward(model, extra, key_images)
+        queue = jax.lax.stop_gradient(extra["queue"])
+        if query_images is not key_images:
+            loss, metrics = losses.amcl_queue_contrastive(
+                queries, keys, queue, self.temperature_fn(config, params),
+                directions="query_and_key", **self.loss_options(config))
+            new_keys = keys
+        else:
+            q_a, q_b = common.split_views(queries)
+            k_a, k_b = common.split_views(keys)
+            if config.amcl.enabled:
+                temperature_fn = self.temperature_fn(config, params)
+                pair_loss = lambda q, k: losses.amcl_queue_contrastive(
+                    q, k, queue, temperature_fn, directions="query",
+                    **self.loss_options(config))
+            else:
+                pair_loss = lambda q, k: losses.moco_infonce(q[0], k[0], queue[0],
+                                                             config.moco.temperature)
+            loss_ab, metrics_ab = pair_loss(q_a, k_b)
+            loss_ba, metrics_ba = pair_loss(q_b, k_a)
+            loss = 0.5 * (loss_ab + loss_ba)
+            metrics = common.mean_metrics(metrics_ab, metrics_ba)
+            if not config.amcl.enabled:
+                tau = jnp.full((1,), config.moco.temperature, jnp.float32)
+                metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
+            new_keys = jnp.concatenate([k_a, k_b], axis=1)
+        new_queue, new_ptr = common.enqueue(extra["queue"], extra["queue_ptr"],
+                                            common.l2_normalize(new_keys))
         extra = dict(extra, queue=new_queue, queue_ptr=new_ptr,
                      target_batch_stats=target_batch_stats)
-        return MethodOutput(0.5 * (loss_ab + loss_ba), metrics,
-                            mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+
+    @staticmethod
+    def temperature_fn(config, params) -> models.BoundTemperature:
+        return models.BoundTemperature(temperature_module(config), params["temperature_net"])
+
+    @staticmethod
+    def loss_options(config) -> dict:
+        """`amcl_queue_contrastive`'s keyword arguments from the config (forms resolved)."""
+        return dict(beta=forms.setting(config, "amcl.beta"), omega_dim=omega_dim(config),
+                    negatives=forms.setting(config, "amcl.negatives"), topk=config.amcl.topk,
+                    infonce=config.amcl.infonce, chunk_size=config.amcl.chunk_size)
 
     def update_extra(self, config, params, extra, step, total_steps):
         return common.update_target(config.moco, total_steps, params, extra, step)

@@ -1,8 +1,10 @@
 """SimCLR and AMCL-SimCLR (the paper's Eq. 2.1).
 
 Without AMCL: one projection head and NT-Xent with a global temperature (`simclr.temperature`).
-With AMCL: `amcl.num_heads` heads and a temperature network that gives every (head, pair) its own
-temperature, trained through the loss and its regulariser Omega. `amcl.infonce=True` with
+With AMCL: `amcl.num_heads` heads and a temperature for every (head, pair), trained through the
+loss and its regulariser Omega. In the authors' form (`amcl.form="authors"`, forms.py) the
+temperatures come from the Eq. 3 pair-score map and the negatives are Eq. 5's top-k; in the
+project's form from an MLP on [u; v] with a log-sum-exp over negatives. `amcl.infonce=True` with
 `amcl.negatives="max"` is the InfoNCE form (Eq. 2.4): the positive joins the hard max, which
 bounds the loss below (Eq. 2.1's hard max is unbounded below once a positive's cosine exceeds
 beta and its temperature reaches the lower bound).
@@ -10,6 +12,7 @@ beta and its temperature reaches the lower bound).
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -17,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import forms, losses, models
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
@@ -43,12 +46,21 @@ class ContrastiveModel(nn.Module):
 
 
 def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
-    return models.TemperatureNet(
-        num_heads=config.amcl.num_heads,
-        hidden_dim=config.amcl.temperature_hidden_dim,
-        bounds=tuple(config.amcl.temperature_bounds),
-        shared=config.amcl.shared_temperature_net,
-    )
+    """The AMCL temperature network of the SimCLR family (SimCLR, MoCo, SimSiam).
+
+    `amcl.temperature_net` "pair_score": the authors' Eq. 3 map (`models.PairScoreTemperature`);
+    "concat_mlp": the project's MLP on [u; v] (`models.TemperatureNet`).
+    """
+    setting = functools.partial(forms.setting, config)
+    kind = setting("amcl.temperature_net")
+    module = {"pair_score": models.PairScoreTemperature, "concat_mlp": models.TemperatureNet}
+    if kind not in module:
+        raise ValueError(f"config.amcl.temperature_net={kind!r} is invalid: allowed values are "
+                         + ", ".join(repr(k) for k in module))
+    return module[kind](num_heads=config.amcl.num_heads,
+                        hidden_dim=config.amcl.temperature_hidden_dim,
+                        bounds=tuple(setting("amcl.temperature_bounds")),
+                        shared=setting("amcl.shared_temperature_net"))
 
 
 def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
@@ -64,9 +76,9 @@ def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveMod
     return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
 
 
-def omega_dim(config: ml_collections.ConfigDict) -> int:
-    """Omega's K: the head's output dimension unless set explicitly."""
-    return config.projector.out_dim if config.amcl.omega_dim == -1 else config.amcl.omega_dim
+def omega_dim(config: ml_collections.ConfigDict) -> float:
+    """Omega's K: the head's output dimension unless set explicitly (forms.py)."""
+    return forms.setting(config, "amcl.omega_dim")
 
 
 def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Array,
@@ -78,13 +90,15 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
         return loss, metrics
     temperature_fn = models.BoundTemperature(temperature_module(config), params["temperature_net"])
+    beta = forms.setting(config, "amcl.beta")
+    negatives = forms.setting(config, "amcl.negatives")
     if config.amcl.loss == "released_code":
         normalise = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
         temperatures = temperature_fn(normalise(z_a.astype(jnp.float32)),
                                       normalise(z_b.astype(jnp.float32)))
-        return losses.released_code_loss(z_a, z_b, temperatures, beta=config.amcl.beta)
-    if config.amcl.infonce and config.amcl.negatives == "max":  # Eq. 2.4.
-        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=config.amcl.beta,
+        return losses.released_code_loss(z_a, z_b, temperatures, beta=beta)
+    if config.amcl.infonce and negatives == "max":  # Eq. 2.4.
+        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=beta,
                                        omega_dim=omega_dim(config))
     # The temperature ablation: the non-adaptive side at the global simclr.temperature.
     constant = losses.constant_temperature(config.simclr.temperature)
@@ -95,8 +109,8 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         "none": (constant, None),
     }[config.amcl.adaptive_temperature]
     return losses.amcl_contrastive(
-        z_a, z_b, negative_fn, beta=config.amcl.beta, omega_dim=omega_dim(config),
-        negatives=config.amcl.negatives, chunk_size=config.amcl.chunk_size,
+        z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim(config), negatives=negatives,
+        topk=config.amcl.topk, chunk_size=config.amcl.chunk_size,
         positive_temperature_fn=positive_fn)
 
 

@@ -8,13 +8,15 @@ With AMCL every head c has its own projector and predictor, and Eq. 2.2 reads (p
     -cos(p_a^c, [z_b^c]) / (2 tau+) - cos(p_b^c, [z_a^c]) / (2 tau~) + beta Omega(tau+)
     + beta Omega(tau~),
 the table's z_i^c being head c's prediction and h its projection of the other view (the
-stop-gradient target), tau+ = TemperatureNet(p_a^c, z_b^c), tau~ = TemperatureNet(p_b^c, z_a^c).
+stop-gradient target), tau+ = tau(p_a^c, z_b^c), tau~ = tau(p_b^c, z_a^c) on the normalised
+features: the Eq. 3 pair-score map in the authors' form (beta 1e-4, bounds (1e-5, 2.0)), the
+[u; v] MLP in the project's (beta 0.1, bounds (0.5, 2.0)).
 
 Degeneracy (see `losses.amcl_simsiam`): each term is (beta - s/2)/tau + beta (K/2) log tau, which
-is unbounded below as tau -> 0 once the cosine s exceeds 2 beta (0.2), so every temperature goes
-to the lower bound and the gradient on s is multiplied by 1 / (2 lower) (5e4 at the default
-1e-5). `configs/cifar10_amcl_simsiam.py` and the quickstart use bounds (0.5, 2.0): the reweighting
-then stays within [0.25, 1] of the base loss.
+is unbounded below as tau -> 0 once the cosine s exceeds 2 beta, so every temperature goes to the
+lower bound and the gradient on s is multiplied by 1 / (2 lower) (5e4 at 1e-5). The project's
+form therefore bounds tau in (0.5, 2.0), where the reweighting stays within [0.25, 1] of the base
+loss; the authors' form keeps (1e-5, 2.0) and relies on gradient-norm clipping (1.0).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import forms, losses, models
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 from amcl_jax.methods.simclr import omega_dim, temperature_module
@@ -49,8 +51,9 @@ class SimSiam(Method):
         if config.amcl.enabled:
             temperature_fn = models.BoundTemperature(temperature_module(config),
                                                      params["temperature_net"])
-            loss, metrics = losses.amcl_simsiam(p_a, p_b, z_a, z_b, temperature_fn,
-                                                beta=config.amcl.beta, omega_dim=omega_dim(config))
+            loss, metrics = losses.amcl_simsiam(
+                p_a, p_b, z_a, z_b, temperature_fn, beta=forms.setting(config, "amcl.beta"),
+                omega_dim=omega_dim(config))
         else:
             loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], z_a[0], z_b[0])
         return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)

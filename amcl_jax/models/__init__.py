@@ -8,7 +8,13 @@ from typing import Any
 
 import flax.linen as nn
 
-from amcl_jax.models.heads import BoundTemperature, MultiHeadProjector, TemperatureNet
+from amcl_jax.models.heads import (
+    BoundTemperature,
+    MultiHeadProjector,
+    PairScoreTemperature,
+    TemperatureNet,
+    bounded_temperature,
+)
 from amcl_jax.models.norm import BatchNorm, make_norm
 from amcl_jax.models.resnet import (
     BasicBlock,
@@ -19,7 +25,11 @@ from amcl_jax.models.resnet import (
     ResNet50,
     feature_dim,
 )
-from amcl_jax.models.ssl_heads import CrossCorrelationTemperatures, MultiHeadMLP
+from amcl_jax.models.ssl_heads import (
+    ChannelTemperatures,
+    CrossCorrelationTemperatures,
+    MultiHeadMLP,
+)
 from amcl_jax.models.vit import ViT, vit_feature_dim
 
 # name -> (constructor taking width/stem/dtype, feature size as a function of width).
@@ -85,15 +95,18 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "BoundTemperature",
+    "ChannelTemperatures",
     "CrossCorrelationTemperatures",
     "MultiHeadMLP",
     "MultiHeadProjector",
+    "PairScoreTemperature",
     "ResNet",
     "ResNet18",
     "ResNet34",
     "ResNet50",
     "TemperatureNet",
     "ViT",
+    "bounded_temperature",
     "build_encoder",
     "encoder_feature_dim",
     "feature_dim",

@@ -2,16 +2,20 @@
 
 - `MultiHeadProjector`: C copies of one MLP architecture with independent weights, made with
   `nn.vmap` over a leading head axis (every param leaf is (C, ...)).
-- `TemperatureNet`: maps a pair of head features (u, v) to a bounded temperature
-  tau = lower + (upper - lower) * sigmoid(MLP([u; v])), the MLP being 2D -> hidden -> 1 with its
-  first layer split (W [u; v] = W_u u + W_v v) so a pair grid never builds an (A, B, 2D) tensor.
+- `TemperatureNet` (the project's form): maps a pair of head features (u, v) to a bounded
+  temperature tau = lower + (upper - lower) * sigmoid(MLP([u; v])), the MLP being 2D -> hidden
+  -> 1 with its first layer split (W [u; v] = W_u u + W_v v) so a pair grid never builds an
+  (A, B, 2D) tensor.
   One MLP per head (the released code) or one shared by all heads (the paper's figure).
-- `BoundTemperature`: params bound to a `TemperatureNet` as a pure function, the
+- `PairScoreTemperature`: the authors' Eq. 3 map, tau = lower + (upper - lower)
+  sigmoid(-<phi(u), phi(v)>) with phi an MLP D -> hidden -> D on each feature, shared by heads.
+- `BoundTemperature`: params bound to a temperature module as a pure function, the
   `temperature_fn` the losses take.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -230,16 +234,103 @@ class TemperatureNet(nn.Module):
         return self._to_tau(self.mlp.pair_grid(u, v))
 
 
+class _Phi(nn.Module):
+    """Eq. 3's feature map: Dense(hidden) - ReLU - Dense(D), float32. (..., D) -> (..., D)."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = nn.relu(nn.Dense(self.hidden_dim, name="dense_0")(x))
+        return nn.Dense(x.shape[-1], name="dense_1")(hidden)
+
+
+def bounded_temperature(score: jax.Array, bounds: tuple[float, float]) -> jax.Array:
+    """Eq. 3's map from a pair score to a temperature: lower + (upper - lower) sigmoid(-score).
+
+    A higher score (phi features more aligned) gives a lower temperature. float32.
+    """
+    lower, upper = bounds
+    if not 0 < lower < upper:
+        raise ValueError(
+            f"amcl.temperature_bounds must satisfy 0 < lower < upper, got {tuple(bounds)}")
+    return lower + (upper - lower) * jax.nn.sigmoid(-score.astype(jnp.float32))
+
+
+class PairScoreTemperature(nn.Module):
+    """The authors' temperature map (the paper's Eq. 3, their v2.0 code).
+
+    phi is an MLP D -> hidden -> D (Dense, ReLU, Dense) applied to each L2-normalised head
+    feature on its own; a pair (u, v) scores r = <phi(u), phi(v)> and gets
+    tau = lower + (upper - lower) * sigmoid(-r), symmetric in (u, v). Because the score is a dot
+    product of per-feature embeddings, a grid of pairs is one matmul of phi features: no
+    (A, B, hidden) or (A, B, 2D) tensor is ever built.
+
+    Attributes:
+      num_heads: C (the leading axis of u and v).
+      hidden_dim: phi's hidden width (128 in the authors' commands).
+      bounds: (lower, upper), 0 < lower < upper.
+      shared: True (the authors'): one phi for every head; False: one per head (`nn.vmap` over
+        the head axis, every param leaf (C, ...)).
+
+    `features(x)`: x (C, M, D) -> phi(x) (C, M, D) float32.
+    `__call__(u, v)`: u, v (C, M, D) -> tau (C, M) of the pairs (u[c, m], v[c, m]).
+    `pair_grid(u, v)`: u (C, A, D), v (C, B, D) -> tau (C, A, B).
+    `gathered(u, v, index)`: index (C, A, k) int -> tau (C, A, k) of the pairs
+      (u[c, a], v[c, index[c, a, j]]).
+    """
+
+    num_heads: int = 3
+    hidden_dim: int = 128
+    bounds: tuple[float, float] = (1e-5, 2.0)
+    shared: bool = True
+
+    def setup(self) -> None:
+        if self.shared:
+            self.phi = _Phi(self.hidden_dim)
+        else:
+            self.phi = nn.vmap(_Phi, variable_axes={"params": 0}, split_rngs={"params": True},
+                               in_axes=0, out_axes=0, axis_size=self.num_heads)(self.hidden_dim)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """x (C, M, D) -> phi(x) (C, M, D) float32."""
+        if x.ndim != 3 or x.shape[0] != self.num_heads:
+            raise ValueError(f"PairScoreTemperature expects (C={self.num_heads}, M, D) features, "
+                             f"got {x.shape}")
+        return self.phi(x.astype(jnp.float32))
+
+    def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u, v: (C, M, D) -> tau (C, M) float32."""
+        score = jnp.sum(self.features(u) * self.features(v), axis=-1)
+        return bounded_temperature(score, self.bounds)
+
+    def pair_grid(self, u: jax.Array, v: jax.Array) -> jax.Array:
+        """u: (C, A, D), v: (C, B, D) -> tau (C, A, B) float32: one matmul of phi features."""
+        score = jnp.einsum("cad,cbd->cab", self.features(u), self.features(v))
+        return bounded_temperature(score, self.bounds)
+
+    def gathered(self, u: jax.Array, v: jax.Array, index: jax.Array) -> jax.Array:
+        """u (C, A, D), v (C, B, D), index (C, A, k) -> tau (C, A, k) float32.
+
+        The k scores per row are taken from the (C, A, B) score matmul: it is the size of the
+        cosine grid the caller ranked to choose `index`, and on accelerators one dense matmul
+        beats gathering (C, A, k, D) features; sigmoid and bounds run on the k chosen only.
+        """
+        score = jnp.einsum("cad,cbd->cab", self.features(u), self.features(v))
+        return bounded_temperature(jnp.take_along_axis(score, index, axis=-1), self.bounds)
+
+
 @jax.tree_util.register_pytree_node_class
 class BoundTemperature:
-    """A `TemperatureNet` with its params, as a pure function (the losses' `temperature_fn`).
+    """A temperature module (`TemperatureNet`, `PairScoreTemperature`) with its params, as a pure
+    function (the losses' `temperature_fn`).
 
     Each call is `module.apply({"params": params}, ...)`, so it is safe inside `jax.lax.map`,
     `jax.checkpoint` and `jax.grad` with respect to `params`. It is a pytree (params are the
     leaves), so it can also be passed through `jax.jit` as an argument.
     """
 
-    def __init__(self, module: TemperatureNet, params: Any) -> None:
+    def __init__(self, module: nn.Module, params: Any) -> None:
         self.module = module
         self.params = params
 
@@ -251,9 +342,18 @@ class BoundTemperature:
         """u: (C, A, D), v: (C, B, D) -> tau (C, A, B) float32."""
         return self.module.apply({"params": self.params}, u, v, method="pair_grid")
 
-    def tree_flatten(self) -> tuple[tuple[Any], TemperatureNet]:
+    @property
+    def gathered(self) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None:
+        """`gathered(u, v, index)` when the module has one (else None: the losses then gather the
+        pairs themselves and call the function on them)."""
+        if not hasattr(self.module, "gathered"):
+            return None
+        return lambda u, v, index: self.module.apply({"params": self.params}, u, v, index,
+                                                     method="gathered")
+
+    def tree_flatten(self) -> tuple[tuple[Any], nn.Module]:
         return (self.params,), self.module
 
     @classmethod
-    def tree_unflatten(cls, module: TemperatureNet, children: tuple[Any]) -> BoundTemperature:
+    def tree_unflatten(cls, module: nn.Module, children: tuple[Any]) -> BoundTemperature:
         return cls(module, children[0])
