@@ -5,7 +5,7 @@ cross-correlation on the global batch; batch 512, 800 epochs, SGD lr 0.11 moment
 decay 5e-4, cosine, no warm-up; abcde.
 
     python main.py --config=configs/cifar10_barlow_twins.py \
-        --config.data.data_dir=../shared/data/cifar10-jpeg.tar.gz \
+        --config.data.data_dir=/data/cifar10-jpeg.tar.gz \
         --workdir=runs/cifar10_barlow_twins
 
 Expected: kNN top-1 (k=200, T=0.1) 86.91 +- 0.09 in the base repository at 800 epochs (original

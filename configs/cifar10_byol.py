@@ -8,7 +8,7 @@ none for BYOL, and 0.05 is SimSiam's, the method BYOL reduces to without the EMA
 (methods/byol.py).
 
     python main.py --config=configs/cifar10_byol.py \
-        --config.data.data_dir=../shared/data/cifar10-jpeg.tar.gz --workdir=runs/cifar10_byol
+        --config.data.data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/cifar10_byol
 
 Expected: no published figure for this setup; SimSiam's 90.59 +- 0.11 and MoCo's 90.12 +- 0.12
 (kNN, 800 epochs, base repository) are the neighbours. Not run to completion here; cost: about

@@ -5,7 +5,7 @@ ResNet-18 (CIFAR stem), projector Linear(512, 512)-ReLU-Linear(512, 128) and its
 800 epochs, SGD lr 0.08 momentum 0.9 weight decay 5e-4, cosine, no warm-up; abcde.
 
     python main.py --config=configs/cifar10_moco.py \
-        --config.data.data_dir=../shared/data/cifar10-jpeg.tar.gz --workdir=runs/cifar10_moco
+        --config.data.data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/cifar10_moco
 
 Expected: kNN top-1 (k=200, T=0.1) 90.12 +- 0.12 in the base repository at 800 epochs (original
 PNGs). Not run to completion here; cost: about 1.3x configs/cifar10_simclr.py (a second,

@@ -8,11 +8,11 @@ gives no per-row numbers with AMCL here. Rows of methods not yet registered in
 
     # The README's table: SimCLR with and without AMCL at cpu scale, 2 seeds (20 runs):
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=cpu \
-        --methods=simclr --data_dir=../shared/data/cifar10-jpeg.tar.gz \
+        --methods=simclr --data_dir=/data/cifar10-jpeg.tar.gz \
         --workdir=runs/paper_augmentations_cpu
     # The paper's protocol (40 rows x 3 seeds x 800 epochs; GPU):
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=full \
-        --data_dir=../shared/data/cifar10-jpeg.tar.gz --workdir=runs/paper_augmentations
+        --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/paper_augmentations
     # Seconds, for a check that everything runs:
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=smoke \
         --methods=simclr --workdir=runs/paper_augmentations_smoke

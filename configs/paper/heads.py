@@ -6,9 +6,9 @@ heads 61.9; the poster does not state the setting (dataset, epochs) of that plot
 not comparable with the CIFAR-10 800-epoch numbers of the other tables.
 
     python -m amcl_jax.reproduce --table=configs/paper/heads.py --scale=cpu \
-        --data_dir=../shared/data/cifar10-jpeg.tar.gz --workdir=runs/paper_heads_cpu
+        --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/paper_heads_cpu
     python -m amcl_jax.reproduce --table=configs/paper/heads.py --scale=full \
-        --data_dir=../shared/data/cifar10-jpeg.tar.gz --workdir=runs/paper_heads
+        --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/paper_heads
 
 Runtime: 5 rows x 2 seeds = 10 runs at cpu scale, ~7-10 minutes each on 2 idle cores
 (~1.5 hours; 5 heads costs a little more than 1); full: 5 x 3 runs of 78,200 steps.
