@@ -355,12 +355,13 @@ def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndar
                      config, mesh: Mesh, augment_on: str = "host") -> tuple[np.ndarray, np.ndarray]:
     """Backbone features (N, F) float32 of every example exactly once, gathered on every host.
 
-    `augment_on="device"`: the batches come from NumPy (`device_augment.eval_iterator`, the
-    same batches without TensorFlow), else from tf.data.
+    `augment_on="device"`, or TensorFlow not installed: the batches come from NumPy
+    (`device_augment.eval_iterator`, the same batches without TensorFlow), else from tf.data.
     """
     process_count = jax.process_count()
     sharding = NamedSharding(mesh, P("data"))
-    iterate = device_augment.eval_iterator if augment_on == "device" else data_lib.eval_iterator
+    numpy_batches = augment_on == "device" or not data_lib.tensorflow_available()
+    iterate = device_augment.eval_iterator if numpy_batches else data_lib.eval_iterator
     batches = iterate(
         images, labels, batch_size=config.eval.batch_size, image_size=config.data.image_size,
         mean=data_lib.dataset_stats(config.data.dataset)[0],

@@ -1,11 +1,13 @@
-"""What the benchmark scripts share besides timing: their report's command line, writing it,
-and the seconds per update a training run logged."""
+"""What the benchmark scripts share besides timing: their report's command line, the package
+versions it was measured with, writing it, and the seconds per update a training run logged."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
+from importlib import metadata
 
 
 def command_line(script: str, argv: list[str] | None = None) -> str:
@@ -13,6 +15,38 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     `__file__`; `argv` the arguments given to its `main`, or the process's)."""
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", f"bench/{os.path.basename(script)}", *args])
+
+
+# Report key -> the distribution names it may be installed under (first found wins).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "jax": ("jax",), "jaxlib": ("jaxlib",),
+    "jax_cuda_plugin": ("jax-cuda13-plugin", "jax-cuda12-plugin"),
+    "flax": ("flax",), "optax": ("optax",), "orbax_checkpoint": ("orbax-checkpoint",),
+    "numpy": ("numpy",), "ml_collections": ("ml_collections",), "dm_pix": ("dm-pix",),
+    "pillow": ("pillow",), "torch": ("torch",), "torchvision": ("torchvision",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+}
+
+
+def versions() -> dict[str, str | None]:
+    """Python's version and each of `PACKAGES`' installed versions (None: not installed), read
+    from the installed metadata, so nothing is imported; `tensorflow` is None where it cannot be
+    imported (not installed, or blocked as on a machine without it)."""
+    from amcl_jax.data import tensorflow_available
+
+    def installed(names: tuple[str, ...]) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    out.update({key: installed(names) for key, names in PACKAGES.items()})
+    if not tensorflow_available():
+        out["tensorflow"] = None
+    return out
 
 
 def write_json(path: str, report: dict) -> None:

@@ -47,13 +47,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 
-import flax  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from amcl_jax.config import get_default_config  # noqa: E402
 from bench import flops, loop  # noqa: E402
-from bench.common import command_line, write_json  # noqa: E402
+from bench.common import command_line, versions, write_json  # noqa: E402
 from bench.jax_step import (  # noqa: E402
     ATTEMPT_VARIANTS,
     STEP_OPTIONS,
@@ -89,12 +88,23 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Train steps, interleaved
 # --------------------------------------------------------------------------------------------
-def time_steps(batch_per_view: int, args) -> dict[str, dict]:
-    """Builds every variant at this batch size, then times them in interleaved rounds."""
+def time_steps(batch_per_view: int, args, jax_overrides: dict[str, dict] | None = None,
+               torch_options: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Builds every variant at this batch size, then times them in interleaved rounds.
+
+    The variants: `jax_overrides` (name -> config overrides; default `args.jax_variants` from
+    VARIANTS and ATTEMPT_VARIANTS) and, unless `args.no_torch`, `torch_options` (name ->
+    `torch_reference.make_train_step` options; default both TORCH_LAYOUTS, eager).
+    """
+    if jax_overrides is None:
+        jax_overrides = {name: {**VARIANTS, **ATTEMPT_VARIANTS}[name]
+                         for name in args.jax_variants}
+    if torch_options is None:
+        torch_options = {name: {"channels_last": channels_last}
+                         for name, channels_last in TORCH_LAYOUTS.items()}
     steps, build = {}, {}
-    for name in args.jax_variants:
-        config = make_config(batch_per_view=batch_per_view,
-                             overrides={**VARIANTS, **ATTEMPT_VARIANTS}[name],
+    for name, overrides in jax_overrides.items():
+        config = make_config(batch_per_view=batch_per_view, overrides=overrides,
                              width=args.width, dtype=args.dtype)
         steps[name], compile_seconds = make_jax_step(config, **STEP_OPTIONS.get(name, {}))
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
@@ -102,10 +112,9 @@ def time_steps(batch_per_view: int, args) -> dict[str, dict]:
             build[name]["memory"] = steps[name].memory_stats()
         log(f"  built {name} (first step incl. compile {compile_seconds:.1f} s)")
     if torch_reference is not None and not args.no_torch:
-        for name, channels_last in TORCH_LAYOUTS.items():
+        for name, options in torch_options.items():
             step, _ = torch_reference.make_train_step(
-                batch_per_view=batch_per_view, width=args.width, channels_last=channels_last,
-                dtype=args.dtype)
+                batch_per_view=batch_per_view, width=args.width, dtype=args.dtype, **options)
 
             steps[name] = timed = functools.partial(seconds_of, step)
             build[name] = {"first_step_seconds": timed()}
@@ -252,18 +261,6 @@ def ratios(steps: dict, pipeline: dict | None, memory: dict | None) -> dict:
         entry["met"] = _met(name, entry["value"])
         if isinstance(entry.get("by_negatives"), dict):
             entry["met_by_negatives"] = {k: _met(name, v) for k, v in entry["by_negatives"].items()}
-    return out
-
-
-def versions() -> dict:
-    out = {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
-           "flax": flax.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "torch": torch.__version__ if torch else None}
-    try:
-        from amcl_jax.data._tf import tf
-        out["tensorflow"] = tf.__version__
-    except ImportError:
-        out["tensorflow"] = None
     return out
 
 

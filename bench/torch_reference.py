@@ -100,13 +100,15 @@ def default_device() -> torch.device:
 
 def make_train_step(*, batch_per_view: int, image_size: int = 32, width: float = 1.0,
                     channels_last: bool, seed: int = 0, temperature: float = 0.5,
-                    dtype: str = "float32", device: str | torch.device | None = None):
+                    dtype: str = "float32", device: str | torch.device | None = None,
+                    compile_model: bool = False):
     """A closure running one SGD update on a fixed batch and returning the loss as a float.
 
     On CPU uses every core this process may run on (one thread each). `channels_last`: NHWC
     memory format for the model and the input (oneDNN's preferred CPU layout, and cuDNN's for
     bfloat16). `dtype="bfloat16"`: the forward pass under bfloat16 autocast. `device`: default
-    the GPU if PyTorch sees one, else the CPU.
+    the GPU if PyTorch sees one, else the CPU. `compile_model`: the model's forward and backward
+    passes compiled by `torch.compile` (Inductor; the compilation happens in the first call).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -124,6 +126,7 @@ def make_train_step(*, batch_per_view: int, image_size: int = 32, width: float =
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    forward = torch.compile(model) if compile_model else model  # Shares the model's parameters.
     views = torch.randn(2 * batch_per_view, 3, image_size, image_size)
     views = views.to(device).contiguous(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
@@ -131,7 +134,7 @@ def make_train_step(*, batch_per_view: int, image_size: int = 32, width: float =
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            z = model(views)  # Both views in one pass, as the JAX step.
+            z = forward(views)  # Both views in one pass, as the JAX step.
         loss = nt_xent(z[:batch_per_view].float(), z[batch_per_view:].float(), temperature)
         loss.backward()
         optimizer.step()
