@@ -24,8 +24,12 @@ from amcl_jax.train import TrainState, compiler_options, train_step
 # name -> config overrides ("section.field": value).
 VARIANTS: dict[str, dict] = {
     "simclr": {"amcl.enabled": False},
-    "amcl_max": {"amcl.enabled": True, "amcl.negatives": "max"},
-    "amcl_logsumexp": {"amcl.enabled": True, "amcl.negatives": "logsumexp"},
+    # The authors' form (pair-score map, top-k negatives) and the project's (a [u; v] MLP per
+    # head) with its two negative modes: docs/amcl.md.
+    "amcl_topk": {"amcl.enabled": True, "amcl.form": "authors"},
+    "amcl_max": {"amcl.enabled": True, "amcl.form": "project", "amcl.negatives": "max"},
+    "amcl_logsumexp": {"amcl.enabled": True, "amcl.form": "project",
+                       "amcl.negatives": "logsumexp"},
 }
 # Optimisation attempts at the step level (timed only when named in `--jax_variants`), to
 # compare against "simclr" (the configured default): SimCLR with a given `model.xla_cpu_ynnpack`
@@ -128,7 +132,8 @@ def loss_peak_bytes(*, loss: str, batch_per_view: int, dim: int = 128, num_heads
     """XLA memory analysis of jit(value_and_grad(loss)) at 2 * batch_per_view views.
 
     loss="ntxent": `losses.nt_xent`, gradient wrt z (1, 2N, D).
-    loss="amcl": `losses.amcl_contrastive` with a `TemperatureNet` (one MLP per head), gradient
+    loss="amcl": `losses.amcl_contrastive` with a `TemperatureNet` (one MLP per head; the
+    project's form), or with negatives="topk" the authors' shared `PairScoreTemperature`, gradient
     wrt z (C, 2N, D) and the temperature-net params. Nothing is executed (compile only).
     """
     n = batch_per_view
@@ -139,7 +144,9 @@ def loss_peak_bytes(*, loss: str, batch_per_view: int, dim: int = 128, num_heads
         args = (jax.ShapeDtypeStruct((1, 2 * n, dim), jnp.float32),)
         grad_fn = jax.value_and_grad(fn)
     elif loss == "amcl":
-        module = models.TemperatureNet(num_heads=num_heads, hidden_dim=hidden_dim)
+        module = (models.PairScoreTemperature(num_heads=num_heads, hidden_dim=hidden_dim)
+                  if negatives == "topk" else
+                  models.TemperatureNet(num_heads=num_heads, hidden_dim=hidden_dim))
         probe = jnp.zeros((num_heads, 2, dim), jnp.float32)
         params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), probe, probe))["params"]
 

@@ -5,7 +5,8 @@
 
 Measures in one process, side by side:
 - train steps at each batch size per view: the project's jitted ResNet-18 CIFAR step (`simclr`,
-  `amcl_max`, `amcl_logsumexp`: 3 heads + temperature net) and the eager PyTorch reference
+  `amcl_topk`: the authors' form, `amcl_max`, `amcl_logsumexp`: the project's; 3 heads +
+  temperature net) and the eager PyTorch reference
   (`bench/torch_reference.py`, NCHW and channels_last). All variants are built and warmed up
   first, then timed in interleaved rounds (one step of each per round) so that load from other
   processes hits every variant alike; figures are medians over rounds.
@@ -15,7 +16,7 @@ Measures in one process, side by side:
   update against the bare step's at the headline batch (`loop_over_step_throughput`), i.e. what
   the host's per-step work (tf.data views, the copy to the device, dispatch) costs the step.
 - peak memory of loss + gradient (XLA memory analysis, compile only) for the AMCL loss (C=3,
-  both negative modes, temperature net) over NT-Xent (C=1) at a large batch.
+  every negative mode, temperature net) over NT-Xent (C=1) at a large batch.
 - utilisation of each step (`bench/flops.py`): model FLOPs per second over the device's
   data-sheet peak (MFU; GPUs) and over the best matmul rate measured on it (every device).
 
@@ -207,7 +208,8 @@ def loss_memory(args) -> dict:
     n = args.memory_batch
     out = {"batch_per_view": n, "num_views": 2 * n, "dim": 128, "num_heads": 3,
            "ntxent": loss_peak_bytes(loss="ntxent", batch_per_view=n),
-           "amcl_max": loss_peak_bytes(loss="amcl", batch_per_view=n, negatives="max")}
+           "amcl_max": loss_peak_bytes(loss="amcl", batch_per_view=n, negatives="max"),
+           "amcl_topk": loss_peak_bytes(loss="amcl", batch_per_view=n, negatives="topk")}
     for chunk in args.memory_chunk_sizes:
         out[f"amcl_logsumexp_chunk{chunk}"] = loss_peak_bytes(
             loss="amcl", batch_per_view=n, negatives="logsumexp", chunk_size=chunk)
@@ -250,7 +252,7 @@ def ratios(steps: dict, pipeline: dict | None, memory: dict | None) -> dict:
     if memory is not None:
         base = memory["ntxent"]["peak_bytes"]
         by_mode = {mode: memory[f"amcl_{mode}"]["peak_bytes"] / base
-                   for mode in ("max", "logsumexp")}
+                   for mode in ("topk", "max", "logsumexp") if f"amcl_{mode}" in memory}
         by_chunk = {key.removeprefix("amcl_logsumexp_chunk"): memory[key]["peak_bytes"] / base
                     for key in memory if key.startswith("amcl_logsumexp_chunk")}
         out["amcl_loss_peak_bytes_over_ntxent"] = {

@@ -55,6 +55,7 @@ def test_torch_nt_xent_matches_ours():
     {"loss": "ntxent"},
     {"loss": "amcl", "negatives": "max"},
     {"loss": "amcl", "negatives": "logsumexp", "chunk_size": 4},
+    {"loss": "amcl", "negatives": "topk"},
 ])
 def test_loss_peak_bytes_is_positive(kwargs):
     stats = loss_peak_bytes(batch_per_view=8, dim=16, **kwargs)
@@ -260,3 +261,64 @@ def test_streaming_benchmark_times_both_sources_of_the_same_images(tmp_path):
     assert report["imagenet_like"]["in_memory"]["bytes_held"] == 12 * 40 * 40 * 3
     assert report["imagenet_like"]["image_size"] == 224
     assert 0 < report["imagenet_like"]["mean_file_bytes"] < 40 * 40 * 3
+
+
+def test_quickstart_benchmark_summarises_seeds_and_resumes(tmp_path, monkeypatch):
+    """bench/quickstart.py: seeds in the outer loop, the report rewritten after every run with
+    each variant's mean and sample std, and --resume skipping the runs already there."""
+    import json
+    import statistics
+
+    from bench import quickstart
+
+    calls = []
+
+    def fake_run(args, seed, main_py):
+        calls.append((tuple(args), seed))
+        final = 0.8 + 0.01 * seed + (0.05 if "amcl=false" in args[0] else 0.0)
+        return {"wall_seconds": 1.0, "knn_top1_init": 0.7, "knn_top1": final,
+                "knn_top1_best": final}
+
+    monkeypatch.setattr(quickstart, "run_one", fake_run)
+    out = tmp_path / "qs.json"
+    quickstart.main(["--seeds", "0,1,2", "--variants", "simclr,amcl_project", "--output",
+                     str(out), "--set", "total_steps=2"])
+    assert [seed for _, seed in calls] == [0, 0, 1, 1, 2, 2]  # Seeds outermost.
+    assert all("--config.total_steps=2" in args for args, _ in calls)
+    report = json.loads(out.read_text())
+    simclr = report["results"]["simclr"]["summary"]["knn_top1"]
+    assert simclr["mean"] == pytest.approx(0.86)
+    assert simclr["std"] == pytest.approx(statistics.stdev([0.85, 0.86, 0.87]))
+    assert simclr["seeds"] == 3
+    calls.clear()
+    quickstart.main(["--seeds", "0,1,2,3", "--variants", "simclr,amcl_project", "--output",
+                     str(out), "--resume"])
+    assert [seed for _, seed in calls] == [3, 3]
+    report = json.loads(out.read_text())
+    assert report["results"]["amcl_project"]["summary"]["knn_top1"]["seeds"] == 4
+    with pytest.raises(SystemExit):
+        quickstart.main(["--variants", "no_such_variant", "--output", str(out)])
+
+
+def test_temperatures_figure_reads_per_head_series(tmp_path):
+    import json
+
+    from bench import temperatures
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / "metrics.jsonl", "w") as f:
+        for step, tau in ((5, 0.9), (10, 0.5)):
+            f.write(json.dumps({"step": step, "loss": 1.0, "tau_pos_mean": tau,
+                                "tau_pos_mean/head0": tau, "tau_pos_mean/head1": tau / 2,
+                                "tau_pos_min/head0": tau / 4, "tau_neg_mean": 1.0,
+                                "pos_sim": 0.5, "neg_sim": 0.1}) + "\n")
+    output = tmp_path / "out" / "temps"
+    temperatures.main(["--run", f"authors={workdir}", "--output", str(output)])
+    assert (tmp_path / "out" / "temps.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "out" / "temps.json").read_text())
+    summary = report["summary"]["authors"]
+    assert summary["tau_pos_mean/head1"] == {"first": 0.45, "last": 0.25, "min": 0.25, "max": 0.45}
+    assert "loss" not in summary
+    with pytest.raises(SystemExit):
+        temperatures.main(["--run", str(workdir), "--output", str(output)])
