@@ -275,6 +275,38 @@ class Preempted(Exception):
                          "command again to continue")
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+class _TableProgress:
+    """"run i of n (row, seed), elapsed, ETA for the table" before each run; the ETA is the mean
+    time of the runs trained by this command (runs finished earlier take no time) times the runs
+    left, the current one included."""
+
+    def __init__(self, num_runs: int, log) -> None:
+        self.num_runs, self.log = num_runs, log
+        self.start = time.time()
+        self.done = 0
+        self.trained_seconds, self.trained = 0.0, 0
+        self._run_start, self._counts = 0.0, False
+
+    def started(self, row: str, seed: int, finished_earlier: bool) -> None:
+        elapsed = time.time() - self.start
+        left = self.num_runs - self.done
+        eta = (_minutes(self.trained_seconds / self.trained * left) if self.trained
+               else "unknown")
+        self.log(f"run {self.done + 1} of {self.num_runs} ({row}, seed {seed}), elapsed "
+                 f"{_minutes(elapsed)}, ETA {eta} for the table")
+        self._run_start, self._counts = time.time(), not finished_earlier
+
+    def finished(self) -> None:
+        self.done += 1
+        if self._counts:
+            self.trained_seconds += time.time() - self._run_start
+            self.trained += 1
+
+
 def _aggregate(values: list[float]) -> dict[str, Any]:
     values = [100.0 * v for v in values]
     return {"mean": float(np.mean(values)),
@@ -303,6 +335,10 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
     probe_config = probe_config_for_scale(scale) if linear_probe else None
     results = []
     start = time.time()
+    num_runs = len(seeds) * sum(
+        row_config(table, scale, row, seeds[0], data_dir=data_dir, overrides=overrides)[0]
+        is not None for row in selected)
+    progress = _TableProgress(num_runs, log)
     for index, row in enumerate(selected):
         log(f"[{index + 1}/{len(selected)}] {row.name}")
         entry: dict[str, Any] = {
@@ -325,8 +361,11 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
                 config, _ = row_config(table, scale, row, seed, data_dir=data_dir,
                                        overrides=overrides)
                 run_dir = os.path.join(workdir, "runs", row.name, f"seed{seed}")
+                progress.started(row.name, seed,
+                                 os.path.exists(os.path.join(run_dir, "summary.json")))
                 summaries.append(run_one(config, run_dir, linear_probe=linear_probe,
                                          probe_config=probe_config, log=log))
+                progress.finished()
         except NonFiniteError as error:  # One diverged row does not stop the table.
             log(f"  failed: {error}")
             entry.update(status=f"failed: {error}", ours=None, config=None)

@@ -348,9 +348,44 @@ def check_finite(state: TrainState) -> None:
             "optimizer.learning_rate or wider amcl.temperature_bounds)")
 
 
+class MetricsAverage:
+    """The step metrics averaged over a logging interval (not the last step's values).
+
+    `add` sums each step's metrics on the devices in one jitted call (it does not wait for the
+    step); `mean` fetches the sums, divides by the number of steps added and starts a new
+    interval. `learning_rate` is the last step's: a schedule value, not a measurement.
+    """
+
+    LAST_VALUE = ("learning_rate",)
+
+    def __init__(self) -> None:
+        self._sum: dict[str, jax.Array] | None = None
+        self._last: dict[str, jax.Array] = {}
+        self._count = 0
+        self._add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new))
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        averaged = {k: v for k, v in metrics.items() if k not in self.LAST_VALUE}
+        self._last = {k: v for k, v in metrics.items() if k in self.LAST_VALUE}
+        self._sum = averaged if self._sum is None else self._add(self._sum, averaged)
+        self._count += 1
+
+    def mean(self) -> dict[str, float]:
+        if not self._count:
+            return {}
+        sums, last = jax.device_get((self._sum, self._last))
+        means = {k: float(v) / self._count for k, v in sums.items()}
+        self._sum, self._last, self._count = None, {}, 0
+        return {**means, **{k: float(v) for k, v in last.items()}}
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+# Feature extraction reports its progress (every ~10%) from this many images on.
+PROGRESS_MIN_IMAGES = 20_000
+
+
 def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndarray, *,
                      config, mesh: Mesh, augment_on: str = "host") -> tuple[np.ndarray, np.ndarray]:
     """Backbone features (N, F) float32 of every example exactly once, gathered on every host.
@@ -368,6 +403,8 @@ def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndar
         std=data_lib.dataset_stats(config.data.dataset)[1],
         process_index=jax.process_index(), process_count=process_count)
     feats, labs = [], []
+    report = len(images) >= PROGRESS_MIN_IMAGES
+    start, done, reported_tenths = time.time(), 0, 0
     for batch in batches:
         local = {k: batch[k] for k in ("image", "label", "mask")}
         glob = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
@@ -377,6 +414,13 @@ def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndar
         mask = np.asarray(gathered["mask"], bool)
         feats.append(np.asarray(gathered["f"], np.float32)[mask])
         labs.append(np.asarray(gathered["label"])[mask])
+        done += int(mask.sum())
+        if report and done * 10 // len(images) > reported_tenths:  # Every tenth of the images.
+            reported_tenths = done * 10 // len(images)
+            elapsed = max(time.time() - start, 1e-9)
+            print(f"  features: {done}/{len(images)} images ({100 * done / len(images):.0f}%), "
+                  f"{done / elapsed:.0f} images/s, elapsed {elapsed:.0f} s, ETA "
+                  f"{(len(images) - done) / max(done / elapsed, 1e-9):.0f} s", flush=True)
     return np.concatenate(feats), np.concatenate(labs)
 
 
@@ -653,6 +697,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
     last_time, last_step = time.time(), start_step
+    interval_metrics = MetricsAverage()
     # Test-only: the batch of this step is made NaN, to exercise the non-finite guard end to end.
     nonfinite_test_step = int(os.environ.get("AMCL_TEST_NONFINITE_STEP", "-1"))
     for step in range(start_step + 1, total_steps + 1):
@@ -671,13 +716,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             labels = jax.make_array_from_process_local_data(labels_sharding,
                                                             batch["label"].astype(np.int32))
         state, metrics = step_fn(state, views, labels)
+        interval_metrics.add(metrics)
         if bound_queue:
             if previous_loss is not None:
                 previous_loss.block_until_ready()
             previous_loss = metrics["loss"]
         if step % config.log_every_steps == 0 or step == total_steps:
             stop_if_nonfinite()
-            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            scalars = interval_metrics.mean()
             now = time.time()
             steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
             scalars["steps_per_sec"] = steps_per_sec

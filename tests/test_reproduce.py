@@ -96,6 +96,25 @@ def test_smoke_table_writes_files_skips_finished_and_resumes(tmp_path, monkeypat
     assert resumed["rows"][0]["ours"] == document["rows"][0]["ours"]
 
 
+def test_each_run_is_announced_with_its_place_elapsed_time_and_the_tables_eta(
+        tmp_path, monkeypatch):
+    spec = tmp_path / "tiny.py"
+    spec.write_text(TINY_SPEC.replace('seeds={"full": (0,), "cpu": (0,), "smoke": (0,)}',
+                                      'seeds={"full": (0,), "cpu": (0,), "smoke": (0, 1)}'))
+    table = reproduce.load_table(str(spec))
+    clock = iter(range(0, 10_000, 60))  # Every reading of the clock one minute later.
+    monkeypatch.setattr(reproduce.time, "time", lambda: float(next(clock)))
+    summary = {"knn_top1": 0.5, "knn_top1_best": 0.6, "steps": 4}
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, path: summary)
+    monkeypatch.setattr(reproduce, "write_outputs", lambda *args: None)
+    logs = []
+    reproduce.reproduce(table, "smoke", str(tmp_path / "table"), log=logs.append)
+    lines = [line for line in logs if line.startswith("run ")]
+    name = table.rows[0].name  # The only runnable row, two seeds: 2 runs in all.
+    assert lines == [f"run 1 of 2 ({name}, seed 0), elapsed 1.0 min, ETA unknown for the table",
+                     f"run 2 of 2 ({name}, seed 1), elapsed 4.0 min, ETA 1.0 min for the table"]
+
+
 def test_a_changed_config_is_refused(tmp_path):
     spec = tmp_path / "tiny.py"
     spec.write_text(TINY_SPEC)

@@ -1,5 +1,6 @@
 """End to end: the real loop on mock TFDS data and on digits, with resume."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -214,3 +215,43 @@ def test_per_view_blur_and_solarize_reach_the_views_and_the_callers_config_is_ke
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert seen["blur_p"] == (1.0, 0.1) and seen["solarize_p"] == (0.0, 0.2)
     assert config.to_dict() == before
+
+
+def test_logged_metrics_are_the_mean_over_the_logging_interval(tmp_path, monkeypatch):
+    """metrics.jsonl holds each interval's mean of the per-step metrics (loss k^2 at step k:
+    steps 1-4 log 7.5, not 16), the learning rate of the interval's last step, and its keys."""
+
+    def known_step(state, views, labels=None, **_):
+        step = (state.step + 1).astype(jnp.float32)
+        return (dataclasses.replace(state, step=state.step + 1),
+                {"loss": step ** 2, "learning_rate": 0.1 * step})
+
+    monkeypatch.setattr(train, "train_step", known_step)
+    config = tiny_config(**{"data.dataset": "digits", "total_steps": 6, "log_every_steps": 4,
+                            "eval.every_steps": 100, "checkpoint.every_steps": 100,
+                            "eval.max_bank_examples": 64, "eval.max_query_examples": 32})
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    records = _read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["step"] for r in records] == [4, 6]
+    np.testing.assert_allclose(records[0]["loss"], np.mean([1, 4, 9, 16]))
+    np.testing.assert_allclose(records[1]["loss"], np.mean([25, 36]))
+    np.testing.assert_allclose([r["learning_rate"] for r in records], [0.4, 0.6], rtol=1e-6)
+    assert set(records[0]) == {"step", "loss", "learning_rate", "steps_per_sec"}
+
+
+def test_feature_extraction_reports_progress_on_large_banks(monkeypatch, capsys):
+    from jax.sharding import Mesh
+
+    config = tiny_config(**{"data.dataset": "digits", "eval.batch_size": 8})
+    images = np.zeros((100, 8, 8, 3), np.uint8)
+    labels = np.arange(100, dtype=np.int32) % 10
+    features_fn = jax.jit(lambda variables, x: x.reshape(x.shape[0], -1))
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    train.extract_features(features_fn, {}, images, labels, config=config, mesh=mesh)
+    assert "features:" not in capsys.readouterr().out  # A small bank: quiet.
+    monkeypatch.setattr(train, "PROGRESS_MIN_IMAGES", 100)
+    features, _ = train.extract_features(features_fn, {}, images, labels, config=config,
+                                         mesh=mesh)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "features:" in line]
+    assert features.shape == (100, 192) and len(lines) == 10  # At each tenth.
+    assert "100/100 images (100%)" in lines[-1] and "images/s" in lines[-1]

@@ -160,11 +160,21 @@ def train_linear_classifier(train_features: np.ndarray, train_labels: np.ndarray
 
     rng = np.random.default_rng(int(probe.seed))
     history = []
+    start = time.time()
     for _ in range(int(probe.epochs)):
         order = rng.permutation(num_examples)[: steps * batch].reshape(steps, batch)
         params, opt_state, loss = epoch(params, opt_state, jnp.asarray(order, jnp.int32))
         history.append(float(loss))
+        log_epoch(len(history), int(probe.epochs), history[-1], start)
     return params, history
+
+
+def log_epoch(epoch: int, epochs: int, loss: float, start: float) -> None:
+    """One progress line per epoch: the epoch's mean loss, elapsed time and ETA."""
+    elapsed = time.time() - start
+    eta = elapsed / epoch * (epochs - epoch)
+    print(f"linear probe epoch {epoch}/{epochs}  loss {loss:.4f}  elapsed {elapsed:.1f} s  "
+          f"ETA {eta:.1f} s", flush=True)
 
 
 def _train_on_augmented_images(config, probe, features_fn, variables, images, labels,
@@ -191,6 +201,7 @@ def _train_on_augmented_images(config, probe, features_fn, variables, images, la
         return optax.apply_updates(params, updates), opt_state, loss
 
     history, losses = [], []
+    start = time.time()
     for index in range(total_steps):
         example = next(batches)
         features = jax.lax.stop_gradient(features_fn(variables, example["views"][0]))
@@ -202,6 +213,7 @@ def _train_on_augmented_images(config, probe, features_fn, variables, images, la
         if (index + 1) % steps_per_epoch == 0:
             history.append(float(jnp.mean(jnp.stack(losses))))
             losses = []
+            log_epoch(len(history), int(probe.epochs), history[-1], start)
     return params, history
 
 
