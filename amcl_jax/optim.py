@@ -19,7 +19,15 @@ _NO_DECAY_NAMES = ("bias", "scale")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 then cosine decay to 0 (or constant), for the global batch."""
+    """Linear warm-up from 0 then cosine decay to 0 (or constant), for the global batch.
+
+    The same curve as `optax.warmup_cosine_decay_schedule(0, base, warmup, total_steps)` (and
+    `join_schedules` of a linear warm-up and a constant), kept written out because optax rounds
+    differently (pi * step / steps where this has pi * (step / steps)): a third of the steps or
+    more get a learning rate a few float32 ulps apart (up to ~2e-7 of the base rate), which
+    would change the bits of every measured run; tests/test_optim.py checks both against the
+    closed form. Also, optax's cosine refuses total_steps <= warmup; this stays at the base rate.
+    """
     base = float(config.optimizer.learning_rate)
     warmup = int(config.optimizer.warmup_steps)
     cosine = config.optimizer.schedule == "cosine"

@@ -732,6 +732,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             if is_chief:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": step, **scalars}) + "\n")
+            # The progress line is ours, not clu's `periodic_actions.ReportProgress`: that module
+            # imports TensorFlow (clu 0.0.12), and training must run without it.
             eta = (total_steps - step) / max(steps_per_sec, 1e-9)
             print(f"step {step:6d}/{total_steps}  loss {scalars['loss']:.4f}  "
                   f"lr {scalars['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "

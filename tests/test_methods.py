@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -171,6 +172,20 @@ def test_ema_update_and_cosine_ramp():
     assert float(common.ema_momentum(0.99, "constant", 50, 100)) == pytest.approx(0.99)
     ramp = [float(common.ema_momentum(0.99, "cosine", s, 100)) for s in (0, 50, 100)]
     np.testing.assert_allclose(ramp, [0.99, 0.995, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.9, 0.99, 0.996, 0.99999])
+def test_ema_update_gives_the_bits_of_its_formula(momentum):
+    """optax's Polyak average (step 1 - m) against m * target + (1 - m) * online, in float32,
+    under jit as in the train step, with the momentum traced as the cosine ramp makes it."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    target = {"w": jax.random.normal(keys[0], (64, 8)), "b": jax.random.normal(keys[1], (8,))}
+    online = {"w": jax.random.normal(keys[2], (64, 8)), "b": jax.random.normal(keys[3], (8,))}
+    formula = lambda t, o, m: jax.tree.map(lambda a, b: m * a + (1.0 - m) * b, t, o)
+    m = jnp.float32(momentum)
+    moved = jax.jit(common.ema_update)(target, online, m)
+    chex.assert_trees_all_equal_shapes_and_dtypes(moved, target)
+    chex.assert_trees_all_equal(moved, jax.jit(formula)(target, online, m))
 
 
 @pytest.mark.parametrize("name", ["moco", "byol"])

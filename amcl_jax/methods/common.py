@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from amcl_jax import models
 from amcl_jax.platform import cpu
@@ -167,8 +168,12 @@ def ema_momentum(base: float, schedule: str, step: jax.Array, total_steps: int) 
 
 
 def ema_update(target: Any, online: Any, momentum: jax.Array | float) -> Any:
-    """target <- momentum * target + (1 - momentum) * online, leaf by leaf (same tree)."""
-    return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+    """target <- momentum * target + (1 - momentum) * online, leaf by leaf (same tree).
+
+    optax's Polyak average with step size 1 - momentum: for momentum in [0.5, 1] both 1 - m
+    and 1 - (1 - m) are exact in floating point, so it gives the same bits as that formula.
+    """
+    return optax.incremental_update(online, target, 1.0 - momentum)
 
 
 def update_target(config_section: ml_collections.ConfigDict, total_steps: int, params,
