@@ -151,7 +151,7 @@ def _nvidia_smi() -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 1: train steps (bench/run.py's time_steps, peak_flops and add_utilisation)
+# Phase steps: bench/run.py's time_steps, peak_flops and add_utilisation
 # --------------------------------------------------------------------------------------------
 def run_args(args, dtype: str, no_torch: bool = False):
     """`bench/run.py`'s arguments for its step functions at this scale and dtype."""
@@ -197,7 +197,7 @@ def step_ratios(steps: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 2: torch.compile, in a subprocess held to its cap
+# Phase torch_compile (run last): in a subprocess held to its cap
 # --------------------------------------------------------------------------------------------
 def torch_compile_worker(args) -> None:
     """Prints one JSON line per dtype: the compiled step's first call and timed rounds."""
@@ -270,7 +270,7 @@ def phase_torch_compile(args, entry: dict, report: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 3: the training loop against its bare step, views on the device
+# Phase loop: the training loop against its bare step, views on the device
 # --------------------------------------------------------------------------------------------
 def phase_loop(args, entry: dict) -> None:
     from bench import loop
@@ -284,7 +284,7 @@ def phase_loop(args, entry: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 4: CIFAR-10, SimCLR and AMCL for the same training time, then kNN
+# Phase cifar10: SimCLR and AMCL for the same training time, then kNN
 # --------------------------------------------------------------------------------------------
 def pair_config(args, overrides: dict, cache_dir: str):
     """The default config with `overrides`, ResNet-18, bfloat16, device views, on the archive;
