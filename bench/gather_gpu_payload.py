@@ -16,7 +16,8 @@ CIFAR-10 JPEG archive is copied beside them. Then it
 - prints each file's size and the total, which must stay under `--limit_mib` (64 MiB: what
   travels with one command; exit status 1 if over);
 - prints the one command to run on the GPU machine from the repository root (the payload
-  folder travels with it as an ignored path).
+  folder travels with it as an ignored path): the wheels installed with pip, or, where pip may
+  not install them, imported from the wheel files on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -160,8 +161,11 @@ def main(argv=None) -> int:
     inside = os.path.commonpath([out, ROOT]) == ROOT
     rel = os.path.relpath(out, ROOT) if inside else out  # As typed from the repository root.
     archive = os.path.join(rel, os.path.basename(data))
+    # Where pip may not install (a system Python marked externally managed), the pure-Python
+    # wheels are imported from the zip files themselves.
     print("On the GPU machine, from the repository root (with the payload folder carried):")
-    print(f"python -m pip install --no-index --no-deps {rel}/*.whl && "
+    print(f"python -m pip install --no-index --no-deps {rel}/*.whl || export PYTHONPATH="
+          f"$(ls {rel}/*.whl | tr '\\n' ':')$PYTHONPATH; "
           f"python bench/gpu_check.py --out $OUT --data_dir {archive}")
     return status
 

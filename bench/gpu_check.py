@@ -2,7 +2,7 @@
 
     python bench/gather_gpu_payload.py           # here: wheels + CIFAR-10 archive -> payload/
     # on the GPU machine (it prints this line):
-    pip install --no-index --no-deps payload/*.whl && \\
+    python -m pip install --no-index --no-deps payload/*.whl || export PYTHONPATH=...; \\
         python bench/gpu_check.py --out $OUT --data_dir payload/cifar10-jpeg.tar.gz
 
     python bench/gpu_check.py --out /tmp/check --data_dir D --toy   # the same logic, toy scale
@@ -58,6 +58,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,7 @@ def phase_torch_compile(args, entry: dict, report: dict) -> None:
         stdout, stderr = process.communicate(timeout=cap)
         timed_out = False
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
+        os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         timed_out = True
     entry["by_dtype"] = {}
