@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amcl_jax import losses
+
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_votes(queries, bank, bank_labels, *, k: int, temperature: float, num_classes: int):
@@ -23,8 +25,7 @@ def _knn_votes(queries, bank, bank_labels, *, k: int, temperature: float, num_cl
 
 
 def _normalise(x: np.ndarray) -> jax.Array:
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return losses.l2_normalize(jnp.asarray(x, jnp.float32))
 
 
 def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, *,

@@ -50,8 +50,10 @@ def omega(tau: jax.Array, dim: float) -> jax.Array:
     return (dim / 2.0) * jnp.log(tau) + 1.0 / tau
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Casts to float32 and L2-normalises the last axis."""
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Casts to float32 and L2-normalises the last axis (norms below `eps` count as `eps`).
+
+    The project's one L2 normalisation: losses, the MoCo queue, kNN and the linear probe."""
     x = x.astype(jnp.float32)
     sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
@@ -73,7 +75,7 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float) -> tuple[jax.Arr
         float32 scalars.
     """
     n = z_a.shape[0]
-    z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=0))  # (2N, D)
+    z = l2_normalize(jnp.concatenate([z_a, z_b], axis=0))  # (2N, D)
     cos = z @ z.T  # (2N, 2N)
     views = jnp.arange(2 * n)
     positive = (views + n) % (2 * n)
@@ -421,7 +423,7 @@ def amcl_contrastive(
         )
     if z_a.shape[1] < 2:
         raise ValueError(f"need N >= 2 images per batch for negatives, got N = {z_a.shape[1]}")
-    z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D) float32
+    z = l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D) float32
     if negatives == "topk":
         num_views = z.shape[1]
         k = _check_topk(topk, num_views - 2)
@@ -464,7 +466,7 @@ def released_code_loss(
       metrics: `pos_sim` float32 scalar; `tau_mean`, `tau_min`, `tau_max` (C,) float32.
     """
     n = z_a.shape[1]
-    cos = jnp.sum(_l2_normalize(z_a) * _l2_normalize(z_b), axis=-1)  # (C, N)
+    cos = jnp.sum(l2_normalize(z_a) * l2_normalize(z_b), axis=-1)  # (C, N)
     tau = jnp.asarray(temperatures).astype(jnp.float32)  # (C, N)
     scaled = cos[:, None, :] / tau[:, :, None]  # (C, N, N): S[c, a, b] = cos[c, b] / tau[c, a]
     head_loss = jnp.mean(jax.nn.softplus(-2.0 * scaled), axis=(1, 2)) + beta * jnp.mean(
@@ -526,7 +528,7 @@ def moco_infonce(
       loss: float32 scalar. metrics: float32 scalars `pos_sim`, `neg_sim` (mean over the queue),
       `hard_neg_sim` (mean over queries of the largest queue cosine).
     """
-    q, k, queue = _l2_normalize(q), _l2_normalize(k), _l2_normalize(queue)
+    q, k, queue = l2_normalize(q), l2_normalize(k), l2_normalize(queue)
     pos = jnp.sum(q * k, axis=-1)  # (N,)
     neg = q @ queue.T  # (N, K)
     logits = jnp.concatenate([pos[:, None], neg], axis=1) / jnp.float32(temperature)
@@ -636,7 +638,7 @@ def amcl_infonce_max(
     if z_a.ndim != 3 or z_a.shape != z_b.shape or z_a.shape[1] < 2:
         raise ValueError(f"z_a and z_b must both have shape (C, N >= 2, D); got {z_a.shape} "
                          f"and {z_b.shape}")
-    z = _l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D)
+    z = l2_normalize(jnp.concatenate([z_a, z_b], axis=1))  # (C, 2N, D)
     num_views = z.shape[1]
     n = num_views // 2
     views = jnp.arange(num_views)
@@ -760,7 +762,7 @@ def amcl_queue_contrastive(
         raise ValueError(f"need q, k (C, N, D) and queue (C, K, D); got {q.shape}, {k.shape}, "
                          f"{queue.shape}")
     sg = jax.lax.stop_gradient
-    q, k, queue = _l2_normalize(q), sg(_l2_normalize(k)), sg(_l2_normalize(queue))
+    q, k, queue = l2_normalize(q), sg(l2_normalize(k)), sg(l2_normalize(queue))
 
     def direction(anchors, positives):
         if negatives == "topk":
@@ -798,8 +800,8 @@ def symmetric_negative_cosine(
       metrics: `pos_sim` (the mean of the two cosines), float32 scalar.
     """
     sg = jax.lax.stop_gradient
-    cos_ab = jnp.sum(_l2_normalize(p_a) * _l2_normalize(sg(z_b)), axis=-1)
-    cos_ba = jnp.sum(_l2_normalize(p_b) * _l2_normalize(sg(z_a)), axis=-1)
+    cos_ab = jnp.sum(l2_normalize(p_a) * l2_normalize(sg(z_b)), axis=-1)
+    cos_ba = jnp.sum(l2_normalize(p_b) * l2_normalize(sg(z_a)), axis=-1)
     loss = -0.5 * (jnp.mean(cos_ab) + jnp.mean(cos_ba))
     return loss, {"pos_sim": sg(-loss)}
 
@@ -837,8 +839,8 @@ def amcl_simsiam(
       `tau_neg_mean/min/max` (tau~, the second term's temperature; no negatives in SimSiam).
     """
     sg = jax.lax.stop_gradient
-    p_a, p_b = _l2_normalize(p_a), _l2_normalize(p_b)
-    t_a, t_b = sg(_l2_normalize(z_a)), sg(_l2_normalize(z_b))
+    p_a, p_b = l2_normalize(p_a), l2_normalize(p_b)
+    t_a, t_b = sg(l2_normalize(z_a)), sg(l2_normalize(z_b))
     s_ab = jnp.sum(p_a * t_b, axis=-1)  # (C, N)
     s_ba = jnp.sum(p_b * t_a, axis=-1)
     tau_plus = _temperatures(temperature_fn, p_a, t_b)

@@ -37,6 +37,7 @@ from amcl_jax import forms, knn, methods, optim
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
 from amcl_jax.methods.common import xla_cpu_ynnpack
+from amcl_jax.models import linear_classifier
 from amcl_jax.platform import cpu
 
 
@@ -115,11 +116,10 @@ def create_train_state(config: ml_collections.ConfigDict, model, method, tx) -> 
 # Online linear probe
 # --------------------------------------------------------------------------------------------
 def init_probe(num_features: int, num_classes: int) -> dict[str, jax.Array]:
-    """Zero-initialised linear classifier: kernel (F, K), bias (K,)."""
+    """Zero-initialised linear classifier (`models.linear_classifier`): kernel (F, K), bias (K,)."""
     if num_classes < 2:
         raise ValueError(f"online_probe.num_classes must be >= 2, got {num_classes}")
-    return {"kernel": jnp.zeros((num_features, num_classes), jnp.float32),
-            "bias": jnp.zeros((num_classes,), jnp.float32)}
+    return linear_classifier.init(num_features, num_classes)
 
 
 def probe_optimizer(config: ml_collections.ConfigDict, total_steps: int):
@@ -128,23 +128,13 @@ def probe_optimizer(config: ml_collections.ConfigDict, total_steps: int):
     return optax.sgd(schedule, momentum=config.online_probe.momentum)
 
 
-def probe_logits(probe_params, features: jax.Array) -> jax.Array:
-    return features.astype(jnp.float32) @ probe_params["kernel"] + probe_params["bias"]
-
-
 def probe_update(probe: dict, features: jax.Array, labels: jax.Array, tx
                  ) -> tuple[dict, dict[str, jax.Array]]:
     """One SGD step of the probe on stop-gradient features (B, F); labels (B,), -1 = none."""
     features = jax.lax.stop_gradient(features.astype(jnp.float32))
     valid = (labels >= 0).astype(jnp.float32)
-
-    def loss_fn(params):
-        logits = probe_logits(params, features)
-        losses_ = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-        loss = jnp.sum(losses_ * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-        return loss, logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(probe["params"])
+    (loss, logits), grads = jax.value_and_grad(linear_classifier.cross_entropy, has_aux=True)(
+        probe["params"], features, labels)
     updates, opt_state = tx.update(grads, probe["opt_state"], probe["params"])
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * valid
     metrics = {"probe_loss": loss,
@@ -427,7 +417,7 @@ def extract_features(features_fn, variables, images: np.ndarray, labels: np.ndar
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def _subset(images, labels, limit):
+def fixed_subset(images, labels, limit):
     """A fixed random subset of `limit` examples (all when limit <= 0): folders are class-sorted."""
     if limit <= 0 or limit >= len(images):
         return images, labels
@@ -557,18 +547,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
     # ---- Input. ----
     train_images, train_labels, num_classes = load_data(config, config.data.train_split)
-    train_images, train_labels = _subset(train_images, train_labels,
-                                         config.data.get("max_train_examples", -1))
+    train_images, train_labels = fixed_subset(train_images, train_labels,
+                                              config.data.get("max_train_examples", -1))
     if config.data.eval_train_split == config.data.train_split:
         bank_images, bank_labels = train_images, train_labels
     else:
         bank_images, bank_labels, _ = load_data(config, config.data.eval_train_split)
     if np.any(bank_labels < 0):  # STL-10's unlabelled examples (label -1) cannot vote.
         bank_images, bank_labels = bank_images[bank_labels >= 0], bank_labels[bank_labels >= 0]
-    bank_images, bank_labels = _subset(bank_images, bank_labels, config.eval.max_bank_examples)
+    bank_images, bank_labels = fixed_subset(bank_images, bank_labels,
+                                            config.eval.max_bank_examples)
     query_images, query_labels, _ = load_data(config, config.data.eval_test_split)
-    query_images, query_labels = _subset(query_images, query_labels,
-                                         config.eval.max_query_examples)
+    query_images, query_labels = fixed_subset(query_images, query_labels,
+                                              config.eval.max_query_examples)
     total_steps = total_steps_for(config, len(train_images))
     mean, std = data_lib.dataset_stats(config.data.dataset)
     try:  # Where the views are made: tf.data on the host, or a jitted function on the devices.
@@ -651,7 +642,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         entry = {"step": step, "knn_top1": top1}
         probe_text = ""
         if state.probe:
-            logits = probe_logits(jax.device_get(state.probe["params"]), queries)
+            logits = linear_classifier.logits(jax.device_get(state.probe["params"]), queries)
             entry["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == query_y))
             probe_text = f", online probe top-1 {100 * entry['online_probe_top1']:.2f}%"
         history["knn"] = [e for e in history["knn"] if e["step"] != step] + [entry]
@@ -698,8 +689,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     previous_handler = signal.signal(signal.SIGTERM, PREEMPTION.request) if in_main_thread else None
     last_time, last_step = time.time(), start_step
     interval_metrics = MetricsAverage()
-    # Test-only: the batch of this step is made NaN, to exercise the non-finite guard end to end.
-    nonfinite_test_step = int(os.environ.get("AMCL_TEST_NONFINITE_STEP", "-1"))
     for step in range(start_step + 1, total_steps + 1):
         try:
             batch = next(batches)
@@ -707,8 +696,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             manager.wait_until_finished()
             manager.close()
             raise
-        if step == nonfinite_test_step:
-            batch["views"] = np.full(np.shape(batch["views"]), np.nan, np.float32)
         if isinstance(batch["views"], jax.Array):  # Made on the devices, already sharded.
             views, labels = batch["views"], batch["label"]
         else:

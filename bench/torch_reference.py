@@ -1,7 +1,8 @@
 """The PyTorch reference train step: the same SimCLR computation as `amcl_jax`, in eager PyTorch.
 
 Benchmark-only (PyTorch is not a dependency of the package; see `bench/requirements.txt`).
-Mirrors `amcl_jax.models.ResNet18(stem="cifar")` + a one-head `MultiHeadProjector` + `nt_xent`:
+Mirrors `amcl_jax.models.ResNet18(stem="cifar")` + a one-head `MultiHeadMLP` (no BatchNorm) +
+`nt_xent`:
 
 - stem: 3x3 conv stride 1, no bias, BN, ReLU, no max-pool; then BasicBlocks (2, 2, 2, 2) with
   base channels round(64 * width), a 1x1 projection shortcut (conv + BN) where the shape changes;

@@ -67,22 +67,25 @@ def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
         **extra})
 
 
-def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str) -> list[str]:
-    return [sys.executable, "main.py", *TINY_FLAGS, f"--config.total_steps={total_steps}",
-            f"--workdir={workdir}", *more]
+def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str,
+                 wrapper: tuple[str, ...] = ()) -> list[str]:
+    """`python [wrapper...] main.py` with the tiny flags; a wrapper script runs main.py itself."""
+    return [sys.executable, *wrapper, "main.py", *TINY_FLAGS,
+            f"--config.total_steps={total_steps}", f"--workdir={workdir}", *more]
 
 
 class Run:
     """A `main.py` process whose stdout and stderr go to files in its workdir's parent."""
 
     def __init__(self, workdir: str, env: dict[str, str], total_steps: int = TOTAL_STEPS,
-                 tag: str = "run") -> None:
+                 tag: str = "run", wrapper: tuple[str, ...] = ()) -> None:
         os.makedirs(os.path.dirname(workdir), exist_ok=True)
         self.stdout_path = f"{workdir}.{tag}.out"
         self.stderr_path = f"{workdir}.{tag}.err"
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.process = subprocess.Popen(main_command(workdir, total_steps), cwd=ROOT,
-                                            env=env, stdout=out, stderr=err)
+            self.process = subprocess.Popen(
+                main_command(workdir, total_steps, wrapper=wrapper), cwd=ROOT, env=env,
+                stdout=out, stderr=err)
 
     @property
     def stdout(self) -> str:

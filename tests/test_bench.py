@@ -17,11 +17,11 @@ WIDTH = 0.125  # 8 base channels: the counts still exercise every layer kind.
 
 def _jax_num_params(width: float) -> int:
     encoder = models.build_encoder("resnet18", width=width, stem="cifar", dtype=jnp.float32)
-    projector = models.MultiHeadProjector(num_heads=1, hidden_dim=512, out_dim=128)
+    projector = models.MultiHeadMLP(num_heads=1, hidden_dim=512, out_dim=128, batch_norm=False)
     x = jnp.zeros((2, 32, 32, 3))
     enc = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), x, train=False))
     feats = jnp.zeros((2, models.encoder_feature_dim("resnet18", width)))
-    proj = jax.eval_shape(lambda: projector.init(jax.random.PRNGKey(0), feats))
+    proj = jax.eval_shape(lambda: projector.init(jax.random.PRNGKey(0), feats, train=False))
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves((enc["params"], proj)))
 
 

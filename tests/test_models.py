@@ -14,7 +14,7 @@ from amcl_jax.models import (
     BasicBlock,
     Bottleneck,
     BoundTemperature,
-    MultiHeadProjector,
+    MultiHeadMLP,
     ResNet,
     ResNet18,
     ResNet34,
@@ -149,21 +149,22 @@ def test_cpu_fusion_barriers_keep_values_and_gradients_and_sit_where_they_should
 
 
 # ---------------------------------------------------------------------------------------------
-# MultiHeadProjector
+# MultiHeadMLP without BatchNorm (SimCLR's and MoCo's projector)
 # ---------------------------------------------------------------------------------------------
 
 
 def test_projector_params_have_head_axis_and_heads_are_independent():
-    projector = MultiHeadProjector(num_heads=3, hidden_dim=16, out_dim=8)
+    projector = MultiHeadMLP(num_heads=3, hidden_dim=16, out_dim=8, batch_norm=False)
     features = jax.random.normal(jax.random.key(0), (4, 10))
-    params = jax.jit(projector.init)(jax.random.key(1), features)["params"]
+    params = jax.jit(projector.init, static_argnames="train")(
+        jax.random.key(1), features, train=True)["params"]
     for leaf in jax.tree.leaves(params):
         assert leaf.shape[0] == 3
 
     @jax.jit
     def outputs_and_head0_grads(params):
-        head0 = lambda p: jnp.sum(projector.apply({"params": p}, features)[0])
-        return projector.apply({"params": params}, features), jax.grad(head0)(params)
+        head0 = lambda p: jnp.sum(projector.apply({"params": p}, features, train=True)[0])
+        return projector.apply({"params": params}, features, train=True), jax.grad(head0)(params)
 
     out, grads = outputs_and_head0_grads(params)
     assert out.shape == (3, 4, 8)
@@ -179,12 +180,17 @@ def test_projector_params_have_head_axis_and_heads_are_independent():
 
 
 def test_projector_bfloat16_output_float32():
-    projector = MultiHeadProjector(num_heads=2, hidden_dim=8, out_dim=4, num_layers=3,
-                                   dtype=jnp.bfloat16)
+    projector = MultiHeadMLP(num_heads=2, hidden_dim=8, out_dim=4, num_layers=3,
+                             batch_norm=False, dtype=jnp.bfloat16)
     features = jnp.ones((2, 6))
-    params = jax.jit(projector.init)(jax.random.key(0), features)["params"]
-    assert set(params["heads"]) == {"dense_0", "dense_1", "dense_2"}
-    assert jax.jit(projector.apply)({"params": params}, features).dtype == jnp.float32
+    params = projector.init(jax.random.key(0), features, train=False)["params"]
+    # Names and shapes of checkpoints written before the projectors were one class.
+    assert jax.tree.map(jnp.shape, params) == {"heads": {
+        "dense_0": {"kernel": (2, 6, 8), "bias": (2, 8)},
+        "dense_1": {"kernel": (2, 8, 8), "bias": (2, 8)},
+        "dense_2": {"kernel": (2, 8, 4), "bias": (2, 4)}}}
+    out = jax.jit(lambda p, x: projector.apply({"params": p}, x, train=False))(params, features)
+    assert out.dtype == jnp.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +381,6 @@ def test_per_device_batch_norm_keeps_the_parameter_tree():
 
 
 def test_batch_norm_mlp_heads_compute_in_bfloat16():
-    from amcl_jax.models import MultiHeadMLP
-
     head = MultiHeadMLP(num_heads=2, hidden_dim=8, out_dim=4, num_layers=3, batch_norm=True,
                         last_batch_norm=True, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (6, 5))

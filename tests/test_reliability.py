@@ -45,7 +45,7 @@ def test_kill_9_then_sigterm_then_resume_is_bit_exact(tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "nan")
-    run = _runs.Run(workdir, _runs.run_env(1, AMCL_TEST_NONFINITE_STEP="3"))
+    run = _runs.Run(workdir, _runs.run_env(1), wrapper=("tests/_nonfinite_main.py", "3"))
     assert run.wait() == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "non-finite loss at step 3" in errors[0], run.stderr[-2000:]

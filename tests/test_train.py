@@ -15,6 +15,7 @@ from conftest import tiny_config
 
 from amcl_jax import train
 from amcl_jax.data._tf import tf
+from amcl_jax.models import linear_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,7 +171,7 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
     for _ in range(200):
         probe, metrics = update(probe)
     assert float(metrics["probe_train_top1"]) > 0.99
-    logits = train.probe_logits(probe["params"], features)
+    logits = linear_classifier.logits(probe["params"], features)
     valid = np.asarray(labels) >= 0
     assert np.mean(np.argmax(logits, -1)[valid] == np.asarray(labels)[valid]) > 0.99
 

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from amcl_jax import data as data_lib
-from amcl_jax import train
+from amcl_jax import losses, train
 
 # "backbone": the encoder's pooled features (the paper's kNN and linear-probe input);
 # "head<c>": projection head c's output; "heads": every head's L2-normalised output, concatenated.
@@ -36,7 +36,7 @@ def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examp
     images, labels, num_classes = train.load_data(config, split)
     if np.any(labels < 0):
         images, labels = images[labels >= 0], labels[labels >= 0]
-    images, labels = train._subset(images, labels, max_examples)
+    images, labels = train.fixed_subset(images, labels, max_examples)
     return images, labels, num_classes
 
 
@@ -68,7 +68,7 @@ def features_fn_for_layer(model, layer: str, compiler_options: dict | None = Non
     if layer == "heads":
         def all_heads(variables, x):
             z = projections(variables, x)
-            z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+            z = losses.l2_normalize(z)
             return jnp.transpose(z, (1, 0, 2)).reshape(x.shape[0], -1)
         return jit(all_heads)
     head = int(match.group(1))

@@ -34,8 +34,9 @@ import numpy as np
 import optax
 
 from amcl_jax import data as data_lib
-from amcl_jax import optim, train
+from amcl_jax import losses, optim, train
 from amcl_jax.evaluate import common
+from amcl_jax.models import linear_classifier
 from amcl_jax.workdir import atomic_write_json
 
 RESULT_FILE = "linear_probe.json"
@@ -83,18 +84,9 @@ def validate_probe_config(probe: ml_collections.ConfigDict) -> None:
 # --------------------------------------------------------------------------------------------
 # The classifier
 # --------------------------------------------------------------------------------------------
-def _init_classifier(num_features: int, num_classes: int) -> dict[str, jax.Array]:
-    return {"kernel": jnp.zeros((num_features, num_classes), jnp.float32),
-            "bias": jnp.zeros((num_classes,), jnp.float32)}
-
-
-def _logits(params, features: jax.Array) -> jax.Array:
-    return features.astype(jnp.float32) @ params["kernel"] + params["bias"]
-
-
 def _cross_entropy(params, features: jax.Array, labels: jax.Array) -> jax.Array:
-    logits = _logits(params, features)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    """The online probe's loss (`models.linear_classifier`): every label here is valid."""
+    return linear_classifier.cross_entropy(params, features, labels)[0]
 
 
 def _build_tx(probe, total_steps: int) -> optax.GradientTransformation:
@@ -120,7 +112,7 @@ class FeatureNorm:
         if self.kind == "standardize":
             return (features - self.mean) / self.std
         if self.kind == "l2":
-            return features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+            return losses.l2_normalize(features)
         return features
 
 
@@ -142,7 +134,7 @@ def train_linear_classifier(train_features: np.ndarray, train_labels: np.ndarray
     batch = min(int(probe.batch_size), num_examples)
     steps = num_examples // batch
     tx = _build_tx(probe, steps * int(probe.epochs))
-    params = _init_classifier(train_features.shape[1], num_classes)
+    params = linear_classifier.init(train_features.shape[1], num_classes)
     opt_state = tx.init(params)
     features = jnp.asarray(train_features, jnp.float32)
     labels = jnp.asarray(train_labels, jnp.int32)
@@ -206,7 +198,7 @@ def _train_on_augmented_images(config, probe, features_fn, variables, images, la
         example = next(batches)
         features = jax.lax.stop_gradient(features_fn(variables, example["views"][0]))
         if params is None:
-            params = _init_classifier(features.shape[-1], num_classes)
+            params = linear_classifier.init(features.shape[-1], num_classes)
             opt_state = tx.init(params)
         params, opt_state, loss = step(params, opt_state, features, example["label"])
         losses.append(loss)
@@ -219,7 +211,7 @@ def _train_on_augmented_images(config, probe, features_fn, variables, images, la
 
 def evaluate_classifier(params, features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """top1 and top5 (fractions; top-k with k = min(5, num_classes)) of a linear classifier."""
-    logits = np.asarray(_logits(params, jnp.asarray(features, jnp.float32)))
+    logits = np.asarray(linear_classifier.logits(params, jnp.asarray(features, jnp.float32)))
     labels = np.asarray(labels)
     k = min(5, logits.shape[1])
     top_k = np.argsort(-logits, axis=1, kind="stable")[:, :k]

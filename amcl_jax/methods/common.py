@@ -131,12 +131,6 @@ def stack_views(views: jax.Array) -> jax.Array:
     return views.reshape((2 * views.shape[1],) + views.shape[2:])
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """float32, unit norm along the last axis."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
-
-
 def mean_metrics(*metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return jax.tree.map(lambda *m: sum(m) / len(m), *metrics)
 
@@ -203,6 +197,8 @@ def target_forward(model: SSLModel, extra: dict, images: jax.Array) -> tuple[jax
 def init_queue(rng: jax.Array, num_heads: int, size: int, dim: int) -> dict[str, jax.Array]:
     """A queue of `size` random unit keys per head: `queue` (C, K, D) float32, `queue_ptr` ()."""
     keys = jax.random.normal(rng, (num_heads, size, dim), jnp.float32)
+    # Divided by the norm, not losses.l2_normalize: the bits of the initial queue that every
+    # measured MoCo run started from (the two round differently).
     keys = keys / jnp.linalg.norm(keys, axis=-1, keepdims=True)
     return {"queue": keys, "queue_ptr": jnp.zeros((), jnp.int32)}
 

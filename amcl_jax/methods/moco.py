@@ -82,7 +82,7 @@ class MoCo(Method):
                 metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
             new_keys = jnp.concatenate([k_a, k_b], axis=1)
         new_queue, new_ptr = common.enqueue(extra["queue"], extra["queue_ptr"],
-                                            common.l2_normalize(new_keys))
+                                            losses.l2_normalize(new_keys))
         extra = dict(extra, queue=new_queue, queue_ptr=new_ptr,
                      target_batch_stats=target_batch_stats)
         return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)

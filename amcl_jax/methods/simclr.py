@@ -35,7 +35,7 @@ class ContrastiveModel(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
         features = self.encoder(x, train=train)
-        projections = self.projector(features)
+        projections = self.projector(features, train=train)
         if self.temperature_net is not None and self.is_initializing():
             self.temperature_net(projections, projections)  # Creates its parameters.
         return features, projections
@@ -66,13 +66,9 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
 def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
     encoder = common.build_encoder(config)
     amcl = config.amcl.enabled
-    projector = models.MultiHeadProjector(
-        num_heads=config.amcl.num_heads if amcl else 1,
-        hidden_dim=config.projector.hidden_dim,
-        out_dim=config.projector.out_dim,
-        num_layers=config.projector.num_layers,
-        dtype=jnp.dtype(config.model.dtype),
-    )
+    # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
+    # former SimCLR-only projector class, so earlier checkpoints still load.
+    projector = common.projector(config, batch_norm=False)
     return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
 
 
@@ -93,6 +89,7 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
     beta = forms.setting(config, "amcl.beta")
     negatives = forms.setting(config, "amcl.negatives")
     if config.amcl.loss == "released_code":
+        # As the released code computes it (no epsilon, a division; not losses.l2_normalize).
         normalise = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
         temperatures = temperature_fn(normalise(z_a.astype(jnp.float32)),
                                       normalise(z_b.astype(jnp.float32)))

@@ -10,7 +10,6 @@ import flax.linen as nn
 
 from amcl_jax.models.heads import (
     BoundTemperature,
-    MultiHeadProjector,
     PairScoreTemperature,
     TemperatureNet,
     bounded_temperature,
@@ -98,7 +97,6 @@ __all__ = [
     "ChannelTemperatures",
     "CrossCorrelationTemperatures",
     "MultiHeadMLP",
-    "MultiHeadProjector",
     "PairScoreTemperature",
     "ResNet",
     "ResNet18",

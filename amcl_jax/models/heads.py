@@ -1,7 +1,5 @@
-"""AMCL heads: C projection heads and the temperature network.
+"""AMCL's temperature networks (the C projection heads are `ssl_heads.MultiHeadMLP`).
 
-- `MultiHeadProjector`: C copies of one MLP architecture with independent weights, made with
-  `nn.vmap` over a leading head axis (every param leaf is (C, ...)).
 - `TemperatureNet` (the project's form): maps a pair of head features (u, v) to a bounded
   temperature tau = lower + (upper - lower) * sigmoid(MLP([u; v])), the MLP being 2D -> hidden
   -> 1 with its first layer split (W [u; v] = W_u u + W_v v) so a pair grid never builds an
@@ -21,57 +19,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-
-class _MLP(nn.Module):
-    """Dense(hidden) - ReLU - ... - Dense(out); `num_layers` Dense layers. (B, F) -> (B, out)."""
-
-    hidden_dim: int
-    out_dim: int
-    num_layers: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in range(self.num_layers - 1):
-            x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"dense_{layer}")(x))
-        return nn.Dense(self.out_dim, dtype=self.dtype, name=f"dense_{self.num_layers - 1}")(x)
-
-
-class MultiHeadProjector(nn.Module):
-    """C projection heads with the same architecture and independent weights.
-
-    Attributes:
-      num_heads: C.
-      hidden_dim: width of the hidden layers.
-      out_dim: D, the head output size.
-      num_layers: Dense layers per head (2: Dense(hidden) - ReLU - Dense(out)).
-      dtype: computation dtype; params are float32 and the output is cast to float32.
-
-    `__call__(features)`: (B, F) -> (C, B, D) float32; every head sees the same features.
-    """
-
-    num_heads: int = 3
-    hidden_dim: int = 512
-    out_dim: int = 128
-    num_layers: int = 2
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
-        if self.num_heads < 1 or self.num_layers < 1:
-            raise ValueError(
-                f"model.num_heads and num_layers must be >= 1, got {self.num_heads}, "
-                f"{self.num_layers}")
-        heads = nn.vmap(
-            _MLP,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=self.num_heads,
-        )(self.hidden_dim, self.out_dim, self.num_layers, self.dtype, name="heads")
-        return heads(features).astype(jnp.float32)
 
 
 class _SplitFirstLayer(nn.Module):

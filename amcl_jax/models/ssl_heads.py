@@ -1,9 +1,10 @@
-"""Heads of the non-SimCLR methods: BatchNorm MLP heads and Barlow Twins' entry temperatures.
+"""The C-head MLP of every method, and Barlow Twins' entry temperatures.
 
-- `MultiHeadMLP`: C MLP heads with independent weights and optional BatchNorm (the projectors of
-  Barlow Twins, SimSiam and BYOL and the SimSiam / BYOL predictors, as in the base repository's
-  lightly heads). BatchNorm statistics are per head, over the whole batch given (the global batch
-  under jit). Every param and batch-stat leaf has a leading head axis.
+- `MultiHeadMLP`: C MLP heads with independent weights and optional BatchNorm (SimCLR's and
+  MoCo's projectors without it; the projectors of Barlow Twins, SimSiam and BYOL and the SimSiam /
+  BYOL predictors with it, as in the base repository's lightly heads). BatchNorm statistics are
+  per head, over the whole batch given (the global batch under jit). Every param and
+  batch-stat leaf has a leading head axis.
 - `ChannelTemperatures` (the authors' form): the temperatures of AMCL-Barlow Twins (Eq. 2.3) from
   the Eq. 3 pair-score map on the channel vectors (each feature's values over the global batch).
 - `CrossCorrelationTemperatures` (the project's form): the temperatures of AMCL-Barlow Twins, one
