@@ -51,10 +51,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl = ml_collections.ConfigDict()
     config.amcl.enabled = True
     config.amcl.num_heads = 3
-    # "authors" (their AMCL v2.0 code) or "project" (amcl-jax's earlier reading): the settings of
-    # the placeholders below (None) come from the form for the method (amcl_jax/forms.py); set one
-    # to override the form for that field alone. README, "What AMCL is", says why "authors".
-    config.amcl.form = "authors"
+    # "project" (amcl-jax's reading of the paper) or "authors" (their AMCL v2.0 code): the
+    # settings of the placeholders below (None) come from the form for the method
+    # (amcl_jax/forms.py); set one to override the form for that field alone. "project" by
+    # measurement: the authors' form collapses the heads (docs/amcl.md, README).
+    config.amcl.form = "project"
     placeholder = ml_collections.config_dict.placeholder
     config.amcl.beta = placeholder(float)  # authors: 1e-4 (Barlow Twins 1e-6); project: 0.1.
     # "topk" (Eq. 5: the amcl.topk most similar negatives), "max" (the table's hard max) or

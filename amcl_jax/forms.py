@@ -2,14 +2,15 @@
 
 `amcl.form` chooses the whole recipe of one of two readings of the paper in one flag:
 
-- `"authors"` (the default): the authors' rewritten reference code ("AMCL v2.0"). Temperatures
+- `"authors"`: the authors' rewritten reference code ("AMCL v2.0"). Temperatures
   from the Eq. 3 pair-score map tau = lower + (upper - lower) sigmoid(-<phi(u), phi(v)>), one phi
   (D -> hidden -> D) shared by every head and loss term; Eq. 5's top-k negatives (k =
   `amcl.topk`, 100) with the negative regulariser sum_k (log tau_k + 1 / tau_k); beta 1e-4
   (Barlow Twins 1e-6); bounds (1e-5, 2.0) for every method; global gradient-norm clipping at
   1.0; MoCo with queries from the first view and keys from the second, both directions against
   the queue; Barlow Twins' temperatures from a map on the channel vectors.
-- `"project"`: amcl-jax's earlier reading of the paper's table and of the authors' 2024 code.
+- `"project"` (the default, by measurement: docs/amcl.md): amcl-jax's reading of the paper's
+  table and of the authors' 2024 code.
   An MLP on the concatenated pair [u; v] (2D -> hidden -> 1), one per head; the log-sum-exp
   over negatives with softmax-weighted Omega; beta 0.1; bounds (0.5, 2.0) for SimSiam and Barlow
   Twins (their equations degenerate near 0); no clipping; MoCo symmetric over the two views;

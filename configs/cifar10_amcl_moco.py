@@ -1,12 +1,12 @@
 """AMCL-MoCo on CIFAR-10: Eq. 2.1 with the queue as negatives.
 
 ResNet-18 (CIFAR stem), 3 heads Linear(512, 512)-ReLU-Linear(512, 128) and their momentum copies
-(m = 0.99), a per-head queue of 4096 keys (3, 4096, 128); the authors' form (docs/amcl.md):
-queries from view 1 and keys from view 2, per head the mean of the q -> k and k -> q directions
-against the queue, Eq. 5's top-100 queued keys, the shared Eq. 3 temperature map with bounds
-(1e-5, 2.0), beta 1e-4, gradient-norm clipping 1.0; batch 512, 800 epochs, SGD lr 0.08 momentum
-0.9 weight decay 5e-4, cosine, no warm-up; abcde. `--config.amcl.form=project`: the symmetric
-log-sum-exp form with a per-head [u; v] MLP.
+(m = 0.99), a per-head queue of 4096 keys (3, 4096, 128); the project's form (the default,
+docs/amcl.md): symmetric over the views, log-sum-exp over the queue, a per-head [u; v]
+temperature MLP with bounds (1e-5, 2.0), beta 0.1; batch 512, 800 epochs, SGD lr 0.08 momentum
+0.9 weight decay 5e-4, cosine, no warm-up; abcde. `--config.amcl.form=authors`: queries from
+view 1 and keys from view 2, the mean of the q -> k and k -> q directions against the queue,
+Eq. 5's top-100 keys, the shared Eq. 3 map, beta 1e-4, clipping 1.0.
 
     python main.py --config=configs/cifar10_amcl_moco.py \
         --config.data.data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/cifar10_amcl_moco

@@ -1,11 +1,11 @@
 """AMCL-SimCLR on CIFAR-10 with the paper's defaults.
 
-ResNet-18 (CIFAR stem), 3 heads of Linear(512, 512)-ReLU-Linear(512, 128); the authors' form of
-AMCL (`amcl.form="authors"`, docs/amcl.md): the Eq. 3 pair-score temperature map shared by the
-heads, bounds (1e-5, 2.0), Eq. 5's top-100 negatives, beta 1e-4, gradient-norm clipping 1.0;
-batch 512, 800 epochs (the paper's tables; their code runs 1000), SGD lr 0.06 momentum 0.9
-weight decay 5e-4, cosine schedule, no warm-up; augmentations abcde. The project's form:
-`--config.amcl.form=project`.
+ResNet-18 (CIFAR stem), 3 heads of Linear(512, 512)-ReLU-Linear(512, 128); AMCL in the project's
+form (the default, docs/amcl.md): a per-head temperature MLP on [u; v] with bounds (1e-5, 2.0),
+beta 0.1, the log-sum-exp form of Eq. 2.1; batch 512, 800 epochs (the paper's tables), SGD lr
+0.06 momentum 0.9 weight decay 5e-4, cosine schedule, no warm-up; augmentations abcde. The
+authors' v2.0 form (Eq. 3 pair-score map, top-100 negatives, beta 1e-4, clipping 1.0; their code
+runs 1000 epochs): `--config.amcl.form=authors`.
 
     # A connected machine (TFDS downloads CIFAR-10 into data_dir):
     python main.py --config=configs/cifar10_amcl_simclr.py \

@@ -1,10 +1,11 @@
 """AMCL-SimSiam on CIFAR-10 (the paper's Eq. 2.2).
 
 As configs/cifar10_simsiam.py with 3 projector and predictor heads and a temperature for each of
-the two symmetric terms. The authors' form (docs/amcl.md): the shared Eq. 3 map on the normalised
-prediction and stop-gradient target, beta 1e-4, bounds (1e-5, 2.0), clipping 1.0. The project's
-form (`--config.amcl.form=project`): a per-head [u; v] MLP, beta 0.1, bounds (0.5, 2.0), since
-Eq. 2.2 is unbounded below once a pair's cosine exceeds 2 beta (methods/simsiam.py). lr 0.05.
+the two symmetric terms. The project's form (the default, docs/amcl.md): a per-head [u; v] MLP,
+beta 0.1, bounds (0.5, 2.0), since Eq. 2.2 is unbounded below once a pair's cosine exceeds
+2 beta (methods/simsiam.py). The authors' form (`--config.amcl.form=authors`): the shared Eq. 3
+map on the normalised prediction and stop-gradient target, beta 1e-4, bounds (1e-5, 2.0),
+clipping 1.0. lr 0.05.
 
     python main.py --config=configs/cifar10_amcl_simsiam.py \
         --config.data.data_dir=/data/cifar10-jpeg.tar.gz \

@@ -363,9 +363,12 @@ def test_barlow_twins_with_the_channel_map_matches_the_numpy_loop():
 # --------------------------------------------------------------------------------------------
 # Forms, config and optimizer
 # --------------------------------------------------------------------------------------------
-def test_the_default_is_the_authors_form_and_each_field_overrides_it_alone():
+def test_each_form_fills_its_settings_and_each_field_overrides_it_alone():
     config = get_default_config()
-    assert forms.form(config) == "authors"
+    assert forms.form(config) == "project"  # The default, by measurement (docs/amcl.md).
+    assert forms.setting(config, "amcl.negatives") == "logsumexp"
+    assert forms.setting(config, "amcl.temperature_net") == "concat_mlp"
+    config.amcl.form = "authors"
     assert forms.setting(config, "amcl.negatives") == "topk"
     assert forms.setting(config, "amcl.temperature_net") == "pair_score"
     assert forms.setting(config, "amcl.beta") == 1e-4
@@ -417,6 +420,7 @@ def test_form_fields_are_validated_by_name(field, value, match):
 
 def test_moco_queue_needs_only_the_keys_of_one_view_in_the_authors_form():
     config = get_default_config()
+    config.amcl.form = "authors"
     config.method = "moco"
     config.batch_size = 64
     config.moco.queue_size = 64
@@ -428,6 +432,7 @@ def test_moco_queue_needs_only_the_keys_of_one_view_in_the_authors_form():
 
 def test_clipping_scales_the_loss_gradient_before_weight_decay():
     config = get_default_config()
+    config.amcl.form = "authors"  # Clipping at 1.0 comes with it.
     config.optimizer.learning_rate = 1.0
     config.optimizer.momentum = 0.0
     config.optimizer.weight_decay = 0.5
@@ -452,6 +457,7 @@ def test_clipping_scales_the_loss_gradient_before_weight_decay():
 # --------------------------------------------------------------------------------------------
 def _tiny(method):
     config = get_default_config()
+    config.amcl.form = "authors"
     config.method = method
     config.model.name = "resnet18"
     config.model.width = 0.0625

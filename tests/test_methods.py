@@ -352,15 +352,14 @@ def tiny_encoder(monkeypatch):
 def _e2e_config(method, amcl):
     # Identical views (no augmentation) so that 3 steps' loss trend is not drowned by
     # augmentation noise; Barlow Twins gets crops, as identical views start it at C_ll = 1.
-    # MoCo: a queue of exactly one step's keys (it wraps around every step: 2N = 16, or N = 8 for
-    # AMCL's default authors' form, which enqueues the second view's keys only) and a faster
+    # MoCo: a queue of exactly one step's 2N = 16 keys (it wraps around every step) and a faster
     # momentum, so its keys keep up with the queries within 3 steps.
     config = tiny_config(**{
         "model.name": "test_tiny", "method": method, "amcl.enabled": amcl,
         "total_steps": 3, "log_every_steps": 1, "eval.every_steps": 3,
         "checkpoint.every_steps": 3, "data.augmentations": "a" if method == "barlow_twins" else "",
         "data.allow_no_augmentation": True,
-        "moco.queue_size": 8 if amcl else 16, "moco.momentum": 0.9, "predictor.hidden_dim": 8,
+        "moco.queue_size": 16, "moco.momentum": 0.9, "predictor.hidden_dim": 8,
         "amcl.temperature_bounds": (0.5, 2.0),
     })
     if method == "barlow_twins":
@@ -396,9 +395,8 @@ def test_every_variant_trains_end_to_end(tmp_path, tiny_encoder, method, amcl):
         target = jax.tree.leaves(extra["target_params"]["projector"])
         assert any(not np.allclose(o, t) for o, t in zip(online, target, strict=True))
         if method == "moco":
-            # 3 steps of one queue's worth of keys (2N = 16, or N = 8 for AMCL's authors' form):
-            # full, and the pointer back at 0.
-            assert extra["queue"].shape == ((3, 8, 8) if amcl else (1, 16, 8))
+            # 3 steps x 2N = 16 keys into a queue of 16: full, and the pointer back at 0.
+            assert extra["queue"].shape == (3 if amcl else 1, 16, 8)
             assert int(extra["queue_ptr"]) == 0
             np.testing.assert_allclose(np.linalg.norm(extra["queue"], axis=-1), 1.0, rtol=1e-5)
 
