@@ -28,9 +28,10 @@ from bench.common import write_json  # noqa: E402
 
 VARIANTS = {
     "simclr": ["--config=configs/quickstart.py:method=simclr,amcl=false"],
-    "amcl_authors": ["--config=configs/quickstart.py"],  # The default form.
+    "amcl_authors": ["--config=configs/quickstart.py", "--config.amcl.form=authors"],
     "amcl_project": ["--config=configs/quickstart.py", "--config.amcl.form=project"],
-    "amcl_authors_max": ["--config=configs/quickstart.py", "--config.amcl.negatives=max"],
+    "amcl_project_max": ["--config=configs/quickstart.py", "--config.amcl.form=project",
+                         "--config.amcl.negatives=max"],
 }
 DEFAULT_VARIANTS = ("simclr", "amcl_authors", "amcl_project")
 FIGURES = ("knn_top1_init", "knn_top1", "knn_top1_best", "wall_seconds")
