@@ -13,8 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
-from conftest import tiny_config
-from test_losses import (
+from _helpers import (
     MLPTemperature,
     make_mlp_params,
     np_omega,
@@ -22,6 +21,7 @@ from test_losses import (
     np_tau,
     np_unit,
 )
+from conftest import tiny_config
 
 from amcl_jax import losses, methods, models, train
 from amcl_jax.config import ConfigError, validate_config

@@ -12,7 +12,7 @@ import sys
 import _runs
 import numpy as np
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from amcl_jax import errors, reproduce, train, workdir
 from amcl_jax.config import ConfigError, get_default_config, validate_config
