@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
 
 from amcl_jax import forms, losses, methods, models, optim
 from amcl_jax.config import ConfigError, get_default_config, validate_config
@@ -456,20 +457,8 @@ def test_clipping_scales_the_loss_gradient_before_weight_decay():
 # Methods in the authors' form: a step's loss through the real model
 # --------------------------------------------------------------------------------------------
 def _tiny(method):
-    config = get_default_config()
-    config.amcl.form = "authors"
-    config.method = method
-    config.model.name = "resnet18"
-    config.model.width = 0.0625
-    config.data.image_size = 8
-    config.batch_size = 8
-    config.projector.hidden_dim = 16
-    config.projector.out_dim = 8
-    config.predictor.hidden_dim = 8
-    config.amcl.temperature_hidden_dim = 8
-    config.moco.queue_size = 16
-    config.total_steps = 4
-    return config
+    return tiny_config(**{"method": method, "amcl.form": "authors", "model.width": 0.0625,
+                          "predictor.hidden_dim": 8, "moco.queue_size": 16})
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
