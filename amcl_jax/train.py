@@ -425,15 +425,34 @@ def fixed_subset(images, labels, limit):
     return images[keep], labels[keep]
 
 
-def load_data(config: ml_collections.ConfigDict, split: str):
+def load_data(config: ml_collections.ConfigDict, split: str, *, for_evaluation: bool = False):
     """(images, labels, num_classes) of `split` as `config.data` says: a uint8 array in memory,
-    or the split's `ImageFiles` with `data.streaming`."""
+    or the split's `ImageFiles` with `data.streaming`.
+
+    `for_evaluation` (the offline kNN and linear probe): an ImageNet-style dataset
+    (`data.evaluates_with_centre_crop`) is loaded at `data.image_size` as its evaluation reads
+    it, the shorter side resized to image_size / 0.875 and the centre cropped; other datasets
+    as for pretraining.
+    """
+    centre_crop = for_evaluation and data_lib.evaluates_with_centre_crop(config.data.dataset)
+    size = config.data.load_size if config.data.load_size > 0 else None
     return data_lib.load_split(
         config.data.dataset, split, data_dir=config.data.data_dir or None,
         cache_dir=config.data.cache_dir or None, download=config.data.download,
-        image_size=config.data.load_size if config.data.load_size > 0 else None,
+        image_size=config.data.image_size if centre_crop else size,
         corrupt_images=config.data.get("corrupt_images", "skip"),
-        streaming=config.data.get("streaming", False))
+        streaming=config.data.get("streaming", False), centre_crop=centre_crop)
+
+
+def monitor_images(config: ml_collections.ConfigDict, images):
+    """The kNN monitor's bank or queries: streamed files of an ImageNet-style dataset at native
+    size are read as evaluation reads them (centre crop at `data.image_size`). Images held in
+    memory stay as loaded: the bank is the pretraining split at `data.load_size`, and the
+    queries must be resized as the bank is."""
+    if (isinstance(images, data_lib.ImageFiles) and images.size is None
+            and data_lib.evaluates_with_centre_crop(config.data.dataset)):
+        return data_lib.ImageFiles(images.paths, config.data.image_size, centre_crop=True)
+    return images
 
 
 def total_steps_for(config, num_train_examples: int) -> int:
@@ -560,6 +579,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     query_images, query_labels, _ = load_data(config, config.data.eval_test_split)
     query_images, query_labels = fixed_subset(query_images, query_labels,
                                               config.eval.max_query_examples)
+    bank_images, query_images = monitor_images(config, bank_images), monitor_images(
+        config, query_images)
     total_steps = total_steps_for(config, len(train_images))
     mean, std = data_lib.dataset_stats(config.data.dataset)
     try:  # Where the views are made: tf.data on the host, or a jitted function on the devices.

@@ -8,6 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from amcl_jax import data
 from amcl_jax.data import (
@@ -511,3 +512,72 @@ def test_imagenet_from_tfds_resizes_each_image_while_loading():
     np.testing.assert_array_equal(
         images, np.stack([resize_square(example["image"], 24).numpy() for example in raw]))
     np.testing.assert_array_equal(labels, [example["label"] for example in raw])
+
+
+def test_centre_crop_resizes_the_shorter_side_and_keeps_the_middle():
+    """ImageNet evaluation: shorter side to round(8 / 0.875) = 9, then the central 8 x 8."""
+    from amcl_jax.data.files import resize_centre_crop
+
+    rng = np.random.default_rng(0)
+    for shape, resized_shape, top, left in [((12, 24, 3), (9, 18), 0, 5),
+                                            ((30, 10, 3), (27, 9), 9, 0),
+                                            ((8, 8, 3), (9, 9), 0, 0)]:
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        resized = tf.image.resize(tf.cast(image, tf.float32), resized_shape, antialias=True)
+        expected = np.round(np.clip(resized.numpy()[top:top + 8, left:left + 8], 0, 255))
+        got = resize_centre_crop(tf.constant(image), 8).numpy()
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected.astype(np.uint8))
+
+
+def test_imagenet_evaluation_loads_centre_crops_and_pretraining_keeps_its_load_size():
+    """The offline modes' splits (evaluate.common.load_labelled_split) of ImageNet are centre
+    crops at data.image_size; pretraining still loads squares at data.load_size; CIFAR-10 is
+    evaluated as loaded."""
+    import tensorflow_datasets as tfds
+
+    from amcl_jax import train
+    from amcl_jax.data.files import resize_centre_crop
+    from amcl_jax.evaluate import common
+
+    config = tiny_config(**{"data.dataset": "imagenet2012", "data.image_size": 8,
+                            "data.load_size": 16})
+    cifar = tiny_config(**{"data.load_size": 16})
+    with tfds.testing.mock_data(num_examples=6):
+        raw = list(tfds.load("imagenet2012", split="validation").as_numpy_iterator())
+        evaluated, labels, _ = common.load_labelled_split(config, "validation")
+        pretraining, _, _ = train.load_data(config, "validation")
+        cifar_evaluated, _, _ = common.load_labelled_split(cifar, "test")
+    assert len({example["image"].shape for example in raw}) > 1  # Mixed sizes.
+    np.testing.assert_array_equal(evaluated, np.stack(
+        [resize_centre_crop(example["image"], 8).numpy() for example in raw]))
+    np.testing.assert_array_equal(labels, [example["label"] for example in raw])
+    assert pretraining.shape == (6, 16, 16, 3) and cifar_evaluated.shape[1:3] == (16, 16)
+
+
+def test_the_monitor_reads_streamed_imagenet_files_as_centre_crops(tmp_path):
+    """Streamed at native size, an ImageNet-style split is read by the kNN monitor (bank and
+    queries) as evaluation reads it; files of other datasets, or resized at load, stay as they
+    are."""
+    from PIL import Image
+
+    from amcl_jax import train
+    from amcl_jax.data.files import resize_centre_crop
+
+    rng = np.random.default_rng(0)
+    paths, originals = [], []
+    for index, shape in enumerate([(12, 24, 3), (30, 10, 3), (8, 8, 3)]):
+        originals.append(rng.integers(0, 256, size=shape, dtype=np.uint8))
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(originals[-1]).save(paths[-1])
+    native = data.ImageFiles(paths)
+    config = tiny_config(**{"data.dataset": "imagenet2012", "data.image_size": 8})
+    monitored = train.monitor_images(config, native)
+    assert monitored.size == 8 and monitored.centre_crop
+    assert train.monitor_images(tiny_config(), native) is native
+    resized_at_load = data.ImageFiles(paths, 16)
+    assert train.monitor_images(config, resized_at_load) is resized_at_load
+    batch = next(eval_iterator(monitored, np.zeros(3, np.int32), batch_size=3, image_size=8,
+                               mean=(0.0,) * 3, std=(1.0,) * 3))
+    expected = np.stack([resize_centre_crop(tf.constant(o), 8).numpy() for o in originals])
+    np.testing.assert_allclose(batch["image"], expected / 255.0, atol=1e-6)

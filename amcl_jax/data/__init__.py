@@ -29,6 +29,7 @@ from amcl_jax.data.pipeline import eval_iterator, example_index, steps_per_epoch
 from amcl_jax.data.sources import (
     DATASET_STATS,
     dataset_stats,
+    evaluates_with_centre_crop,
     extract_archive,
     load_split,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "color_jitter",
     "dataset_stats",
     "eval_iterator",
+    "evaluates_with_centre_crop",
     "example_index",
     "extract_archive",
     "gaussian_blur",

@@ -24,15 +24,43 @@ def resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def decode_image(encoded: tf.Tensor, size: int | None = None) -> tf.Tensor:
-    """Encoded image bytes (a string tensor) as (H, W, 3) uint8, resized when `size` is set."""
+# Evaluation of ImageNet-style images: the shorter side resized to size / CENTRE_CROP_FRACTION
+# (224 -> 256), then the central size x size square, instead of squashing the whole image.
+CENTRE_CROP_FRACTION = 0.875
+
+
+def resize_centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: the shorter side resized (bilinear,
+    antialiased) to round(size / 0.875), then the central size x size crop, rounded."""
+    shorter = int(round(size / CENTRE_CROP_FRACTION))
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    scale = shorter / tf.cast(tf.minimum(height, width), tf.float64)
+    new_height = tf.maximum(tf.cast(tf.round(tf.cast(height, tf.float64) * scale), tf.int32),
+                            shorter)
+    new_width = tf.maximum(tf.cast(tf.round(tf.cast(width, tf.float64) * scale), tf.int32),
+                           shorter)
+    resized = tf.image.resize(tf.cast(image, tf.float32), (new_height, new_width),
+                              antialias=True)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    crop = resized[top:top + size, left:left + size]
+    return tf.ensure_shape(tf.cast(tf.round(tf.clip_by_value(crop, 0.0, 255.0)), tf.uint8),
+                           (size, size, 3))
+
+
+def decode_image(encoded: tf.Tensor, size: int | None = None, centre_crop: bool = False
+                 ) -> tf.Tensor:
+    """Encoded image bytes (a string tensor) as (H, W, 3) uint8; given a `size`, resized to
+    size x size (`centre_crop`: the central crop of `resize_centre_crop` instead)."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return image if size is None else resize_square(image, size)
+    if size is None:
+        return image
+    return resize_centre_crop(image, size) if centre_crop else resize_square(image, size)
 
 
-def read_image(path: tf.Tensor, size: int | None = None) -> tf.Tensor:
-    """The image file at `path` (a string tensor) as (H, W, 3) uint8, resized when `size` is set."""
-    return decode_image(tf.io.read_file(path), size)
+def read_image(path: tf.Tensor, size: int | None = None, centre_crop: bool = False
+               ) -> tf.Tensor:
+    """The image file at `path` (a string tensor) as `decode_image` gives it."""
+    return decode_image(tf.io.read_file(path), size, centre_crop)
 
 
 class ImageFiles:
@@ -40,34 +68,37 @@ class ImageFiles:
 
     Used where the in-memory sources return an (N, H, W, 3) uint8 array: `len(files)` is N, and
     indexing with an integer or boolean array (subsets, dropping unlabelled examples) gives the
-    ImageFiles of those examples. Images are decoded at their native size unless `size` is set.
+    ImageFiles of those examples. Images are decoded at their native size unless `size` is set
+    (then resized to size x size, or centre-cropped with `centre_crop`: `resize_centre_crop`).
     """
 
-    def __init__(self, paths: Sequence[str] | np.ndarray, size: int | None = None) -> None:
+    def __init__(self, paths: Sequence[str] | np.ndarray, size: int | None = None,
+                 centre_crop: bool = False) -> None:
         self.paths = np.asarray(paths, dtype=object).reshape(-1)
         self.size = size
+        self.centre_crop = centre_crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index) -> ImageFiles:
-        return ImageFiles(self.paths[np.asarray(index)], self.size)
+        return ImageFiles(self.paths[np.asarray(index)], self.size, self.centre_crop)
 
     def __repr__(self) -> str:
         size = "native size" if self.size is None else f"{self.size}x{self.size}"
-        return f"ImageFiles({len(self)} files, {size})"
+        return f"ImageFiles({len(self)} files, {size}{', centre crop' * self.centre_crop})"
 
     def reader(self):
         """A TF function: dataset index (int64 scalar) -> (H, W, 3) uint8."""
         paths = tf.constant(self.paths.astype(str))
-        return lambda index: read_image(tf.gather(paths, index), self.size)
+        return lambda index: read_image(tf.gather(paths, index), self.size, self.centre_crop)
 
     def unreadable(self, indices) -> list[str]:
         """The paths among `indices` (distinct, in order) that cannot be read and decoded."""
         bad = []
         for index in dict.fromkeys(int(i) for i in np.asarray(indices).reshape(-1)):
             try:
-                read_image(tf.constant(str(self.paths[index])), self.size)
+                read_image(tf.constant(str(self.paths[index])), self.size, self.centre_crop)
             except (tf.errors.OpError, ValueError):
                 bad.append(str(self.paths[index]))
         return bad

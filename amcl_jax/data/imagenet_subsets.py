@@ -73,7 +73,7 @@ def filter_labels(labels: np.ndarray, label_names: list[str], synsets: tuple[str
 
 
 def load_subset(subset: str, split: str, *, data_dir: str | None, image_size: int,
-                download: bool = False, streaming: bool = False
+                download: bool = False, streaming: bool = False, centre_crop: bool = False
                 ) -> tuple[np.ndarray | ImageFiles, np.ndarray, int]:
     """Images (N, S, S, 3) uint8 (or their `ImageFiles` when streaming), labels (N,) int32 in
     0..len(subset)-1, num_classes.
@@ -84,26 +84,28 @@ def load_subset(subset: str, split: str, *, data_dir: str | None, image_size: in
     if subset not in SUBSETS:
         raise ValueError(f"data.dataset={subset!r}: known ImageNet subsets are {sorted(SUBSETS)}")
     synsets = SUBSETS[subset]
-    parts = [_load_one(synsets, name.strip(), data_dir, image_size, download, streaming)
-             for name in split.split("+")]
+    parts = [_load_one(synsets, name.strip(), data_dir, image_size, download, streaming,
+                       centre_crop) for name in split.split("+")]
     labels = np.concatenate([p[1] for p in parts])
     if streaming:
-        return ImageFiles(np.concatenate([p[0] for p in parts]), image_size), labels, len(synsets)
+        return (ImageFiles(np.concatenate([p[0] for p in parts]), image_size, centre_crop), labels,
+                len(synsets))
     return np.concatenate([p[0] for p in parts]), labels, len(synsets)
 
 
-def _load_one(synsets, split, data_dir, image_size, download, streaming):
+def _load_one(synsets, split, data_dir, image_size, download, streaming, centre_crop=False):
     if data_dir and os.path.isdir(os.path.join(data_dir, split)):
         paths, labels = _list_folder(synsets, os.path.join(data_dir, split))
         if streaming:
             return np.asarray(paths, dtype=object), labels
-        return _decode_all(paths, image_size), labels
+        return _decode_all(paths, image_size, centre_crop), labels
     if streaming:
         raise ValueError(
             f"data.streaming=True reads image folders: data.data_dir={data_dir!r} has no "
             f"{split!r} folder of synset folders (imagenet2012 from TFDS is loaded into memory: "
             f"data.streaming=False)")
-    return _load_tfds(synsets, TFDS_SPLITS.get(split, split), data_dir, image_size, download)
+    return _load_tfds(synsets, TFDS_SPLITS.get(split, split), data_dir, image_size, download,
+                      centre_crop)
 
 
 def _list_folder(synsets, split_dir):
@@ -119,14 +121,14 @@ def _list_folder(synsets, split_dir):
     return paths, np.asarray(labels, np.int32)
 
 
-def _decode_all(paths, image_size):
+def _decode_all(paths, image_size, centre_crop=False):
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: read_image(path, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+        lambda path: read_image(path, image_size, centre_crop), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
     return np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
 
 
-def _load_tfds(synsets, split, data_dir, image_size, download):
+def _load_tfds(synsets, split, data_dir, image_size, download, centre_crop=False):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("imagenet2012", data_dir=data_dir)
@@ -137,7 +139,7 @@ def _load_tfds(synsets, split, data_dir, image_size, download):
     ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda ex: (ex["image"], tf.gather(mapping, tf.cast(ex["label"], tf.int32))))
     ds = ds.filter(lambda image, label: label >= 0)  # Decode only the subset's images.
-    ds = ds.map(lambda image, label: (decode_image(image, image_size), label),
+    ds = ds.map(lambda image, label: (decode_image(image, image_size, centre_crop), label),
                 num_parallel_calls=tf.data.AUTOTUNE)
     chunks = list(ds.batch(1024).as_numpy_iterator())
     if not chunks:

@@ -36,7 +36,7 @@ from absl import logging
 from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data._tf import tf
-from amcl_jax.data.files import ImageFiles, read_image, resize_square
+from amcl_jax.data.files import ImageFiles, read_image, resize_centre_crop, resize_square
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
 DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -65,6 +65,18 @@ def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return DATASET_STATS.get(key, DEFAULT_STATS)
 
 
+# ImageNet-style datasets (photographs of many sizes and aspect ratios): evaluated on the centre
+# crop (`files.resize_centre_crop`) rather than on the squashed image.
+CENTRE_CROP_DATASETS = ("imagenet2012", "imagenet2012_subset", "imagenet_v2",
+                        *imagenet_subsets.SUBSETS)
+
+
+def evaluates_with_centre_crop(dataset: str) -> bool:
+    """Whether `data.dataset` is evaluated on centre crops (a TFDS version or config suffix, as in
+    "imagenet2012:5.1.0" or "imagenet2012_subset/10pct", is ignored)."""
+    return dataset.split(":")[0].split("/")[0] in CENTRE_CROP_DATASETS
+
+
 def load_split(
     dataset: str,
     split: str,
@@ -75,6 +87,7 @@ def load_split(
     download: bool = False,
     corrupt_images: str = "skip",
     streaming: bool = False,
+    centre_crop: bool = False,
 ) -> tuple[np.ndarray | ImageFiles, np.ndarray, int]:
     """Loads one split into memory, or lists its image files (`streaming`).
 
@@ -91,6 +104,9 @@ def load_split(
         first one. A streamed split's files are decoded only when read.
       streaming: return the split's files (image folders, archives and ImageNet subsets' folders
         only) instead of decoding them into memory.
+      centre_crop: with `image_size`, each image is resized as ImageNet evaluation does
+        (`files.resize_centre_crop`: shorter side to image_size / 0.875, central crop) instead
+        of squashed to a square; decoded with TensorFlow.
 
     Returns:
       images: (N, H, W, 3) uint8, or `ImageFiles` when streaming (each resized to image_size
@@ -99,10 +115,12 @@ def load_split(
     Raises:
       ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded.
     """
+    if centre_crop and image_size is None:
+        raise ValueError("centre_crop needs an image_size")
     if dataset in imagenet_subsets.SUBSETS:  # ImageNet-100: imagenet2012 or a folder, filtered.
         images, labels, num_classes = imagenet_subsets.load_subset(
             dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download,
-            streaming=streaming)
+            streaming=streaming, centre_crop=centre_crop)
         return images, labels.astype(np.int32), num_classes
     is_folder = dataset != "digits" and (dataset == "image_folder"
                                          or _is_image_folder_source(data_dir, split))
@@ -122,11 +140,16 @@ def load_split(
         root = extract_archive(data_dir, cache_dir=cache_dir) if _is_archive(data_dir) else data_dir
         if streaming:
             paths, labels, num_classes = _list_image_folder(root, split)
-            return ImageFiles(paths, image_size), labels, num_classes
-        load = _load_decoded_cache if _is_archive(data_dir) else _load_image_folder
-        images, labels, num_classes = load(root, split, image_size, corrupt_images)
+            return ImageFiles(paths, image_size, centre_crop), labels, num_classes
+        if centre_crop:  # Evaluation images: decoded anew, not from the training cache.
+            images, labels, num_classes = _load_image_folder(root, split, image_size,
+                                                             corrupt_images, centre_crop=True)
+        else:
+            load = _load_decoded_cache if _is_archive(data_dir) else _load_image_folder
+            images, labels, num_classes = load(root, split, image_size, corrupt_images)
     else:
-        images, labels, num_classes = _load_tfds(dataset, split, data_dir, download, image_size)
+        images, labels, num_classes = _load_tfds(dataset, split, data_dir, download, image_size,
+                                                 centre_crop)
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
         images = resize_uint8(images, image_size)
     return images, labels.astype(np.int32), num_classes
@@ -351,11 +374,12 @@ def _class_names(root: str) -> list[str]:
 
 
 def _load_image_folder(
-    data_dir: str, split: str, image_size: int | None, corrupt_images: str = "skip"
+    data_dir: str, split: str, image_size: int | None, corrupt_images: str = "skip",
+    centre_crop: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Reads ``<root>/<split>/<class>/<image>`` into memory (see `_list_image_folder`)."""
     paths, labels, num_classes = _list_image_folder(data_dir, split)
-    images, kept = _decode_files(paths, image_size, corrupt_images)
+    images, kept = _decode_files(paths, image_size, corrupt_images, centre_crop)
     return images, labels[kept], num_classes
 
 
@@ -393,15 +417,22 @@ CORRUPT_IMAGE_POLICIES = ("skip", "fail")
 
 
 def _decode_files(
-    paths: list[str], image_size: int | None, corrupt_images: str = "skip"
+    paths: list[str], image_size: int | None, corrupt_images: str = "skip",
+    centre_crop: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes `paths` in order; returns (images (M, H, W, 3) uint8, kept (M,) indices into
     paths). Files that fail to decode are skipped and reported, or raise ("fail")."""
     if corrupt_images not in CORRUPT_IMAGE_POLICIES:
         raise ValueError(f"data.corrupt_images={corrupt_images!r}: allowed values are "
                          f"{', '.join(repr(p) for p in CORRUPT_IMAGE_POLICIES)}")
-    decode = _decode_with_tf if tensorflow_available() else _decode_with_pillow
-    images, kept = decode(paths, image_size)
+    if centre_crop:
+        if not tensorflow_available():
+            raise ValueError("centre-cropped evaluation images of an image folder are decoded "
+                             "with TensorFlow, which is not installed")
+        images, kept = _decode_with_tf(paths, image_size, centre_crop=True)
+    else:
+        decode = _decode_with_tf if tensorflow_available() else _decode_with_pillow
+        images, kept = decode(paths, image_size)
     if len(kept) != len(paths):
         bad = sorted(set(range(len(paths))) - set(kept.tolist()))
         names = ", ".join(paths[i] for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
@@ -422,12 +453,12 @@ def _decode_files(
     return np.stack(images), kept
 
 
-def _decode_with_tf(paths: list[str], image_size: int | None
+def _decode_with_tf(paths: list[str], image_size: int | None, centre_crop: bool = False
                     ) -> tuple[list[np.ndarray], np.ndarray]:
     """(images, kept indices) of the files tf.data decodes (`files.read_image`)."""
     # Each element carries its index, so the files dropped by ignore_errors() can be named.
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
-        lambda index, path: (index, read_image(path, image_size)),
+        lambda index, path: (index, read_image(path, image_size, centre_crop)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).ignore_errors()
     if image_size is not None:
@@ -471,11 +502,12 @@ def _decode_with_pillow(paths: list[str], image_size: int | None
 # TFDS
 # ---------------------------------------------------------------------------------------------
 def _load_tfds(
-    dataset: str, split: str, data_dir: str | None, download: bool, image_size: int | None = None
+    dataset: str, split: str, data_dir: str | None, download: bool, image_size: int | None = None,
+    centre_crop: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """A TFDS split in memory; with `image_size`, each image is resized (`resize_square`) as it is
-    decoded, so that images of different sizes (ImageNet) batch and only the resized split is
-    ever held."""
+    """A TFDS split in memory; with `image_size`, each image is resized (`resize_square`, or
+    `resize_centre_crop` with `centre_crop`) as it is decoded, so that images of different sizes
+    (ImageNet) batch and only the resized split is ever held."""
     import tensorflow_datasets as tfds
 
     try:
@@ -493,7 +525,10 @@ def _load_tfds(
         )
         def example(ex):
             image = ex["image"]
-            return (image if image_size is None else resize_square(image, image_size)), ex["label"]
+            if image_size is not None:
+                image = (resize_centre_crop(image, image_size) if centre_crop
+                         else resize_square(image, image_size))
+            return image, ex["label"]
 
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
         chunks = list(ds.as_numpy_iterator())

@@ -31,9 +31,11 @@ def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examp
     examples.
 
     Examples labelled -1 (STL-10's "unlabelled" split) are dropped; `max_examples` > 0 keeps a
-    fixed random subset (seed 0), as the pretraining monitor does.
+    fixed random subset (seed 0), as the pretraining monitor does. ImageNet-style datasets are
+    loaded as evaluated: resized to data.image_size / 0.875 and centre-cropped
+    (`train.load_data(for_evaluation=True)`).
     """
-    images, labels, num_classes = train.load_data(config, split)
+    images, labels, num_classes = train.load_data(config, split, for_evaluation=True)
     if np.any(labels < 0):
         images, labels = images[labels >= 0], labels[labels >= 0]
     images, labels = train.fixed_subset(images, labels, max_examples)
