@@ -555,16 +555,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _train_and_evaluate(config, workdir)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    is_chief = jax.process_index() == 0
+# --------------------------------------------------------------------------------------------
+# The run's parts: its inputs, its checkpoints and its evaluator (the kNN monitor)
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Inputs:
+    """The run's data: the training split, the kNN monitor's bank and queries (uint8 arrays, or
+    `ImageFiles` when streamed), and what follows from them."""
 
-    # ---- Mesh: one data axis over every device of every host. ----
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    replicated = NamedSharding(mesh, P())
-    views_sharding = NamedSharding(mesh, P(None, "data"))
-    labels_sharding = NamedSharding(mesh, P("data"))
+    train_images: Any
+    train_labels: np.ndarray
+    bank_images: Any
+    bank_labels: np.ndarray
+    query_images: Any
+    query_labels: np.ndarray
+    num_classes: int
+    total_steps: int
+    augment_on: str  # Where the views are made: "host" (tf.data) or "device" (jitted).
 
-    # ---- Input. ----
+
+def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bool) -> Inputs:
+    """Loads the splits `config.data` names, applies the subset caps and resolves the run length
+    and `data.augment_on`; records `online_probe.num_classes` = -1 as the data's class count."""
     train_images, train_labels, num_classes = load_data(config, config.data.train_split)
     train_images, train_labels = fixed_subset(train_images, train_labels,
                                               config.data.get("max_train_examples", -1))
@@ -582,7 +594,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     bank_images, query_images = monitor_images(config, bank_images), monitor_images(
         config, query_images)
     total_steps = total_steps_for(config, len(train_images))
-    mean, std = data_lib.dataset_stats(config.data.dataset)
     try:  # Where the views are made: tf.data on the host, or a jitted function on the devices.
         augment_on = device_augment.resolve_augment_on(
             config.data.get("augment_on", "host"), train_images, jax.devices()[0],
@@ -599,15 +610,111 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps, views made on "
                  "the %s", len(train_images), len(bank_images), len(query_images), num_classes,
                  total_steps, augment_on)
+    return Inputs(train_images, train_labels, bank_images, bank_labels, query_images,
+                  query_labels, int(num_classes), total_steps, augment_on)
 
-    # ---- Model and optimizer. ----
-    check_data_sizes(config, num_train=len(train_images), bank_labels=bank_labels,
-                     num_queries=len(query_labels))
+
+class Checkpointer:
+    """The train state and the kNN history in `workdir/checkpoints`: auto-resume from the newest
+    good checkpoint (damaged newer ones are moved aside, `restore_newest_good`), saves that
+    refuse a state which saw a non-finite value, and `close` on every way out (the last save
+    finishes writing)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, is_chief: bool):
+        self.manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
+        self.workdir, self.is_chief = workdir, is_chief
+        self.history: dict[str, Any] = {"knn": []}
+
+    def restore(self, state_shapes, state_shardings) -> TrainState | None:
+        """The newest good checkpoint's state (and its history into `self.history`), or None."""
+        restored = restore_newest_good(self.manager, self.workdir, state_shapes, state_shardings)
+        if restored is None:
+            return None
+        latest, state, self.history = restored
+        logging.info("resumed from step %d", latest)
+        print(f"Resumed from checkpoint at step {latest}", flush=True)
+        if self.is_chief:  # Drop metrics logged after that checkpoint by the interrupted run.
+            _truncate_metrics(os.path.join(self.workdir, "metrics.jsonl"), latest)
+        return state
+
+    def stop_if_nonfinite(self, state: TrainState) -> None:
+        try:
+            check_finite(state)
+        except NonFiniteError:
+            self.close()  # The last good checkpoint finishes writing.
+            raise
+
+    def save(self, step: int, state: TrainState) -> None:
+        self.stop_if_nonfinite(state)  # Never write a checkpoint from a broken state.
+        meta = dict(copy.deepcopy(self.history), state_sha256=state_sha256(state))
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class KnnMonitor:
+    """The pretraining evaluator: weighted kNN top-1 (`eval.knn_k`, `eval.knn_temperature`) of
+    backbone features, bank and queries from `Inputs`, and the online probe's top-1 on the same
+    queries; each evaluation replaces any of the same step in `history["knn"]`, goes to the metric
+    writer and is printed."""
+
+    def __init__(self, config: ml_collections.ConfigDict, inputs: Inputs, features_fn, mesh: Mesh,
+                 history: dict[str, Any], writer) -> None:
+        self.config, self.inputs, self.features_fn, self.mesh = config, inputs, features_fn, mesh
+        self.history, self.writer = history, writer
+
+    def __call__(self, step: int, state: TrainState) -> float:
+        config, inputs = self.config, self.inputs
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        extract = functools.partial(extract_features, self.features_fn, variables, config=config,
+                                    mesh=self.mesh, augment_on=inputs.augment_on)
+        bank, bank_y = extract(inputs.bank_images, inputs.bank_labels)
+        queries, query_y = extract(inputs.query_images, inputs.query_labels)
+        top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
+                                temperature=config.eval.knn_temperature,
+                                num_classes=inputs.num_classes)
+        entry = {"step": step, "knn_top1": top1}
+        probe_text = ""
+        if state.probe:
+            logits = linear_classifier.logits(jax.device_get(state.probe["params"]), queries)
+            entry["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == query_y))
+            probe_text = f", online probe top-1 {100 * entry['online_probe_top1']:.2f}%"
+        self.history["knn"] = [e for e in self.history["knn"] if e["step"] != step] + [entry]
+        self.writer.write_scalars(step, {k: v for k, v in entry.items() if k != "step"})
+        print(f"step {step:6d}  kNN top-1 {100 * top1:.2f}% (k={config.eval.knn_k}, "
+              f"T={config.eval.knn_temperature}){probe_text}", flush=True)
+        return top1
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    is_chief = jax.process_index() == 0
+
+    # ----------------------------------------------------------------------------------------
+    # Mesh: one data axis over every device of every host.
+    # ----------------------------------------------------------------------------------------
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, P())
+    views_sharding = NamedSharding(mesh, P(None, "data"))
+    labels_sharding = NamedSharding(mesh, P("data"))
+
+    # ----------------------------------------------------------------------------------------
+    # Input.
+    # ----------------------------------------------------------------------------------------
+    inputs = load_inputs(config, workdir, is_chief=is_chief)
+    total_steps = inputs.total_steps
+    mean, std = data_lib.dataset_stats(config.data.dataset)
+
+    # ----------------------------------------------------------------------------------------
+    # Model and optimizer.
+    # ----------------------------------------------------------------------------------------
+    check_data_sizes(config, num_train=len(inputs.train_images), bank_labels=inputs.bank_labels,
+                     num_queries=len(inputs.query_labels))
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)
-    size = config.data.image_size
-
     init_state = functools.partial(create_train_state, config, model, method, tx)
     state_shapes = jax.eval_shape(init_state)
     check_state_fits(config, state_shapes)  # Before allocating it.
@@ -626,53 +733,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"),
                           compiler_options=options)
 
-    # ---- Checkpoints: auto-resume from the workdir. ----
-    manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
-    history: dict[str, Any] = {"knn": []}
-    restored = restore_newest_good(manager, workdir, state_shapes, state_shardings)
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints: auto-resume from the workdir, past damaged checkpoints.
+    # ----------------------------------------------------------------------------------------
+    checkpoints = Checkpointer(config, workdir, is_chief=is_chief)
+    restored = checkpoints.restore(state_shapes, state_shardings)
     if restored is not None:
-        latest, state, history = restored
-        logging.info("resumed from step %d", latest)
-        print(f"Resumed from checkpoint at step {latest}", flush=True)
-        if is_chief:  # Drop metrics logged after that checkpoint by the interrupted run.
-            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), latest)
+        state = restored
+    history = checkpoints.history
 
-    def stop_if_nonfinite() -> None:
-        try:
-            check_finite(state)
-        except NonFiniteError:
-            manager.wait_until_finished()  # The last good checkpoint finishes writing.
-            manager.close()
-            raise
-
-    def save(step: int) -> None:
-        stop_if_nonfinite()  # Never write a checkpoint from a broken state.
-        meta = dict(copy.deepcopy(history), state_sha256=state_sha256(state))
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-
-    # ---- Evaluation. ----
-    def evaluate(step: int) -> float:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        bank, bank_y = extract_features(features_fn, variables, bank_images, bank_labels,
-                                        config=config, mesh=mesh, augment_on=augment_on)
-        queries, query_y = extract_features(features_fn, variables, query_images, query_labels,
-                                            config=config, mesh=mesh, augment_on=augment_on)
-        top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
-                                temperature=config.eval.knn_temperature, num_classes=num_classes)
-        entry = {"step": step, "knn_top1": top1}
-        probe_text = ""
-        if state.probe:
-            logits = linear_classifier.logits(jax.device_get(state.probe["params"]), queries)
-            entry["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == query_y))
-            probe_text = f", online probe top-1 {100 * entry['online_probe_top1']:.2f}%"
-        history["knn"] = [e for e in history["knn"] if e["step"] != step] + [entry]
-        writer.write_scalars(step, {k: v for k, v in entry.items() if k != "step"})
-        print(f"step {step:6d}  kNN top-1 {100 * top1:.2f}% (k={config.eval.knn_k}, "
-              f"T={config.eval.knn_temperature}){probe_text}", flush=True)
-        return top1
-
-    # ---- Loop. ----
+    # ----------------------------------------------------------------------------------------
+    # Evaluator: the kNN monitor, and metric writing.
+    # ----------------------------------------------------------------------------------------
     writer = metric_writer(workdir, is_chief=is_chief)
     if is_chief:
         # The form-dependent fields as the run resolves them (forms.py), not as None.
@@ -680,23 +752,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if config.amcl.enabled:
             hparams.update(forms.resolved(config))
         writer.write_hparams({k: str(v) for k, v in hparams.items()})
+    evaluate = KnnMonitor(config, inputs, features_fn, mesh, history, writer)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start_step = int(jax.device_get(state.step))
     if start_step == 0 and not history["knn"]:
-        evaluate(0)  # The random-init reference.
+        evaluate(0, state)  # The random-init reference.
+
+    # ----------------------------------------------------------------------------------------
+    # Loop: views, update, log, evaluate, checkpoint; SIGTERM checkpoints and stops.
+    # ----------------------------------------------------------------------------------------
     view_options = dict(
         global_batch_size=config.batch_size, seed=config.seed,
-        augmentations=config.data.augmentations, image_size=size,
+        augmentations=config.data.augmentations, image_size=config.data.image_size,
         num_views=config.data.num_views, mean=mean, std=std,
         color_jitter_strength=config.data.color_jitter_strength, blur_p=config.data.blur_p,
         solarize_p=config.data.get("solarize_p", 0.0))
-    if augment_on == "device":  # Batches arrive as sharded device arrays.
-        batches = device_augment.DeviceViews(train_images, train_labels, mesh=mesh,
+    if inputs.augment_on == "device":  # Batches arrive as sharded device arrays.
+        batches = device_augment.DeviceViews(inputs.train_images, inputs.train_labels, mesh=mesh,
                                              **view_options).iterator(start_step)
     else:
         batches = data_lib.train_iterator(
-            train_images, train_labels, start_step=start_step, process_index=jax.process_index(),
-            process_count=jax.process_count(), **view_options)
+            inputs.train_images, inputs.train_labels, start_step=start_step,
+            process_index=jax.process_index(), process_count=jax.process_count(), **view_options)
 
     PREEMPTION.requested = False
     preemption_agreed = PreemptionVote(mesh)
@@ -714,8 +791,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         try:
             batch = next(batches)
         except data_lib.UnreadableImageError:  # A streamed file: stop, keep the checkpoints.
-            manager.wait_until_finished()
-            manager.close()
+            checkpoints.close()
             raise
         if isinstance(batch["views"], jax.Array):  # Made on the devices, already sharded.
             views, labels = batch["views"], batch["label"]
@@ -730,7 +806,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                 previous_loss.block_until_ready()
             previous_loss = metrics["loss"]
         if step % config.log_every_steps == 0 or step == total_steps:
-            stop_if_nonfinite()
+            checkpoints.stop_if_nonfinite(state)
             scalars = interval_metrics.mean()
             now = time.time()
             steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
@@ -747,17 +823,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                   f"lr {scalars['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
                   f"ETA {eta / 60:.1f} min", flush=True)
         if step % config.eval.every_steps == 0 or step == total_steps:
-            stop_if_nonfinite()
-            evaluate(step)
+            checkpoints.stop_if_nonfinite(state)
+            evaluate(step, state)
         checkpointed = step % config.checkpoint.every_steps == 0 or step == total_steps
         if checkpointed:
-            save(step)
+            checkpoints.save(step, state)
         # After logging, so the resumed run's metrics.jsonl has every step exactly once.
         if preemption_agreed(PREEMPTION.requested):
             if not checkpointed:
-                save(step)
-            manager.wait_until_finished()
-            manager.close()
+                checkpoints.save(step, state)
+            checkpoints.close()
             writer.close()
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous_handler)
@@ -766,14 +841,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             return {"preempted": True, "steps": step}
     if in_main_thread:
         signal.signal(signal.SIGTERM, previous_handler)
-    stop_if_nonfinite()
+    checkpoints.stop_if_nonfinite(state)
     if not history["knn"] or history["knn"][-1]["step"] != total_steps:
-        evaluate(total_steps)
-        save(total_steps)
-    manager.wait_until_finished()
-    manager.close()
+        evaluate(total_steps, state)
+        checkpoints.save(total_steps, state)
+    checkpoints.close()
     writer.close()
 
+    # ----------------------------------------------------------------------------------------
+    # Summary.
+    # ----------------------------------------------------------------------------------------
     accuracies = {e["step"]: e["knn_top1"] for e in history["knn"]}
     summary = {
         "knn_top1": accuracies[total_steps],

@@ -190,7 +190,8 @@ def test_a_streamed_run_stops_at_an_undecodable_file_in_one_line(tmp_path):
     shutil.copytree(os.path.join(folder, "train"), os.path.join(folder, "test"))
     result = subprocess.run(
         _runs.main_command(str(tmp_path / "run"), 4, "--config.data.dataset=image_folder",
-                           f"--config.data.data_dir={folder}", "--config.data.streaming=true"),
+                           f"--config.data.data_dir={folder}", "--config.data.streaming=true",
+                           "--config.batch_size=4"),  # The folder holds 5 files.
         cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
