@@ -22,14 +22,21 @@ def config_path(method: str, amcl: bool) -> str:
     return os.path.join(CONFIG_DIR, name)
 
 
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config()` (or `get_config(arg)`) of a config file, as `main.py --config=` reads it."""
-    module_name = "amcl_config_" + os.path.splitext(os.path.basename(path))[0]
+def load_python_file(path: str, prefix: str):
+    """The module of a Python file given by path (config files and table specs are not a
+    package); FileNotFoundError when it is not one."""
+    module_name = prefix + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"{path!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` (or `get_config(arg)`) of a config file, as `main.py --config=` reads it."""
+    module = load_python_file(path, "amcl_config_")
     return module.get_config() if arg is None else module.get_config(arg)
 
 

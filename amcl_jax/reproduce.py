@@ -36,7 +36,6 @@ Scales (`scale_config`):
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -209,12 +208,10 @@ def load_table(path: str) -> Table:
     """`get_table()` of a table spec file, given as a path or as a name of configs/paper/."""
     if not os.path.exists(path) and os.sep not in path and not path.endswith(".py"):
         path = os.path.join(recipes.CONFIG_DIR, "paper", f"{path}.py")
-    module_name = "amcl_table_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"--table={path!r} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        module = recipes.load_python_file(path, "amcl_table_")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--table={path!r} is not a Python file") from None
     table = module.get_table()
     names = [row.name for row in table.rows]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -16,19 +16,12 @@ a gain with AMCL per the paper. Not run to completion here; cost: about 1.3x
 configs/cifar10_barlow_twins.py (three 2048-d heads and their 2048 x 2048 correlations).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "barlow_twins"
+    # The method's own recipe (configs/cifar10_barlow_twins.py: heads, learning rate, method
+    # fields), with AMCL's heads and temperatures on top.
+    config = recipes.method_config("barlow_twins", amcl=False)
     config.amcl.enabled = True
-    config.optimizer.learning_rate = 0.11
-    config.projector.hidden_dim = 2048
-    config.projector.out_dim = 2048
-    config.projector.num_layers = 3
-    config.barlow_twins.off_diagonal_weight = 5e-3
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

@@ -16,17 +16,12 @@ with AMCL per the paper. Not run to completion here; cost: about 2x configs/cifa
 (3, 32, 4096) temperature grid per chunk; lower amcl.chunk_size if memory is short).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "moco"
+    # The method's own recipe (configs/cifar10_moco.py: heads, learning rate, method fields),
+    # with AMCL's heads and temperatures on top.
+    config = recipes.method_config("moco", amcl=False)
     config.amcl.enabled = True
-    config.optimizer.learning_rate = 0.08
-    config.moco.queue_size = 4096
-    config.moco.momentum = 0.99
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

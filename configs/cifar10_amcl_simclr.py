@@ -20,14 +20,12 @@ without AMCL and a gain with AMCL; this config has not been run to completion he
 steps; on one modern GPU roughly 10-20 hours, on the 2-core CPU here ~85 minutes per epoch).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
+    # The method's own recipe (configs/cifar10_simclr.py: heads, learning rate, method fields),
+    # with AMCL's heads and temperatures on top.
+    config = recipes.method_config("simclr", amcl=False)
     config.amcl.enabled = True
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

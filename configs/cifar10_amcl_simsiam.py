@@ -15,17 +15,12 @@ Expected: SimSiam abcde 90.59 +- 0.11 without AMCL in the base repository at 800
 with AMCL per the paper. Not run to completion here; cost: about 1.1x configs/cifar10_simsiam.py.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simsiam"
+    # The method's own recipe (configs/cifar10_simsiam.py: heads, learning rate, method fields),
+    # with AMCL's heads and temperatures on top.
+    config = recipes.method_config("simsiam", amcl=False)
     config.amcl.enabled = True
-    config.optimizer.learning_rate = 0.05
-    config.projector.num_layers = 3
-    config.predictor.hidden_dim = 64
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from amcl_jax.data.pipeline import per_view  # TF-free: tf is imported on first use.
 from amcl_jax.data.shuffle import example_indices
 
 AUGMENTATION_LETTERS = "abcde"  # as augment.AUGMENTATION_LETTERS
@@ -230,17 +231,6 @@ def view_keys(seed: int, positions: jax.Array, num_views: int) -> jax.Array:
 def to_float(images: jax.Array) -> jax.Array:
     """uint8 -> float32 in [0, 1] as tf.image.convert_image_dtype (x * (1 / 255))."""
     return images.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
-
-
-def per_view(probability: float | Sequence[float], num_views: int) -> tuple[float, ...]:
-    """One probability per view, as the host pipeline reads `data.blur_p`/`data.solarize_p`: a
-    number serves every view; a sequence gives view v its entry v mod its length."""
-    values = (tuple(float(p) for p in probability) if isinstance(probability, Sequence)
-              else (float(probability),))
-    if not values or not all(0.0 <= p <= 1.0 for p in values):
-        raise ValueError(f"probability {probability!r}: a number or a per-view sequence of "
-                         "numbers in [0, 1]")
-    return tuple(values[view % len(values)] for view in range(num_views))
 
 
 def make_views(images: jax.Array, positions: jax.Array, *, seed: int, view_fns: Sequence,
