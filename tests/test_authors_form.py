@@ -483,3 +483,14 @@ def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
     assert np.all(np.asarray(out.metrics["tau_pos_min"]) >= BOUNDS[0])
     if method == "moco":  # The authors' MoCo enqueues the N keys of the second view.
         assert int(out.extra["queue_ptr"]) == 8
+
+
+def test_each_recipe_names_the_form_measured_best_for_its_method():
+    """docs/amcl.md: the project's form by default; MoCo's recipe takes the authors' form."""
+    from amcl_jax import recipes
+
+    for method, expected in (("simclr", "project"), ("moco", "authors"), ("simsiam", "project"),
+                             ("barlow_twins", "project")):
+        config = recipes.method_config(method, True)
+        validate_config(config)
+        assert forms.form(config) == expected, method
