@@ -46,9 +46,14 @@ def tiny_config(**overrides):
     config.checkpoint.every_steps = 2
     config.optimizer.learning_rate = 0.05
     for key, value in overrides.items():
-        node = config
-        *sections, name = key.split(".")
-        for section in sections:
-            node = node[section]
-        node[name] = value
+        set_field(config, key, value)
     return config
+
+
+def set_field(config, field: str, value) -> None:
+    """config.<field> = value for a dotted field name ("section.name")."""
+    *sections, name = field.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value

@@ -7,6 +7,7 @@ import sys
 
 import ml_collections
 import pytest
+from conftest import set_field
 
 from amcl_jax.config import ConfigError, get_default_config, validate_config
 
@@ -40,18 +41,10 @@ BAD_VALUES = [
 ]
 
 
-def _set(config, field, value):
-    *sections, name = field.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[name] = value
-
-
 @pytest.mark.parametrize("field,value", BAD_VALUES)
 def test_bad_value_names_the_field(field, value):
     config = get_default_config()
-    _set(config, field, value)
+    set_field(config, field, value)
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     message = str(error.value)

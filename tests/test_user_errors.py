@@ -12,7 +12,7 @@ import sys
 import _runs
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import set_field, tiny_config
 
 from amcl_jax import errors, reproduce, train, workdir
 from amcl_jax.config import ConfigError, get_default_config, validate_config
@@ -46,18 +46,10 @@ CONFIG_CASES = [
 ]
 
 
-def _set(config, field, value):
-    *sections, name = field.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[name] = value
-
-
 @pytest.mark.parametrize("field,value,expected", CONFIG_CASES)
 def test_bad_config_value_is_one_line_naming_the_field(field, value, expected):
     config = get_default_config()
-    _set(config, field, value)
+    set_field(config, field, value)
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     message, code = errors.describe(error.value)
