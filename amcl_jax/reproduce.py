@@ -585,6 +585,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     table = usage_call("--table", load_table, args.table)
+    # Not ml_collections' config_flags (main.py's): those bind one ConfigDict at flag definition,
+    # and a table's rows start from several methods' configs, chosen after the table is read; the
+    # same "field=value" pairs apply to each of them, with values parsed as JSON.
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
