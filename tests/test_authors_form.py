@@ -494,3 +494,35 @@ def test_each_recipe_names_the_form_measured_best_for_its_method():
         config = recipes.method_config(method, True)
         validate_config(config)
         assert forms.form(config) == expected, method
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+def test_a_baseline_is_the_same_run_in_either_form(method):
+    """With AMCL off, amcl.form changes nothing: same parameters, loss, gradient, extra state and
+    optimizer update (so a baseline run resumes under either spelling of the form)."""
+    results = []
+    for form in forms.FORMS:
+        config = tiny_config(**{"method": method, "amcl.enabled": False, "amcl.form": form,
+                                "model.width": 0.0625, "predictor.hidden_dim": 8,
+                                "moco.queue_size": 16})
+        validate_config(config)
+        impl = methods.get_method(method)
+        model = impl.build_model(config)
+        variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+        extra = impl.init_extra(config, variables, jax.random.key(1))
+        views = jax.random.normal(jax.random.key(2), (2, 8, 8, 8, 3))
+
+        def loss_fn(params, impl=impl, model=model, config=config, variables=variables,
+                    extra=extra, views=views):
+            out = impl.apply_loss(model, config, params, variables["batch_stats"], extra, views,
+                                  jax.random.key(3))
+            return out.loss, out.extra
+
+        (loss, new_extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        grads = jax.tree.map(lambda g: g * 1e3, grads)  # Large enough that clipping would show.
+        tx, _ = optim.build_optimizer(config, total_steps=10)
+        updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
+        results.append((variables["params"], loss, grads, new_extra, updates))
+    assert "temperature_net" not in results[0][0]
+    for left, right in zip(results[0], results[1], strict=True):
+        jax.tree.map(np.testing.assert_array_equal, left, right)

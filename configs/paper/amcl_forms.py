@@ -2,14 +2,14 @@
 default `amcl.form`. Not a table of the paper.
 
 Rows: SimCLR (NT-Xent, tau 0.5); AMCL-SimCLR in the authors' form (Eq. 3 pair-score map, Eq. 5
-top-k negatives, beta 1e-4, gradient clipping 1.0: the default) and in the project's form
-(concatenated-pair MLP per head, log-sum-exp negatives, beta 0.1); MoCo (InfoNCE, tau 0.1); and
-AMCL-MoCo in both forms.
+top-k negatives, beta 1e-4, gradient clipping 1.0) and in the project's form (concatenated-pair
+MLP per head, log-sum-exp negatives, beta 0.1: the default, chosen by this table, docs/amcl.md);
+MoCo (InfoNCE, tau 0.1); and AMCL-MoCo in both forms (MoCo's recipe takes the authors' form).
 
     python -m amcl_jax.reproduce --table=configs/paper/amcl_forms.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu
 
-Runtime: 6 rows x 3 seeds at cpu scale, ~8-10 minutes per run on 2 idle cores (~3 hours); the
+Runtime: 6 rows x 3 seeds at cpu scale, 4-10 minutes per run on 2 idle cores (~2 hours); the
 command resumes where it stopped, so the table can be filled over several sittings.
 """
 
