@@ -171,9 +171,11 @@ def _run() -> None:
     summary = train_and_evaluate(config, FLAGS.workdir)
     if summary.get("preempted"):
         return
+    init = summary["knn_top1_init"]  # None if measured with other kNN settings (resumed run).
+    init_text = "other kNN settings" if init is None else f"{100 * init:.2f}%"
     print(f"kNN top-1: final {100 * summary['knn_top1']:.2f}%, best "
-          f"{100 * summary['knn_top1_best']:.2f}%, random init "
-          f"{100 * summary['knn_top1_init']:.2f}%  ->  {FLAGS.workdir}/summary.json", flush=True)
+          f"{100 * summary['knn_top1_best']:.2f}%, random init {init_text}  ->  "
+          f"{FLAGS.workdir}/summary.json", flush=True)
 
 
 if __name__ == "__main__":

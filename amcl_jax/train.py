@@ -666,6 +666,15 @@ class KnnMonitor:
         self.config, self.inputs, self.features_fn, self.mesh = config, inputs, features_fn, mesh
         self.history, self.writer = history, writer
 
+    def protocol(self) -> dict[str, Any]:
+        """What an evaluation measured: a resumed run may change `eval.*` and the splits, and
+        only evaluations of one protocol are compared (`comparable_evaluations`)."""
+        config, inputs = self.config, self.inputs
+        return {"k": int(config.eval.knn_k), "temperature": float(config.eval.knn_temperature),
+                "bank_split": config.data.eval_train_split, "bank_size": len(inputs.bank_labels),
+                "query_split": config.data.eval_test_split,
+                "num_queries": len(inputs.query_labels)}
+
     def __call__(self, step: int, state: TrainState) -> float:
         config, inputs = self.config, self.inputs
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -676,14 +685,15 @@ class KnnMonitor:
         top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=config.eval.knn_k,
                                 temperature=config.eval.knn_temperature,
                                 num_classes=inputs.num_classes)
-        entry = {"step": step, "knn_top1": top1}
+        entry = {"step": step, "knn_top1": top1, "protocol": self.protocol()}
         probe_text = ""
         if state.probe:
             logits = linear_classifier.logits(jax.device_get(state.probe["params"]), queries)
             entry["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == query_y))
             probe_text = f", online probe top-1 {100 * entry['online_probe_top1']:.2f}%"
         self.history["knn"] = [e for e in self.history["knn"] if e["step"] != step] + [entry]
-        self.writer.write_scalars(step, {k: v for k, v in entry.items() if k != "step"})
+        self.writer.write_scalars(step, {k: v for k, v in entry.items()
+                                         if k not in ("step", "protocol")})
         print(f"step {step:6d}  kNN top-1 {100 * top1:.2f}% (k={config.eval.knn_k}, "
               f"T={config.eval.knn_temperature}){probe_text}", flush=True)
         return top1
@@ -851,10 +861,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ----------------------------------------------------------------------------------------
     # Summary.
     # ----------------------------------------------------------------------------------------
-    accuracies = {e["step"]: e["knn_top1"] for e in history["knn"]}
+    final = {e["step"]: e for e in history["knn"]}[total_steps]
+    accuracies = {e["step"]: e["knn_top1"]
+                  for e in comparable_evaluations(history["knn"], final)}
     summary = {
-        "knn_top1": accuracies[total_steps],
+        "knn_top1": final["knn_top1"],
         "knn_top1_best": max(accuracies.values()),
+        # None when the random-init evaluation used other kNN settings than the final one.
         "knn_top1_init": accuracies.get(0),
         "knn_history": history["knn"],
         **({"online_probe_top1": {e["step"]: e for e in history["knn"]}[total_steps].get(
@@ -873,6 +886,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def comparable_evaluations(history: list[dict[str, Any]],
+                           reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """The kNN evaluations measured as `reference` was (same k, T, splits and sizes): the final
+    and best figures of a run resumed with other `eval.*` settings are not mixed. Histories
+    written before evaluations recorded their protocol compare only among themselves."""
+    return [e for e in history if e.get("protocol") == reference.get("protocol")]
 
 
 class _LogWriter:

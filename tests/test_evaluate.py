@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -118,6 +119,37 @@ def test_knn_from_checkpoint_matches_brute_force(workdir):
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert result["knn_top1_best_over_evaluations"] == summary["knn_top1_best"]
     assert result["knn_top1_best_over_evaluations_protocol"]["num_evaluations"] == 2
+    recorded = summary["knn_history"][-1]["protocol"]
+    assert recorded == {"k": 5, "temperature": 0.1, "bank_split": "train", "bank_size": 160,
+                        "query_split": "test", "num_queries": 64}
+
+
+def test_best_over_evaluations_compares_only_evaluations_of_one_protocol(workdir, tmp_path):
+    """A run resumed with another eval.knn_k: its best figure ignores the other k's evaluations."""
+    copy = str(tmp_path / "resumed")
+    shutil.copytree(workdir, copy)
+    path = os.path.join(copy, "summary.json")
+    summary = json.load(open(path))
+    old = dict(summary["knn_history"][-1]["protocol"], k=50)
+    summary["knn_history"] = [
+        {"step": 0, "knn_top1": 0.9, "protocol": old},  # Better, but measured with k = 50.
+        {"step": 1, "knn_top1": 0.3, "protocol": dict(old, k=5)},
+        {"step": 2, "knn_top1": 0.4, "protocol": dict(old, k=5)}]
+    json.dump(summary, open(path, "w"))
+    result = knn_eval.run_knn(copy, write=False)
+    best = result["knn_top1_best_over_evaluations_protocol"]
+    assert result["knn_top1_best_over_evaluations"] == 0.4
+    assert best["step"] == 2 and best["num_evaluations"] == 2 and best["k"] == 5
+    assert len(result["knn_history"]) == 3  # The whole history stays in the result.
+
+
+def test_comparable_evaluations_keep_one_protocol_and_legacy_histories_whole():
+    k5, k50 = {"k": 5}, {"k": 50}
+    history = [{"step": 0, "protocol": k50}, {"step": 2, "protocol": k5}, {"step": 4},
+               {"step": 6, "protocol": k5}]
+    assert [e["step"] for e in train.comparable_evaluations(history, history[-1])] == [2, 6]
+    legacy = [{"step": 0}, {"step": 2}]  # Written before evaluations recorded their protocol.
+    assert train.comparable_evaluations(legacy, legacy[-1]) == legacy
 
 
 def test_figures_are_written(workdir):

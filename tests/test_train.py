@@ -71,6 +71,17 @@ def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     features = model.apply(variables, np.zeros((3, 8, 8, 3), np.float32), method="features")
     assert features.shape == (3, 64)  # ResNet-18 at width 0.125: 8 * 8 channels.
 
+    if amcl:
+        return
+    # Resumed with another kNN k (accepted: eval.* may change): final and best are of that k.
+    config.total_steps, config.eval.knn_k = 8, 3
+    with tfds.testing.mock_data(num_examples=24):
+        changed = train.train_and_evaluate(config, workdir)
+    assert [(e["step"], e["protocol"]["k"]) for e in changed["knn_history"]] == [
+        (0, 5), (2, 5), (4, 5), (6, 5), (8, 3)]
+    assert changed["knn_top1_best"] == changed["knn_top1"] == changed["knn_history"][-1]["knn_top1"]
+    assert changed["knn_top1_init"] is None  # Measured with k = 5.
+
 
 
 def test_preempted_run_resumes_to_identical_parameters(tmp_path, monkeypatch):

@@ -93,7 +93,11 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=temperature,
                             num_classes=num_classes)
     history = training_knn_history(workdir)
-    best = max(history, key=lambda e: e["knn_top1"]) if history else None
+    # Only the evaluations measured as the last one was (a resumed run may change eval.*).
+    comparable = (train.comparable_evaluations(history, max(history, key=lambda e: e["step"]))
+                  if history else [])
+    best = max(comparable, key=lambda e: e["knn_top1"]) if comparable else None
+    recorded = {} if best is None else best.get("protocol", {})
     result = {
         "knn_top1_final": top1,
         "knn_top1_final_protocol": {
@@ -105,11 +109,15 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         },
         "knn_top1_best_over_evaluations": None if best is None else best["knn_top1"],
         "knn_top1_best_over_evaluations_protocol": None if best is None else {
-            "step": int(best["step"]), "num_evaluations": len(history),
-            "k": int(config.eval.knn_k), "temperature": float(config.eval.knn_temperature),
-            "feature_layer": "backbone", "bank_split": config.data.eval_train_split,
+            "step": int(best["step"]), "num_evaluations": len(comparable),
+            "k": int(recorded.get("k", config.eval.knn_k)),
+            "temperature": float(recorded.get("temperature", config.eval.knn_temperature)),
+            "feature_layer": "backbone",
+            "bank_split": recorded.get("bank_split", config.data.eval_train_split),
             "max_bank_examples": int(config.eval.max_bank_examples),
             "max_query_examples": int(config.eval.max_query_examples),
+            **{key: recorded[key] for key in ("bank_size", "query_split", "num_queries")
+               if key in recorded},
             "note": "the pretraining monitor's evaluations (best over steps, as the paper)",
         },
         "knn_history": history,
