@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import _runs
 import numpy as np
@@ -361,3 +362,32 @@ def test_damaged_archive_and_missing_split_are_named(tmp_path):
     assert errors.describe(error.value)[1] == errors.RUNTIME
     with pytest.raises(ValueError, match="nosplit"):
         load_split("image_folder", "nosplit", data_dir=str(tmp_path / "folder"))
+
+
+def test_an_unwritable_cache_is_named_by_its_field_and_a_read_only_memo_is_skipped(tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    from amcl_jax.data import load_split, sources
+
+    for name, cls in (("a", 0), ("b", 1)):
+        folder = tmp_path / "folder" / "train" / name
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((4, 4, 3), 60 * cls, np.uint8)).save(folder / "x.png")
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "train", arcname="train")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # Unwritable even for root, unlike a chmod.
+    with pytest.raises(errors.RunError) as error:
+        load_split("image_folder", "train", data_dir=str(archive), cache_dir=str(blocker / "c"))
+    line, code = errors.describe(error.value)
+    assert code == errors.RUNTIME and line.startswith("data.cache_dir=") and "writable" in line
+    # An extracted cache where the decoded images cannot be memoised still loads.
+    cache = str(tmp_path / "cache")
+    root = sources.extract_archive(str(archive), cache_dir=cache)
+    (Path(root) / ".amcl_jax").write_text("blocks the memo folder")
+    images, labels, num_classes = load_split("image_folder", "train", data_dir=str(archive),
+                                             cache_dir=cache)
+    assert images.shape == (2, 4, 4, 3) and sorted(labels.tolist()) == [0, 1] and num_classes == 2

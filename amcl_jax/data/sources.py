@@ -22,6 +22,7 @@ the input pipeline as batches need them, which suits ImageNet-scale folders.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -37,6 +38,7 @@ from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data._tf import tf
 from amcl_jax.data.files import ImageFiles, read_image, resize_centre_crop, resize_square
+from amcl_jax.errors import RunError
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
 DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -305,8 +307,16 @@ def extract_archive(archive: str, cache_dir: str | None = None) -> str:
     if os.path.isdir(target):
         return target
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".extract-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".extract-", dir=parent)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # The full-disk line of errors.describe.
+            raise
+        raise RunError(
+            f"data.cache_dir={cache_dir or ''!r}: cannot create the folder {archive} is "
+            f"extracted into under {parent} ({error.strerror}); set --config.data.cache_dir to a "
+            "writable folder") from error
     try:
         _extract_into(archive, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the cache is shared like any folder
@@ -334,12 +344,19 @@ def _load_decoded_cache(
         with np.load(path) as cached:
             return cached["images"], cached["labels"], int(cached["num_classes"])
     images, labels, num_classes = _load_image_folder(root, split, image_size, corrupt_images)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, staging = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
-    with os.fdopen(fd, "wb") as file:
-        np.savez(file, images=images, labels=labels, num_classes=num_classes)
-    os.chmod(staging, 0o644)
-    os.replace(staging, path)  # atomic: a reader never sees a half-written file
+    staging = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, staging = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, images=images, labels=labels, num_classes=num_classes)
+        os.chmod(staging, 0o644)
+        os.replace(staging, path)  # atomic: a reader never sees a half-written file
+    except OSError as error:  # A read-only (shared) cache or a full disk: only the memo is lost.
+        logging.warning("the decoded images are not memoised in %s (%s): later runs decode "
+                        "them again", path, error.strerror or error)
+        if staging and os.path.exists(staging):
+            os.remove(staging)
     return images, labels, num_classes
 
 
