@@ -149,11 +149,13 @@ _CLOSED_LOOP = "Event loop is closed"
 _silenced = False
 
 
-def silence_closed_event_loop_errors() -> None:
+def silence_failed_restore_noise() -> None:
     """After a failed (and handled) checkpoint restore, the restore's worker threads and
-    coroutines can raise `RuntimeError: Event loop is closed` as they are torn down, each
-    printed as a traceback by threading, asyncio's logger or Python's unraisable hook. Those
-    three now drop exactly that error; every other one is printed as before. Idempotent."""
+    coroutines are torn down noisily: `RuntimeError: Event loop is closed`, and the read errors of
+    Orbax's other pending reads ("Exception ignored in: <coroutine ...>", "Future exception was
+    never retrieved"), from threading, asyncio's logger or Python's unraisable hook. Those now
+    drop (the failure itself was reported); every other error is printed as before.
+    Idempotent."""
     global _silenced
     if _silenced:
         return
@@ -164,24 +166,44 @@ def silence_closed_event_loop_errors() -> None:
     def closed_loop(error: BaseException | None) -> bool:
         return isinstance(error, RuntimeError) and _CLOSED_LOOP in str(error)
 
+    def in_orbax(filename: str) -> bool:
+        return f"{os.sep}orbax{os.sep}" in filename
+
+    def noise(error: BaseException | None, target: Any = None) -> bool:
+        """A closed event loop, or an error raised in Orbax's code or in one of its coroutines
+        (the failed restore's other reads)."""
+        if closed_loop(error):
+            return True
+        code = getattr(target, "cr_code", None)
+        if code is not None and in_orbax(code.co_filename):
+            return True
+        tb = getattr(error, "__traceback__", None)
+        while tb is not None:
+            if in_orbax(tb.tb_frame.f_code.co_filename):
+                return True
+            tb = tb.tb_next
+        return False
+
     thread_hook = threading.excepthook
 
     def on_thread_error(args: threading.ExceptHookArgs) -> None:
-        if not closed_loop(args.exc_value):
+        if not noise(args.exc_value):
             thread_hook(args)
 
     threading.excepthook = on_thread_error
     unraisable_hook = sys.unraisablehook
 
     def on_unraisable(unraisable: Any) -> None:
-        if not closed_loop(unraisable.exc_value):
+        if not noise(unraisable.exc_value, unraisable.object):
             unraisable_hook(unraisable)
 
     sys.unraisablehook = on_unraisable
 
-    class _WithoutClosedLoop(std_logging.Filter):
+    class _WithoutRestoreNoise(std_logging.Filter):
+        """asyncio's "Future exception was never retrieved" of those reads, and closed loops."""
+
         def filter(self, record: std_logging.LogRecord) -> bool:
             error = record.exc_info[1] if record.exc_info else None
-            return not (closed_loop(error) or _CLOSED_LOOP in record.getMessage())
+            return not (noise(error) or _CLOSED_LOOP in record.getMessage())
 
-    std_logging.getLogger("asyncio").addFilter(_WithoutClosedLoop())
+    std_logging.getLogger("asyncio").addFilter(_WithoutRestoreNoise())

@@ -313,24 +313,65 @@ def test_knn_result_is_written_whole(pretrained):
 
 
 # ---- Quiet fallback and Ctrl-C. ----
-def test_closed_event_loop_errors_of_threads_are_silenced():
+def test_a_failed_restores_torn_down_threads_and_coroutines_are_silenced():
     script = """if True:
+        import logging
+        import os
         import threading
         from amcl_jax import errors
 
         def fails(message):
             raise RuntimeError(message)
 
-        errors.silence_closed_event_loop_errors()
+        class Pending:
+            def __await__(self):
+                yield
+
+        source = (
+            "async def read(message):\\n"
+            "    try:\\n"
+            "        await Pending()\\n"
+            "    finally:\\n"
+            "        raise Exception(message)\\n")
+
+        def closed_coroutine(folder, message):  # A pending read whose coroutine is closed.
+            namespace = {"Pending": Pending}
+            path = os.path.join(os.sep, "site", folder, "serialization.py")
+            exec(compile(source, path, "exec"), namespace)
+            coroutine = namespace["read"](message)
+            coroutine.send(None)
+            del coroutine  # Closing it raises: "Exception ignored in: <coroutine ...>".
+
+        def never_retrieved(folder, message):  # asyncio's report of a failed future.
+            namespace = {}
+            path = os.path.join(os.sep, "site", folder, "serialization.py")
+            exec(compile("def read(message):\\n    raise Exception(message)\\n", path, "exec"),
+                 namespace)
+            try:
+                namespace["read"](message)
+            except Exception as error:
+                logging.getLogger("asyncio").error("Future exception was never retrieved",
+                                                   exc_info=error)
+
+        logging.basicConfig()
+        errors.silence_failed_restore_noise()
         for message in ("Event loop is closed", "something else"):
             thread = threading.Thread(target=fails, args=(message,))
             thread.start()
             thread.join()
+        closed_coroutine("orbax", "error while reading array index")
+        closed_coroutine("mine", "a coroutine of another library")
+        never_retrieved("orbax", "error while reading another array index")
+        never_retrieved("mine", "a future of another library")
     """
     result = subprocess.run([sys.executable, "-c", script], cwd=_runs.ROOT, capture_output=True,
                             text=True, timeout=120)
     assert "Event loop is closed" not in result.stderr
+    assert "error while reading array index" not in result.stderr
+    assert "error while reading another array index" not in result.stderr
     assert "RuntimeError: something else" in result.stderr  # Other errors still print.
+    assert "Exception: a coroutine of another library" in result.stderr, result.stderr
+    assert "Exception: a future of another library" in result.stderr, result.stderr
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
