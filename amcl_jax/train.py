@@ -196,9 +196,9 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shap
             if expected is not None and state_sha256(state) != expected:
                 raise ValueError("contents do not match the digest written with them")
         except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
-            from amcl_jax.errors import silence_closed_event_loop_errors
+            from amcl_jax.errors import silence_failed_restore_noise
 
-            silence_closed_event_loop_errors()  # The failed restore's threads, torn down.
+            silence_failed_restore_noise()  # The failed restore's threads, torn down.
             reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
             failures.append((step, f"{type(e).__name__}: {reason[:200]}"))
             continue
@@ -891,9 +891,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 def comparable_evaluations(history: list[dict[str, Any]],
                            reference: dict[str, Any]) -> list[dict[str, Any]]:
     """The kNN evaluations measured as `reference` was (same k, T, splits and sizes): the final
-    and best figures of a run resumed with other `eval.*` settings are not mixed. Histories
-    written before evaluations recorded their protocol compare only among themselves."""
-    return [e for e in history if e.get("protocol") == reference.get("protocol")]
+    and best figures of a run resumed with other `eval.*` settings are not mixed. Entries written
+    before evaluations recorded their protocol are taken as comparable (as they always were)."""
+    protocol = reference.get("protocol")
+    return [e for e in history if e.get("protocol", protocol) == protocol]
 
 
 class _LogWriter:

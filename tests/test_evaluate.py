@@ -143,12 +143,14 @@ def test_best_over_evaluations_compares_only_evaluations_of_one_protocol(workdir
     assert len(result["knn_history"]) == 3  # The whole history stays in the result.
 
 
-def test_comparable_evaluations_keep_one_protocol_and_legacy_histories_whole():
+def test_comparable_evaluations_keep_one_protocol_and_older_entries():
     k5, k50 = {"k": 5}, {"k": 50}
     history = [{"step": 0, "protocol": k50}, {"step": 2, "protocol": k5}, {"step": 4},
                {"step": 6, "protocol": k5}]
-    assert [e["step"] for e in train.comparable_evaluations(history, history[-1])] == [2, 6]
-    legacy = [{"step": 0}, {"step": 2}]  # Written before evaluations recorded their protocol.
+    # Step 4 was written before evaluations recorded their protocol: comparable, as it was.
+    assert [e["step"] for e in train.comparable_evaluations(history, history[-1])] == [2, 4, 6]
+    assert [e["step"] for e in train.comparable_evaluations(history, history[0])] == [0, 4]
+    legacy = [{"step": 0}, {"step": 2}]
     assert train.comparable_evaluations(legacy, legacy[-1]) == legacy
 
 
