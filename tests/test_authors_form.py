@@ -456,16 +456,15 @@ def test_clipping_scales_the_loss_gradient_before_weight_decay():
 # --------------------------------------------------------------------------------------------
 # Methods in the authors' form: a step's loss through the real model
 # --------------------------------------------------------------------------------------------
-def _tiny(method):
+def _tiny(method, **overrides):
     return tiny_config(**{"method": method, "amcl.form": "authors", "model.width": 0.0625,
-                          "predictor.hidden_dim": 8, "moco.queue_size": 16})
+                          "predictor.hidden_dim": 8, "moco.queue_size": 16, **overrides})
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
-def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
-    config = _tiny(method)
+def _loss_and_grads(config):
+    """One step's loss through the real model: (initial variables, loss, output, gradient)."""
     validate_config(config)
-    impl = methods.get_method(method)
+    impl = methods.get_method(config.method)
     model = impl.build_model(config)
     variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
     extra = impl.init_extra(config, variables, jax.random.key(1))
@@ -477,6 +476,12 @@ def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
         return out.loss, out
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    return variables, loss, out, grads
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
+    _, loss, out, grads = _loss_and_grads(_tiny(method))
     assert np.isfinite(loss)
     temperature_grads = jax.tree.leaves(grads["temperature_net"])
     assert temperature_grads and all(np.all(np.isfinite(g)) for g in temperature_grads)
@@ -502,27 +507,12 @@ def test_a_baseline_is_the_same_run_in_either_form(method):
     optimizer update (so a baseline run resumes under either spelling of the form)."""
     results = []
     for form in forms.FORMS:
-        config = tiny_config(**{"method": method, "amcl.enabled": False, "amcl.form": form,
-                                "model.width": 0.0625, "predictor.hidden_dim": 8,
-                                "moco.queue_size": 16})
-        validate_config(config)
-        impl = methods.get_method(method)
-        model = impl.build_model(config)
-        variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
-        extra = impl.init_extra(config, variables, jax.random.key(1))
-        views = jax.random.normal(jax.random.key(2), (2, 8, 8, 8, 3))
-
-        def loss_fn(params, impl=impl, model=model, config=config, variables=variables,
-                    extra=extra, views=views):
-            out = impl.apply_loss(model, config, params, variables["batch_stats"], extra, views,
-                                  jax.random.key(3))
-            return out.loss, out.extra
-
-        (loss, new_extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        config = _tiny(method, **{"amcl.enabled": False, "amcl.form": form})
+        variables, loss, out, grads = _loss_and_grads(config)
         grads = jax.tree.map(lambda g: g * 1e3, grads)  # Large enough that clipping would show.
         tx, _ = optim.build_optimizer(config, total_steps=10)
         updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
-        results.append((variables["params"], loss, grads, new_extra, updates))
+        results.append((variables["params"], loss, grads, out.extra, updates))
     assert "temperature_net" not in results[0][0]
     for left, right in zip(results[0], results[1], strict=True):
         jax.tree.map(np.testing.assert_array_equal, left, right)
