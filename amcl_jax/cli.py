@@ -14,31 +14,82 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser  # noqa: E402
+
+
+class _RecipeOrFileParser(ConfigFileFlagParser):
+    """--config: a config file, read as ml_collections reads it, or a packaged recipe by name
+    (`quickstart:method=moco`, amcl_jax/recipes). `configs/<name>.py` where no such file is (an
+    installed package run elsewhere) is the packaged recipe of that name, as that file is."""
+
+    def parse(self, path):
+        from amcl_jax import recipes
+
+        source, sep, arg = path.partition(":")
+        name = None
+        if not os.path.exists(source):
+            head, base = os.path.split(source)
+            if not head and not base.endswith(".py"):
+                name = base
+            elif os.path.normpath(head) == "configs" and base.endswith(".py"):
+                name = base[:-3]
+        if name is None or name not in recipes.names():
+            return super().parse(path)  # A file (or a missing one: the usual error).
+        try:
+            config = recipes.get_config(name, arg if sep else None)
+        except (TypeError, ValueError) as e:  # As ml_collections reports a config file's error.
+            raise type(e)("Error whilst parsing config file:\n\n" + traceback.format_exc()) from e
+        if self._lock_config:
+            config.lock()
+        return config
+
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/quickstart.py:method=simclr,amcl=true.",
-    lock_config=True)
+    "config", None, "Config file, e.g. configs/quickstart.py:method=simclr,amcl=true, or a "
+    "recipe's name (amcl_jax/recipes), e.g. quickstart:method=moco.", lock_config=True)
+FLAGS["config"].parser = _RecipeOrFileParser(name="config", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and summary.json are written.")
-flags.DEFINE_enum("mode", "train", ["train", "linear_probe", "knn", "figures"],
+flags.DEFINE_enum("mode", "train", ["train", "linear_probe", "knn", "figures", "export"],
                   "train: pretrain (needs --config). linear_probe, knn, figures: evaluate the "
-                  "checkpoint in --workdir with its own config.json (amcl_jax/evaluate).")
+                  "checkpoint in --workdir with its own config.json (amcl_jax/evaluate). "
+                  "export: write its encoder for other code (amcl_jax/export.py).")
 config_flags.DEFINE_config_file(
     "probe", None, "--mode=linear_probe options: configs/linear_probe.py (the default).")
 flags.DEFINE_integer("knn_k", None, "--mode=knn: k (default: the run's eval.knn_k).")
 flags.DEFINE_float("knn_temperature", None, "--mode=knn: T (default: eval.knn_temperature).")
 flags.DEFINE_string("feature_layer", "backbone", "--mode=knn: backbone, head<c> or heads.")
-flags.DEFINE_integer("step", None, "--mode=knn/figures: checkpoint step (default: newest).")
+flags.DEFINE_integer("step", None,
+                     "--mode=knn/figures/export: checkpoint step (default: newest).")
+flags.DEFINE_string("format", "npz", "--mode=export: npz, msgpack, torch or safetensors.")
+flags.DEFINE_bool("with_heads", False, "--mode=export: the projection heads too.")
+flags.DEFINE_string("out", None, "--mode=export: the file (default: <workdir>/export/...).")
+flags.DEFINE_string(
+    "eval_dataset", None, "--mode=knn/linear_probe: evaluate on this dataset instead of the "
+    "pretraining one (a TFDS name, digits, image_folder, or a name for the .npz or folder in "
+    "--eval_data_dir): images resized to and normalised as the encoder was pretrained, classes "
+    "from this data; results in knn_<dataset>.json, linear_probe_<dataset>.json.")
+flags.DEFINE_string(
+    "eval_data_dir", None, "--mode=knn/linear_probe: where the evaluation data are (a TFDS "
+    "data_dir, an image folder or archive, a .npz); alone: the pretraining data, moved.")
+flags.DEFINE_bool("print_config", False, "Print --config with the AMCL form's fields resolved "
+                  "(as the run uses them and config.json records them) and exit.")
 flags.DEFINE_bool("debug", False, "Show the traceback of an error (also: AMCL_JAX_DEBUG=1).")
-flags.mark_flags_as_required(["workdir"])
+flags.register_multi_flags_validator(
+    ["workdir", "print_config"], lambda f: f["workdir"] is not None or f["print_config"],
+    message="--workdir is required (except with --print_config)")
 # Flags that only an evaluation mode reads: given with another mode, they would be ignored.
 MODE_FLAGS = {"probe": ("linear_probe",), "knn_k": ("knn",), "knn_temperature": ("knn",),
-              "feature_layer": ("knn",), "step": ("knn", "figures")}
+              "feature_layer": ("knn",), "step": ("knn", "figures", "export"),
+              "format": ("export",), "with_heads": ("export",), "out": ("export",),
+              "eval_dataset": ("knn", "linear_probe"), "eval_data_dir": ("knn", "linear_probe"),
+              "print_config": ("train",)}
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -132,6 +183,9 @@ def _main(argv) -> None:
         if FLAGS[name].present and FLAGS.mode not in modes:
             _fail(f"--{name} is read by --mode={' or --mode='.join(modes)} only, not by "
                   f"--mode={FLAGS.mode}")
+    if FLAGS.print_config:
+        _print_config()
+        return
     from amcl_jax.errors import debug_enabled
 
     logging.get_absl_handler().addFilter(_WithoutOrbaxInfo(FLAGS.debug or debug_enabled()))
@@ -145,19 +199,46 @@ def _main(argv) -> None:
     finish()  # Multi-process: all processes leave together (no-op on one).
 
 
+def _print_config() -> None:
+    """--print_config: the config as the run would use it; touches no workdir and no device."""
+    from amcl_jax import forms
+    from amcl_jax.config import validate_config
+
+    if FLAGS.config is None:
+        _fail("--print_config prints --config: give --config")
+    validate_config(FLAGS.config)  # Device-count checks wait for the run.
+    print(forms.resolved_config(FLAGS.config).to_json(indent=2), flush=True)
+
+
 def _run() -> None:
     import jax
 
     from amcl_jax.config import ConfigError, validate_config
     from amcl_jax.train import train_and_evaluate
 
+    if FLAGS.mode == "export":
+        from amcl_jax.export import export_encoder
+
+        try:
+            result = export_encoder(FLAGS.workdir, fmt=FLAGS.format, with_heads=FLAGS.with_heads,
+                                    step=FLAGS.step, out=FLAGS.out)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        print(f"Exported step {result['step']} ({result['num_params']:,} encoder parameters, "
+              f"{result['format']}) -> {result['path']}; description -> "
+              f"{result['description_path']}", flush=True)
+        return
     if FLAGS.mode != "train":
         from amcl_jax.evaluate.cli import run_mode
 
         try:
             run_mode(FLAGS.mode, FLAGS.workdir, probe=FLAGS.probe, knn_k=FLAGS.knn_k,
                      knn_temperature=FLAGS.knn_temperature, feature_layer=FLAGS.feature_layer,
-                     step=FLAGS.step)
+                     step=FLAGS.step, eval_dataset=FLAGS.eval_dataset,
+                     eval_data_dir=FLAGS.eval_data_dir,
+                     # --config.<field>=... given: evaluation fields apply, others are refused.
+                     config_overrides=config_flags.get_override_values(FLAGS["config"])
+                     if FLAGS.config is not None else {})
         except (ConfigError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
         return

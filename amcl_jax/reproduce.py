@@ -3,10 +3,11 @@
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --methods=simclr --workdir=runs/table_aug
 
-A table spec (`configs/paper/<table>.py`, `get_table() -> Table`) lists rows: a method, AMCL on
+A table spec (`amcl_jax/tables/<table>.py`, `--table=<table>` or `--table=configs/paper/<table>.py`;
+or a file of one's own; `get_table() -> Table`) lists rows: a method, AMCL on
 or off, config overrides (augmentation letters, number of heads...), and the published value to
 compare with. Every row starts from its method's own config (`recipes.method_config`:
-`configs/cifar10_<method>.py` or `configs/cifar10_amcl_<method>.py`, with that method's heads,
+`amcl_jax/recipes/cifar10_<method>.py` or `cifar10_amcl_<method>.py`, with that method's heads,
 learning rate and temperature bounds), then takes the scale's sizes, `--set`, the table's and the
 row's overrides. `reproduce` pretrains every (row, seed) in `<workdir>/runs/<row>/seed<s>/`:
 
@@ -36,6 +37,7 @@ Scales (`scale_config`):
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -165,8 +167,8 @@ def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str =
     """
     from amcl_jax import methods
 
-    if row.method not in methods.available() or not os.path.exists(
-            recipes.config_path(row.method, row.amcl)):
+    if row.method not in methods.available() or (
+            recipes.recipe_name(row.method, row.amcl) not in recipes.names()):
         return None, UNAVAILABLE_METHOD
     config = scale_config(scale, data_dir, method=row.method, amcl=row.amcl)
     config.seed = seed
@@ -205,13 +207,28 @@ def check_overrides(scale: str, overrides: dict[str, Any] | None) -> None:
 
 
 def load_table(path: str) -> Table:
-    """`get_table()` of a table spec file, given as a path or as a name of configs/paper/."""
-    if not os.path.exists(path) and os.sep not in path and not path.endswith(".py"):
-        path = os.path.join(recipes.CONFIG_DIR, "paper", f"{path}.py")
-    try:
-        module = recipes.load_python_file(path, "amcl_table_")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--table={path!r} is not a Python file") from None
+    """`get_table()` of a table spec: a file given by path, or a packaged table by name
+    (`amcl_jax/tables/<name>.py`, e.g. "heads"). `configs/paper/<name>.py` where no such file is
+    (an installed package run elsewhere) is the packaged table of that name, as that file is."""
+    from amcl_jax import tables
+
+    name = None
+    if not os.path.exists(path):
+        head, base = os.path.split(path)
+        if not head and not path.endswith(".py"):
+            name = path
+        elif os.path.normpath(head) == os.path.join("configs", "paper") and base.endswith(".py"):
+            name = base[:-3] if base[:-3] in tables.names() else None
+    if name is not None:
+        if name not in tables.names():
+            raise FileNotFoundError(f"--table={path!r}: no such file or packaged table; the "
+                                    f"tables: {', '.join(tables.names())}")
+        module = importlib.import_module(f"{tables.__name__}.{name}")
+    else:
+        try:
+            module = recipes.load_python_file(path, "amcl_table_")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--table={path!r} is not a Python file") from None
     table = module.get_table()
     names = [row.name for row in table.rows]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -235,9 +252,11 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, linear_probe: bo
     summary_path = os.path.join(run_dir, "summary.json")
     config_path = os.path.join(run_dir, train.CONFIG_FILE)
     if os.path.exists(config_path):
+        from amcl_jax.workdir import config_changes
+
         with open(config_path) as f:
             previous = json.load(f)
-        if previous != _config_json(config):
+        if any(config_changes(previous, config)):  # Form fields compared as resolved.
             raise ValueError(
                 f"{run_dir} was run with a different config (another scale, data_dir or spec): "
                 "use a fresh --workdir or delete that folder")
@@ -570,7 +589,7 @@ def main(argv=None) -> int:
     parser = UsageParser(prog="python -m amcl_jax.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True,
-                        help="configs/paper/<table>.py, or its name (e.g. heads)")
+                        help="a table's name (amcl_jax/tables: e.g. heads) or a spec file")
     parser.add_argument("--scale", required=True, choices=SCALES)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data_dir", default="", help="config.data.data_dir for every row")

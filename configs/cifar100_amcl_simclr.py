@@ -1,27 +1,2 @@
-"""AMCL-SimCLR on CIFAR-100: the CIFAR-10 recipe with CIFAR-100's data and statistics.
-
-Eval protocol: kNN (k=200, T=0.1, cosine, backbone features) with the 50,000 training images
-as the bank and the 10,000 test images as queries; linear probe on train, tested on test
-(`python main.py --mode=linear_probe --workdir=W`). 32x32, ResNet-18 CIFAR stem.
-
-    python main.py --config=configs/cifar100_amcl_simclr.py \
-        --config.data.data_dir=~/tensorflow_datasets --workdir=runs/cifar100_amcl_simclr
-
-TFDS `cifar100` (downloads on a connected machine; offline, pass a TFDS data_dir that holds it).
-Not run here; cost as configs/cifar10_amcl_simclr.py (78,200 steps).
-"""
-
-from amcl_jax.config import get_default_config
-
-
-def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = True
-    config.data.dataset = "cifar100"
-    config.data.train_split = "train"
-    config.data.eval_train_split = "train"
-    config.data.eval_test_split = "test"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512.
-    config.checkpoint.every_steps = 977
-    return config
+"""The recipe amcl_jax/recipes/cifar100_amcl_simclr.py (its docstring: command, cost)."""
+from amcl_jax.recipes.cifar100_amcl_simclr import get_config as get_config
