@@ -37,8 +37,9 @@ from amcl_jax import forms, knn, methods, optim
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
 from amcl_jax.methods.common import xla_cpu_ynnpack
+from amcl_jax.metric_writers import with_wandb
 from amcl_jax.models import linear_classifier
-from amcl_jax.platform import cpu
+from amcl_jax.platform import cpu, machine
 
 
 class NonFiniteError(RuntimeError):
@@ -550,8 +551,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if accepted and is_chief:
             print(workdir_lib.describe_accepted(accepted), flush=True)
         if is_chief:
-            workdir_lib.atomic_write_text(os.path.join(workdir, CONFIG_FILE),
-                                          config.to_json(indent=2))
+            workdir_lib.atomic_write_text(os.path.join(workdir, CONFIG_FILE),  # Form resolved.
+                                          forms.resolved_config(config).to_json(indent=2))
         return _train_and_evaluate(config, workdir)
 
 
@@ -606,7 +607,7 @@ def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bo
         config.online_probe.num_classes = int(num_classes)  # Recorded for load_pretrained.
         if is_chief:
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-                f.write(config.to_json(indent=2))
+                f.write(forms.resolved_config(config).to_json(indent=2))
     logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps, views made on "
                  "the %s", len(train_images), len(bank_images), len(query_images), num_classes,
                  total_steps, augment_on)
@@ -755,7 +756,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ----------------------------------------------------------------------------------------
     # Evaluator: the kNN monitor, and metric writing.
     # ----------------------------------------------------------------------------------------
-    writer = metric_writer(workdir, is_chief=is_chief)
+    writer = with_wandb(metric_writer(workdir, is_chief=is_chief), config, workdir,
+                        is_chief=is_chief)  # W&B too when logging.wandb.enabled.
     if is_chief:
         # The form-dependent fields as the run resolves them (forms.py), not as None.
         hparams = _flat_config(config)
@@ -881,6 +883,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         "num_params": num_params,
         "dataset": config.data.dataset,
         "model": config.model.name,
+        "machine": machine.machine_record(),
     }
     if is_chief:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
