@@ -32,6 +32,7 @@ DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
 AUGMENT_ON = ("host", "device", "auto")  # as data.device_augment.AUGMENT_ON
 AUGMENTATION_LETTERS = "abcde"
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -199,6 +200,17 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000
     config.checkpoint.max_to_keep = 3
+
+    # Weights & Biases: the same scalars as TensorBoard and metrics.jsonl, from the chief
+    # (amcl_jax/metric_writers.py); needs `pip install 'amcl-jax[wandb]'`. mode "offline" writes
+    # <workdir>/wandb without network (`wandb sync` uploads it later).
+    config.logging = ml_collections.ConfigDict()
+    config.logging.wandb = ml_collections.ConfigDict()
+    config.logging.wandb.enabled = False
+    config.logging.wandb.project = "amcl-jax"
+    config.logging.wandb.entity = ""  # "": the account's default entity.
+    config.logging.wandb.name = ""  # "": the workdir's folder name.
+    config.logging.wandb.mode = "online"  # "online", "offline" or "disabled".
     return config
 
 
@@ -373,6 +385,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     if config.checkpoint.max_to_keep < 1:
         _fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")
     _validate_sizes(config)
+    _validate_logging(config)
     _validate_dataset(config)
 
 
@@ -411,6 +424,25 @@ def _validate_sizes(config: ml_collections.ConfigDict) -> None:
         _fail("data.augmentations", "",
               "no augmentation makes both views the same image, which leaves nothing to learn; "
               "set data.allow_no_augmentation=True if that is what you want")
+
+
+def _validate_logging(config: ml_collections.ConfigDict) -> None:
+    """logging.wandb (absent from configs written before it: nothing to check)."""
+    import importlib.util
+    import sys
+
+    wandb = config.get("logging", {}).get("wandb")
+    if wandb is None:
+        return
+    if not isinstance(wandb.enabled, bool):
+        _fail("logging.wandb.enabled", wandb.enabled, "must be true or false")
+    _one_of(config, "logging.wandb.mode", WANDB_MODES)
+    # Imported already (None: blocked), else findable on the path; not imported here.
+    installed = (sys.modules["wandb"] is not None if "wandb" in sys.modules
+                 else importlib.util.find_spec("wandb") is not None)
+    if wandb.enabled and not installed:
+        _fail("logging.wandb.enabled", True, "the wandb package is not installed: pip install "
+              "'amcl-jax[wandb]', or set logging.wandb.enabled=False")
 
 
 def _validate_dataset(config: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ explicit values for all of them (and no `amcl.form`), so they resolve as before.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import ml_collections
@@ -103,3 +104,21 @@ def setting(config: ml_collections.ConfigDict, field: str) -> Any:
 def resolved(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Every form-dependent field with the value a run uses (for logs and summaries)."""
     return {"amcl.form": form(config), **{field: setting(config, field) for field in FIELDS}}
+
+
+def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A plain copy of `config` (as `config.json` records it) whose form-dependent fields hold
+    the values a run uses, never None, and `amcl.form` the form they came from.
+
+    `setting` returns a field's own value when it is set, so a config and its resolved copy
+    train the same way; the copy is for recording and printing (`main.py --print_config`).
+    Sections absent from an old config stay absent.
+    """
+    record = ml_collections.ConfigDict(json.loads(config.to_json()))
+    for field in FIELDS:
+        section, name = field.split(".")
+        if section in record:
+            record[section][name] = setting(config, field)
+    if "amcl" in record:
+        record.amcl.form = form(config)
+    return record

@@ -8,6 +8,8 @@ result files that are replaced whole or not at all.
   config is compared field by field with the recorded `config.json`. Fields that change what is
   trained are refused (`ResumeRefusedError` lists them, nothing is written); the others are
   accepted and recorded. A field absent from an older `config.json` counts as its default.
+  The AMCL form's fields are compared as the runs resolve them (`forms.setting`): an older
+  `config.json` that records None for them continues a run whose config spells the values out.
 - `atomic_write_text` / `atomic_write_json`: a temporary file in the same folder, then
   `os.replace`, so a reader sees the old file or the new one, never a mix.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from amcl_jax import forms
 from amcl_jax.config import ConfigError, get_default_config
 
 LOCK_FILE = "run.lock"
@@ -37,7 +40,7 @@ CONFIG_FILE = "config.json"
 SAFE_ON_RESUME = (
     "num_epochs", "total_steps", "log_every_steps", "eval.", "checkpoint.",
     "data.data_dir", "data.cache_dir", "data.download", "data.corrupt_images", "data.streaming",
-    "data.eval_train_split", "data.eval_test_split",
+    "data.eval_train_split", "data.eval_test_split", "logging.",
     "model.conv_impl", "model.xla_cpu_ynnpack", "model.cpu_fusion_barriers", "amcl.chunk_size",
 )
 # Fields resolved and recorded at start (-1 = "the dataset's"): -1 matches the recorded value.
@@ -226,11 +229,12 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict
     """(refused, accepted) lists of (field, recorded value, new value).
 
     A field missing from `recorded` (a run from before it existed) counts as its default; one
-    missing from `config` (since removed) is ignored.
+    missing from `config` (since removed) is ignored. Both sides are compared with the AMCL
+    form's fields resolved (`forms.resolved_config`).
     """
     defaults = flatten(json.loads(get_default_config().to_json()))
-    old = flatten(recorded)
-    new = flatten(json.loads(config.to_json()))
+    old = flatten(_resolved(recorded, defaults))
+    new = flatten(json.loads(forms.resolved_config(config).to_json()))
     refused, accepted = [], []
     for field in sorted(new):
         before = old.get(field, defaults.get(field, new[field]))
@@ -238,6 +242,22 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict
             continue
         (accepted if safe_on_resume(field) else refused).append((field, before, new[field]))
     return refused, accepted
+
+
+def _resolved(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with its absent fields at their defaults (an absent `amcl.form` at the form
+    old runs had) and its form-dependent fields resolved as its run resolved them."""
+    flat = {**defaults, **flatten(recorded)}
+    if "amcl.form" not in flatten(recorded):
+        flat["amcl.form"] = forms.LEGACY_FORM
+    tree: dict[str, Any] = {}
+    for field, value in flat.items():
+        *sections, name = field.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return json.loads(forms.resolved_config(ml_collections.ConfigDict(tree)).to_json())
 
 
 def has_checkpoints(workdir: str) -> bool:

@@ -7,7 +7,11 @@ Two figures are reported, each labelled with how it was measured:
   and the queries `data.eval_test_split` (capped as the monitor was, unless overridden);
 - `knn_top1_best_over_evaluations`: the best of the kNN monitor's evaluations during
   pretraining (the paper's "best test accuracy over epochs"), with the monitor's own k, T,
-  backbone features and bank/query caps, read from the run's history.
+  backbone features and bank/query caps, read from the run's history (None on another
+  dataset, which the monitor never saw).
+
+On another dataset (`eval_dataset`, `common.evaluation_configs`) the result is written to
+`knn_<dataset>.json` instead of `knn.json`.
 
 Protocol of the paper (and the defaults): weighted kNN, k = 200, T = 0.1, cosine similarity on
 L2-normalised backbone features; each of the k neighbours votes exp(sim / T) for its class.
@@ -54,11 +58,15 @@ def training_knn_history(workdir: str) -> list[dict[str, Any]]:
 
 def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = None,
             layer: str = "backbone", step: int | None = None, max_bank_examples: int | None = None,
-            max_query_examples: int | None = None, write: bool = True) -> dict[str, Any]:
+            max_query_examples: int | None = None, write: bool = True,
+            eval_dataset: str | None = None, eval_data_dir: str | None = None,
+            config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """kNN top-1 of a checkpoint (see the module docstring); writes `workdir/knn.json`.
 
-    k, temperature, max_*_examples: None means the pretraining config's `eval.*` value.
+    k, temperature, max_*_examples: None means the (overridden) pretraining config's `eval.*`.
     layer: "backbone", "head<c>" or "heads" (see `common.features_fn_for_layer`).
+    eval_dataset, eval_data_dir, config_overrides: other data, and evaluation fields
+    (`common.evaluation_configs`).
     Invalid arguments raise UsageError before anything is computed or written; the result file
     is replaced atomically (an existing one stays whole until the new one is complete).
     """
@@ -67,7 +75,17 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         raise UsageError(f"--knn_k={k} is invalid: must be >= 1")
     if temperature is not None and not temperature > 0:
         raise UsageError(f"--knn_temperature={temperature} is invalid: must be > 0")
+    overrides = dict(config_overrides or {})
+    for flag, value, field in (("knn_k", k, "eval.knn_k"),
+                               ("knn_temperature", temperature, "eval.knn_temperature")):
+        if value is not None and field in overrides:
+            raise UsageError(f"--{flag}={value} and --config.{field}={overrides[field]!r} both "
+                             "set it: give one")
+    common.check_overrides(overrides)  # Before reading the checkpoint.
     config, model, variables, ckpt_step = train.load_pretrained(workdir, step)
+    config, data_config = common.evaluation_configs(
+        config, eval_dataset=eval_dataset, eval_data_dir=eval_data_dir, overrides=overrides,
+        num_devices=jax.device_count())
     k = int(config.eval.knn_k if k is None else k)
     temperature = float(config.eval.knn_temperature if temperature is None else temperature)
     features_fn = common.features_fn_for_layer(model, layer, train.compiler_options(config))
@@ -77,9 +95,9 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     max_query = (config.eval.max_query_examples if max_query_examples is None
                  else max_query_examples)
     bank_images, bank_labels, num_classes = common.load_labelled_split(
-        config, config.data.eval_train_split, max_bank)
+        data_config, config.data.eval_train_split, max_bank)
     query_images, query_labels, _ = common.load_labelled_split(
-        config, config.data.eval_test_split, max_query)
+        data_config, config.data.eval_test_split, max_query)
     if k > len(bank_labels):
         raise UsageError(f"--knn_k={k} is invalid: the kNN bank (data.eval_train_split="
                          f"{config.data.eval_train_split!r}, max_bank_examples={max_bank}) has "
@@ -93,9 +111,10 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     top1 = knn.knn_accuracy(bank, bank_y, queries, query_y, k=k, temperature=temperature,
                             num_classes=num_classes)
     history = training_knn_history(workdir)
-    # Only the evaluations measured as the last one was (a resumed run may change eval.*).
+    # Only the evaluations measured as the last one was (a resumed run may change eval.*), and
+    # none on another dataset (the monitor measured the pretraining data).
     comparable = (train.comparable_evaluations(history, max(history, key=lambda e: e["step"]))
-                  if history else [])
+                  if history and not common.other_data(config, data_config) else [])
     best = max(comparable, key=lambda e: e["knn_top1"]) if comparable else None
     recorded = {} if best is None else best.get("protocol", {})
     result = {
@@ -106,6 +125,8 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
             "weighting": "exp(sim / T)", "bank_split": config.data.eval_train_split,
             "bank_size": int(len(bank_y)), "query_split": config.data.eval_test_split,
             "num_queries": int(len(query_y)), "num_classes": int(num_classes),
+            "dataset": data_config.data.dataset, "pretraining_dataset": config.data.dataset,
+            "image_size": int(config.data.image_size),
         },
         "knn_top1_best_over_evaluations": None if best is None else best["knn_top1"],
         "knn_top1_best_over_evaluations_protocol": None if best is None else {
@@ -122,9 +143,10 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
         },
         "knn_history": history,
         "seconds": time.time() - start,
+        "result_file": common.result_file(RESULT_FILE, config, data_config),
     }
     if write and jax.process_index() == 0:
-        atomic_write_json(os.path.join(workdir, RESULT_FILE), result)
+        atomic_write_json(os.path.join(workdir, result["result_file"]), result)
     return result
 
 

@@ -19,6 +19,10 @@ Protocol (every field is recorded in `linear_probe.json`):
 - Reported: top-1 and top-5 accuracy on the test split (`data.eval_test_split` of the
   pretraining config unless `test_split` is set), after the last epoch (no model selection on
   the test split).
+- Other data (`eval_dataset`, `eval_data_dir`; `common.evaluation_configs`): the classifier has
+  the evaluation data's classes, the images the encoder's input contract (the pretraining
+  data.image_size and normalisation); the result goes to `linear_probe_<dataset>.json` for
+  another dataset.
 """
 
 from __future__ import annotations
@@ -223,24 +227,32 @@ def evaluate_classifier(params, features: np.ndarray, labels: np.ndarray) -> dic
 # From a workdir
 # --------------------------------------------------------------------------------------------
 def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = None,
-                     *, write: bool = True) -> dict[str, Any]:
+                     *, write: bool = True, eval_dataset: str | None = None,
+                     eval_data_dir: str | None = None,
+                     config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains and tests a linear probe on the newest (or `probe.step`) checkpoint of `workdir`.
 
+    eval_dataset, eval_data_dir, config_overrides: other data, and evaluation fields of the
+    pretraining config (`common.evaluation_configs`).
     Returns the result dict (`top1`, `top5`, `protocol`, ...) and writes it to
-    `workdir/linear_probe.json`.
+    `workdir/linear_probe.json` (`linear_probe_<dataset>.json` for another dataset).
     """
     probe = probe or default_probe_config()
     validate_probe_config(probe)
+    common.check_overrides(config_overrides or {})  # Before reading the checkpoint.
     start = time.time()
     config, model, variables, step = train.load_pretrained(
         workdir, None if probe.step < 0 else int(probe.step))
+    config, data_config = common.evaluation_configs(
+        config, eval_dataset=eval_dataset, eval_data_dir=eval_data_dir,
+        overrides=config_overrides, num_devices=jax.device_count())
     encoder_hash = train.params_sha256(variables["params"])
     train_split = probe.train_split or config.data.eval_train_split
     test_split = probe.test_split or config.data.eval_test_split
     train_images, train_labels, num_classes = common.load_labelled_split(
-        config, train_split, probe.max_train_examples)
+        data_config, train_split, probe.max_train_examples)
     test_images, test_labels, _ = common.load_labelled_split(
-        config, test_split, probe.max_test_examples)
+        data_config, test_split, probe.max_test_examples)
     features_fn = common.features_fn_for_layer(
         model, probe.feature_layer, train.compiler_options(config))
     train_features, train_y = common.extract(config, features_fn, variables, train_images,
@@ -282,7 +294,8 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
             "schedule": "cosine decay to 0, no warm-up",
             "epochs": int(probe.epochs),
             "batch_size": int(probe.batch_size),
-            "dataset": config.data.dataset,
+            "dataset": data_config.data.dataset,
+            "pretraining_dataset": config.data.dataset,
             "train_split": train_split,
             "test_split": test_split,
             "num_train_examples": int(len(train_y)),
@@ -293,8 +306,9 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
             "seed": int(probe.seed),
         },
     }
+    result["result_file"] = common.result_file(RESULT_FILE, config, data_config)
     if write and jax.process_index() == 0:
-        atomic_write_json(os.path.join(workdir, RESULT_FILE), result)
+        atomic_write_json(os.path.join(workdir, result["result_file"]), result)
     return result
 
 
