@@ -267,6 +267,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "optimizer.name", OPTIMIZERS)
     _one_of(config, "optimizer.schedule", SCHEDULES)
+    _validate_sizes(config)  # Before the AMCL form's fields, which resolve from these sizes.
     _validate_amcl_form(config)
     _one_of(config, "amcl.loss", AMCL_LOSSES)
     _one_of(config, "amcl.adaptive_temperature", ADAPTIVE_TEMPERATURES)
@@ -370,9 +371,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("data.num_views", config.data.num_views, "must be >= 2")
     if config.data.image_size < 4:
         _fail("data.image_size", config.data.image_size, "must be >= 4")
-    if config.data.data_dir and not (os.path.exists(config.data.data_dir)
-                                     or config.data.download):
-        _fail("data.data_dir", config.data.data_dir, "does not exist")
     for field in ("eval.every_steps", "checkpoint.every_steps", "log_every_steps"):
         section, name = field.split(".") if "." in field else (None, field)
         value = config[section][name] if section else config[name]
@@ -384,7 +382,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("eval.knn_temperature", config.eval.knn_temperature, "must be > 0")
     if config.checkpoint.max_to_keep < 1:
         _fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")
-    _validate_sizes(config)
     _validate_logging(config)
     _validate_dataset(config)
 
@@ -457,7 +454,13 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
                   "data.dataset='digits' ships with scikit-learn and reads no files; remove "
                   "data.data_dir, or set data.dataset='image_folder' to read that folder")
         return
-    if data_dir and (os.path.isdir(data_dir) or os.path.isfile(data_dir)):
+    from amcl_jax.data.sources import DATA_DIR_ALLOWED, data_dir_problem
+
+    # Before the workdir is written: a mistyped path must not become a TFDS download folder.
+    problem = data_dir_problem(dataset, data_dir, config.data.download)
+    if problem is not None:
+        _fail("data.data_dir", data_dir, f"it {problem}; allowed: {DATA_DIR_ALLOWED}")
+    if data_dir and os.path.exists(os.path.expanduser(data_dir)):
         return  # An image folder or archive (read whatever the name), or a TFDS data_dir.
     if dataset == "image_folder":
         _fail("data.data_dir", data_dir, "data.dataset='image_folder' needs data.data_dir, an "

@@ -7,7 +7,10 @@ flag or file, what was given and what is allowed (or what to do), and an exit co
   field or flag, a config that cannot continue the workdir's run, evaluation arguments);
 - 1: runtime. Found while running: data files, a busy workdir, checkpoints, memory, a full
   disk, a non-finite loss, or an unexpected exception (named by its type);
-- 130: interrupted (Ctrl-C), with a line saying how to resume.
+- 130: interrupted (Ctrl-C), with a line saying how to resume;
+- 143: terminated (SIGTERM) outside the training loop (`terminate_on_sigterm`: while loading
+  data, compiling, restoring or evaluating), with a line saying how to resume. Inside the loop
+  SIGTERM is a preemption: the trainer checkpoints, stops and exits 0.
 
 The traceback is printed only with the debug switch: `--debug` or the environment variable
 `AMCL_JAX_DEBUG=1`.
@@ -16,10 +19,14 @@ The traceback is printed only with the debug switch: `--debug` or the environmen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +34,7 @@ T = TypeVar("T")
 USAGE = 2
 RUNTIME = 1
 INTERRUPTED = 130
+TERMINATED = 128 + signal.SIGTERM
 DEBUG_ENV = "AMCL_JAX_DEBUG"
 
 
@@ -36,6 +44,33 @@ class UsageError(ValueError):
 
 class RunError(RuntimeError):
     """A failure found while running whose message already says what to do: exit code 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (`terminate_on_sigterm`). A KeyboardInterrupt, so that
+    no `except Exception` swallows it and every `with` block (the workdir's lock) unwinds."""
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in the main thread (elsewhere: a no-op).
+
+    Python's default SIGTERM ends the process at once, leaving the workdir's run.lock behind;
+    raising instead releases it and ends in one line (`exit_on_error`). The training loop
+    installs its own handler (a preemption: checkpoint and stop) and puts this one back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(*_) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:
@@ -95,14 +130,23 @@ def exit_on_error(error: BaseException, *, resume_hint: str, debug: bool) -> Non
     if debug:
         raise error
     if isinstance(error, KeyboardInterrupt):
-        print(f"error: interrupted; the checkpoints written so far are kept: run {resume_hint} "
+        what, code = (("terminated (SIGTERM)", TERMINATED) if isinstance(error, Terminated)
+                      else ("interrupted", INTERRUPTED))
+        print(f"error: {what}; the checkpoints written so far are kept: run {resume_hint} "
               "to resume", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # At once: a checkpoint being written stays unfinished (the previous one stays newest)
         # instead of its threads printing tracebacks at interpreter shutdown. The workdir's lock
         # was released on the way here.
-        os._exit(INTERRUPTED)
+        os._exit(code)
     message, code = describe(error)
+    if _checkpoint_failed or message.startswith("no space left"):
+        # Orbax's threads may still hold a failed restore's reads or a failed save's writes:
+        # leave at once, as after Ctrl-C, before the interpreter's shutdown tears them down
+        # (past the hooks of `silence_checkpoint_noise`) and prints their tracebacks.
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
     fail(message, code)
 
 
@@ -143,25 +187,34 @@ def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] 
 
 
 # --------------------------------------------------------------------------------------------
-# Noise from a failed checkpoint restore
+# Noise from a failed checkpoint restore or save
 # --------------------------------------------------------------------------------------------
 _CLOSED_LOOP = "Event loop is closed"
+# TensorStore's errors (Orbax's reads and writes) start with an absl status code.
+_TENSORSTORE_STATUS = re.compile(
+    r"^(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
+    r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
+    r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
 _silenced = False
+_checkpoint_failed = False
 
 
-def silence_failed_restore_noise() -> None:
-    """After a failed (and handled) checkpoint restore, the restore's worker threads and
-    coroutines are torn down noisily: `RuntimeError: Event loop is closed`, and the read errors of
-    Orbax's other pending reads ("Exception ignored in: <coroutine ...>", "Future exception was
-    never retrieved"), from threading, asyncio's logger or Python's unraisable hook. Those now
-    drop (the failure itself was reported); every other error is printed as before.
-    Idempotent."""
-    global _silenced
+def silence_checkpoint_noise(*, after_failure: bool = True) -> None:
+    """A failed checkpoint restore or save reaches the run as one exception (a restore: handled
+    or reported; a save, e.g. on a full disk: raised by the next save or `close`), but Orbax's
+    worker threads and coroutines are torn down noisily: `RuntimeError: Event loop is closed`,
+    and the errors of its other pending reads and writes ("Exception ignored in: <coroutine
+    ...>", "Future/Task exception was never retrieved" with a raw TensorStore status line), from
+    threading, asyncio's logger or Python's unraisable hook, before and after the `error:` line.
+    Those now drop; every other error is printed as before. Called before a run's first
+    checkpoint operation (`after_failure=False`) and after a failed restore, after which
+    `exit_on_error` leaves without the interpreter's shutdown. Idempotent."""
+    global _silenced, _checkpoint_failed
+    _checkpoint_failed = _checkpoint_failed or after_failure
     if _silenced:
         return
     _silenced = True
     import logging as std_logging
-    import threading
 
     def closed_loop(error: BaseException | None) -> bool:
         return isinstance(error, RuntimeError) and _CLOSED_LOOP in str(error)
@@ -170,9 +223,9 @@ def silence_failed_restore_noise() -> None:
         return f"{os.sep}orbax{os.sep}" in filename
 
     def noise(error: BaseException | None, target: Any = None) -> bool:
-        """A closed event loop, or an error raised in Orbax's code or in one of its coroutines
-        (the failed restore's other reads)."""
-        if closed_loop(error):
+        """A closed event loop, a TensorStore error, or an error raised in Orbax's code or in
+        one of its coroutines (a failed restore's or save's other reads and writes)."""
+        if closed_loop(error) or _TENSORSTORE_STATUS.match(str(error or "")):
             return True
         code = getattr(target, "cr_code", None)
         if code is not None and in_orbax(code.co_filename):
@@ -200,10 +253,14 @@ def silence_failed_restore_noise() -> None:
     sys.unraisablehook = on_unraisable
 
     class _WithoutRestoreNoise(std_logging.Filter):
-        """asyncio's "Future exception was never retrieved" of those reads, and closed loops."""
+        """asyncio's "Future exception was never retrieved" of those reads and writes, and
+        closed loops."""
 
         def filter(self, record: std_logging.LogRecord) -> bool:
             error = record.exc_info[1] if record.exc_info else None
             return not (noise(error) or _CLOSED_LOOP in record.getMessage())
 
     std_logging.getLogger("asyncio").addFilter(_WithoutRestoreNoise())
+
+
+silence_failed_restore_noise = silence_checkpoint_noise  # The name it had before saves.

@@ -172,6 +172,12 @@ class DamagedCheckpointError(RuntimeError):
     """No checkpoint in the workdir could be restored."""
 
 
+def _why_restore_failed(error: Exception) -> str:
+    """An Orbax/TensorStore restore error in one short line."""
+    reason = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+    return f"{type(error).__name__}: {reason[:200]}"
+
+
 def state_sha256(state) -> str:
     """Digest of every fully replicated leaf of the train state, stored in each checkpoint's meta
     to catch silent corruption (bit flips that still decode)."""
@@ -200,8 +206,7 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shap
             from amcl_jax.errors import silence_failed_restore_noise
 
             silence_failed_restore_noise()  # The failed restore's threads, torn down.
-            reason = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
-            failures.append((step, f"{type(e).__name__}: {reason[:200]}"))
+            failures.append((step, _why_restore_failed(e)))
             continue
         for bad_step, why in failures:
             target = os.path.join(workdir, "damaged_checkpoints", str(bad_step))
@@ -257,7 +262,17 @@ def load_pretrained(workdir: str, step: int | None = None):
     shapes = jax.eval_shape(functools.partial(create_train_state, config, model, method, tx))
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
-    state, _ = restore_checkpoint(manager, step, shapes, shardings)
+    from amcl_jax.errors import silence_checkpoint_noise
+
+    silence_checkpoint_noise(after_failure=False)  # A failed read's threads print as it fails.
+    try:
+        state, _ = restore_checkpoint(manager, step, shapes, shardings)
+    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+        silence_checkpoint_noise()  # Leave without the interpreter's shutdown (exit_on_error).
+        raise DamagedCheckpointError(
+            f"the checkpoint at step {step} in {workdir}/checkpoints cannot be restored "
+            f"({_why_restore_failed(e)}); its files are damaged, or config.json does not match "
+            f"them (steps there: {sorted(manager.all_steps())})") from None
     manager.close()
     return config, model, {"params": state.params, "batch_stats": state.batch_stats}, step
 
@@ -541,12 +556,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The run works on its own copy of `config`: the caller's is never written.
     """
     from amcl_jax import workdir as workdir_lib
+    from amcl_jax.errors import terminate_on_sigterm
 
     config = copy.deepcopy(config)
     validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
-    with workdir_lib.WorkdirLock(workdir, enabled=is_chief):
+    # Until the loop takes SIGTERM as a preemption, SIGTERM (as Ctrl-C) unwinds: the lock is
+    # released and the command line prints one line.
+    with terminate_on_sigterm(), workdir_lib.WorkdirLock(workdir, enabled=is_chief):
         accepted = workdir_lib.check_resume(config, workdir)
         if accepted and is_chief:
             print(workdir_lib.describe_accepted(accepted), flush=True)
@@ -622,6 +640,9 @@ class Checkpointer:
     finishes writing)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, is_chief: bool):
+        from amcl_jax.errors import silence_checkpoint_noise
+
+        silence_checkpoint_noise(after_failure=False)  # A failed save's (a full disk's).
         self.manager = checkpoint_manager(workdir, config.checkpoint.max_to_keep)
         self.workdir, self.is_chief = workdir, is_chief
         self.history: dict[str, Any] = {"knn": []}

@@ -26,8 +26,11 @@ def _run_without_tensorflow(args, timeout=400):
 
 
 def test_main_trains_evaluates_checkpoints_and_resumes_without_tensorflow(tmp_path):
+    """At a resize, as the quickstart loads its 8x8 digits at 16 (here 12, cropped to 8): JAX
+    resizes them where TensorFlow is not installed."""
     workdir = str(tmp_path / "run")
-    main = _runs.main_command(workdir, 3, "--config.data.augment_on=device")[1:]
+    resized = ("--config.data.augment_on=device", "--config.data.load_size=12")
+    main = _runs.main_command(workdir, 3, *resized)[1:]
     first = _run_without_tensorflow(main)
     assert "kNN top-1" in first.stdout
     summary = _runs.summary(workdir)
@@ -36,7 +39,7 @@ def test_main_trains_evaluates_checkpoints_and_resumes_without_tensorflow(tmp_pa
     assert all(np.isfinite(list(_runs.losses(workdir).values())))
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))
 
-    more = _runs.main_command(workdir, 4, "--config.data.augment_on=device")[1:]
+    more = _runs.main_command(workdir, 4, *resized)[1:]
     resumed = _run_without_tensorflow(more)
     assert "Resumed from checkpoint at step 3" in resumed.stdout
     assert sorted(_runs.losses(workdir)) == [1, 2, 3, 4]

@@ -37,7 +37,13 @@ from absl import logging
 from amcl_jax.data import imagenet_subsets
 from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data._tf import tf
-from amcl_jax.data.files import ImageFiles, read_image, resize_centre_crop, resize_square
+from amcl_jax.data.files import (
+    ImageFiles,
+    read_image,
+    resize_centre_crop,
+    resize_square,
+    resize_square_without_tensorflow,
+)
 from amcl_jax.errors import RunError
 
 # Per-channel mean and std of pixel values in [0, 1], used as (x - mean) / std.
@@ -54,6 +60,14 @@ DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 DEFAULT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# Names that say "a file" (a source file, or another archive or array format): a data_dir ending
+# so that does not exist is a mistyped path, never a folder TFDS may create and download into.
+FILE_NAME_SUFFIXES = (".npz", *ARCHIVE_SUFFIXES, ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".gz",
+                      ".bz2", ".xz", ".7z", ".rar", ".npy", ".h5", ".hdf5", ".pkl", ".tfrecord")
+DATA_DIR_ALLOWED = (
+    "an image folder (<dir>/<split>/<class>/<image>), an archive of one (.tar.gz, .tgz, .tar, "
+    ".zip), a .npz file, or a TFDS data_dir (an existing folder; with data.download=True also a "
+    "new folder inside an existing one, for a TFDS dataset name)")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DIGITS_TEST_EVERY = 6  # every 6th digit of each class (in a fixed shuffled order) is "test": 297
 
@@ -65,6 +79,43 @@ def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     key = name.lower().split(":")[0].split("/")[0]
     return DATASET_STATS.get(key, DEFAULT_STATS)
+
+
+def data_dir_problem(dataset: str, data_dir: str | None, download: bool) -> str | None:
+    """Why `data.data_dir` cannot be read for `dataset`, or None: checked before anything is
+    written or downloaded (`load_split`, and `config.validate_config` before the workdir).
+
+    A path that does not exist is refused, except as a TFDS data_dir to download into (with
+    `download`, a TFDS dataset name, and an existing parent folder): TFDS would otherwise create
+    folders inside a mistyped path, or retry a download for minutes. A missing path named like
+    a file (.npz, .tar.gz, ...) is always refused, as is an existing file of another kind.
+    """
+    if not data_dir:
+        return None
+    path = os.path.expanduser(data_dir)
+    if os.path.isdir(path):
+        return None
+    if os.path.exists(path):
+        if path.lower().endswith((".npz", *ARCHIVE_SUFFIXES)) and os.path.isfile(path):
+            return None
+        return "is a file, but neither a .npz file nor an archive (.tar.gz, .tgz, .tar, .zip)"
+    if path.lower().endswith(FILE_NAME_SUFFIXES):
+        return "names a file that does not exist"
+    if not download or dataset in ("digits", "image_folder"):
+        return "does not exist"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return (f"does not exist, nor does its parent folder {parent} (TFDS downloads only into "
+                "an existing folder or a new one inside an existing folder)")
+    return None
+
+
+def check_data_dir(dataset: str, data_dir: str | None, download: bool) -> None:
+    """Raises ValueError (one line naming data.data_dir) if `data_dir_problem` finds one."""
+    problem = data_dir_problem(dataset, data_dir, download)
+    if problem is not None:
+        raise ValueError(f"data.data_dir={data_dir!r} is invalid: it {problem}; allowed: "
+                         f"{DATA_DIR_ALLOWED}")
 
 
 # ImageNet-style datasets (photographs of many sizes and aspect ratios): evaluated on the centre
@@ -115,10 +166,15 @@ def load_split(
         when it is given); labels: (N,) int32; num_classes: int.
 
     Raises:
-      ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded.
+      ValueError naming ``data.dataset`` or ``data.data_dir`` when nothing can be loaded; before
+      anything is read, extracted or downloaded when `data_dir` does not exist
+      (`check_data_dir`: only a new TFDS data_dir inside an existing folder is downloaded into).
     """
     if centre_crop and image_size is None:
         raise ValueError("centre_crop needs an image_size")
+    if dataset != "digits":  # Digits read no files (config.validate_config refuses a data_dir).
+        check_data_dir(dataset, data_dir, download)
+        data_dir = os.path.expanduser(data_dir) if data_dir else data_dir
     if dataset in imagenet_subsets.SUBSETS:  # ImageNet-100: imagenet2012 or a folder, filtered.
         images, labels, num_classes = imagenet_subsets.load_subset(
             dataset, split, data_dir=data_dir, image_size=image_size or 224, download=download,
@@ -158,17 +214,14 @@ def load_split(
 
 
 def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking)."""
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking):
+    `files.resize_square` where TensorFlow is installed (the pixels every result so far was
+    measured on), else `files.resize_square_without_tensorflow` (within one grey level)."""
     if tensorflow_available():
         out = [resize_square(images[start : start + chunk], size).numpy()
                for start in range(0, len(images), chunk)]
-    else:  # The same resize (JAX's scale_and_translate is TF's), rounded the same way.
-        import jax
-
-        resize = jax.jit(lambda x: jax.numpy.round(jax.numpy.clip(jax.image.resize(
-            x.astype("float32"), (x.shape[0], size, size, 3), "linear", antialias=True),
-            0, 255)).astype("uint8"))
-        out = [np.asarray(resize(images[start : start + chunk]))
+    else:  # The same resize in JAX, within one grey level of TF's.
+        out = [resize_square_without_tensorflow(images[start : start + chunk], size)
                for start in range(0, len(images), chunk)]
     if not out:
         return np.zeros((0, size, size, 3), np.uint8)
