@@ -131,6 +131,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     # BatchNorm, the default); -1 = per device (each device's shard, as PyTorch DDP without
     # SyncBatchNorm); G > 1 = G groups laid out like G devices, whatever the real device count.
     config.model.batch_norm_groups = 1
+    # Memory levers for large models and batches (python -m amcl_jax.compile shows their effect):
+    # remat: recompute each encoder block's activations in the backward pass (jax.checkpoint);
+    # shard_params: split large parameters and their optimizer moments over the data axis
+    # (FSDP-style; gathered when used), for ViT-L-sized models. Neither changes the numbers.
+    config.model.remat = False
+    config.model.shard_params = False
 
     config.projector = ml_collections.ConfigDict()
     config.projector.hidden_dim = 512
@@ -298,6 +304,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         _fail("online_probe.learning_rate", config.online_probe.learning_rate, "must be > 0")
     if not 0 <= config.online_probe.momentum < 1:
         _fail("online_probe.momentum", config.online_probe.momentum, "must be in [0, 1)")
+    for field in ("remat", "shard_params"):
+        if not isinstance(config.model.get(field, False), bool):  # Absent (old configs): fine.
+            _fail(f"model.{field}", config.model[field], "must be True or False")
     if config.model.width <= 0:
         _fail("model.width", config.model.width, "must be > 0")
     groups = config.model.batch_norm_groups

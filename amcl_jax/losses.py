@@ -156,50 +156,86 @@ def _topk_terms(
     anchors: jax.Array,
     positives: jax.Array,
     bank: jax.Array,
-    negative_mask: jax.Array | None,
+    negative_mask_fn: Callable[[jax.Array], jax.Array] | None,
     temperature_fn: TemperatureFn,
     beta: float,
     omega_dim: float,
     topk: int,
     positive_temperature_fn: TemperatureFn | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """Eq. 2.1 with Eq. 5's top-k negatives (the authors' v2.0 form), per anchor.
 
-    anchors, positives: (C, M, D); bank: (C, K, D) candidate negatives; negative_mask: (M, K)
-    bool (True where bank row k is a negative of anchor m) or None (all are); all float32 and
-    normalised. Per anchor, with the k negatives of largest cosine (chosen without gradient;
-    the gradient reaches their cosines and temperatures through the features):
+    anchors, positives: (C, M, D); bank: (C, K, D) candidate negatives, all float32 and
+    normalised; negative_mask_fn: anchor rows (R,) int32 -> (R, K) bool, True where bank row k
+    is a negative of that anchor, or None (all are). Per anchor, with the k negatives of largest
+    cosine (chosen without gradient; the gradient reaches their cosines and temperatures through
+    the features):
         -s+/tau+ + mean_k(s_k/tau_k) + beta Omega_K(tau+) - beta sum_k (log tau_k + 1/tau_k).
     The negative side's regulariser is Omega with K = 2, summed over the k negatives (as the
-    authors' code). `topk` must not exceed the number of negatives per anchor.
+    authors' code). `topk` must not exceed the number of negatives per anchor. `chunk_size`:
+    anchors per chunk, each rematerialised in the backward pass, so the (C, M, K) similarities
+    are never held at once (peak C * chunk * K); None: all anchors at once.
     Returns per-anchor loss (C, M) and metrics.
     """
-    s_pos = jnp.sum(anchors * positives, axis=-1)  # (C, M)
-    cos = jnp.einsum("cmd,ckd->cmk", anchors, bank)  # (C, M, K)
-    cos_sg = jax.lax.stop_gradient(cos)
-    ranked = cos_sg if negative_mask is None else jnp.where(negative_mask, cos_sg, -jnp.inf)
-    _, index = jax.lax.top_k(ranked, topk)  # (C, M, k), not differentiated
-    s_neg = jnp.take_along_axis(cos, index, axis=-1)  # (C, M, k)
-    tau_pos = _temperatures(positive_temperature_fn or temperature_fn, anchors, positives)
-    tau_neg = _gathered_temperatures(temperature_fn, anchors, bank, index)
-    per_anchor = (-s_pos / tau_pos + jnp.mean(s_neg / tau_neg, axis=-1)
-                  + beta * omega(tau_pos, omega_dim)
-                  - beta * jnp.sum(omega(tau_neg, 2.0), axis=-1))  # log tau + 1 / tau
-    if negative_mask is None:
-        neg_sim = jnp.mean(cos_sg)
-    else:
-        neg_sim = jnp.sum(jnp.where(negative_mask, cos_sg, 0.0)) / (
-            anchors.shape[0] * jnp.sum(negative_mask))
+    num_heads, num_anchors, dim = anchors.shape
     sg = jax.lax.stop_gradient
+
+    def chunk_terms(bank, anchors, positives, rows):
+        """Per-anchor loss and statistics of the anchors `rows`, each (C, R) (counts (R,))."""
+        s_pos = jnp.sum(anchors * positives, axis=-1)  # (C, R)
+        cos = jnp.einsum("cmd,ckd->cmk", anchors, bank)  # (C, R, K)
+        cos_sg = sg(cos)
+        mask = None if negative_mask_fn is None else negative_mask_fn(rows)
+        ranked = cos_sg if mask is None else jnp.where(mask, cos_sg, -jnp.inf)
+        _, index = jax.lax.top_k(ranked, topk)  # (C, R, k), not differentiated
+        s_neg = jnp.take_along_axis(cos, index, axis=-1)  # (C, R, k)
+        tau_pos = _temperatures(positive_temperature_fn or temperature_fn, anchors, positives)
+        tau_neg = _gathered_temperatures(temperature_fn, anchors, bank, index)
+        per_anchor = (-s_pos / tau_pos + jnp.mean(s_neg / tau_neg, axis=-1)
+                      + beta * omega(tau_pos, omega_dim)
+                      - beta * jnp.sum(omega(tau_neg, 2.0), axis=-1))  # log tau + 1 / tau
+        return {
+            "loss": per_anchor,
+            "pos_sim": sg(s_pos),
+            "neg_cos_sum": jnp.sum(cos_sg if mask is None else jnp.where(mask, cos_sg, 0.0),
+                                   axis=-1),
+            "neg_count": (jnp.full(rows.shape, bank.shape[1], jnp.int32) if mask is None
+                          else jnp.sum(mask, axis=-1, dtype=jnp.int32)),
+            "hard_neg_sim": jnp.max(ranked, axis=-1),
+            "topk_neg_sim": jnp.mean(sg(s_neg), axis=-1),
+            "tau_pos": sg(tau_pos),
+            "tau_neg_mean": sg(jnp.mean(tau_neg, axis=-1)),
+            "tau_neg_min": sg(jnp.min(tau_neg, axis=-1)),
+            "tau_neg_max": sg(jnp.max(tau_neg, axis=-1)),
+        }
+
+    if chunk_size is None or chunk_size >= num_anchors:
+        per = chunk_terms(bank, anchors, positives, jnp.arange(num_anchors))
+    else:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        num_chunks = -(-num_anchors // chunk_size)
+        # Padding anchors repeat real ones (finite values); they are sliced away below.
+        rows = jnp.arange(num_chunks * chunk_size) % num_anchors
+        to_chunks = lambda x: jnp.take(x, rows, axis=1).reshape(
+            num_heads, num_chunks, chunk_size, dim).transpose(1, 0, 2, 3)
+        stacked = jax.lax.map(
+            lambda xs: jax.checkpoint(chunk_terms)(bank, *xs),
+            (to_chunks(anchors), to_chunks(positives), rows.reshape(num_chunks, chunk_size)))
+        # (num_chunks, C, R) -> (C, M); counts (num_chunks, R) -> (M,).
+        per = {key: (value.reshape(-1)[:num_anchors] if value.ndim == 2 else
+                     value.transpose(1, 0, 2).reshape(num_heads, -1)[:, :num_anchors])
+               for key, value in stacked.items()}
     metrics = {
-        "pos_sim": jnp.mean(sg(s_pos)),
-        "neg_sim": neg_sim,
-        "hard_neg_sim": jnp.mean(jnp.max(ranked, axis=-1)),
-        "topk_neg_sim": jnp.mean(sg(s_neg)),
-        **_tau_metrics(tau_pos, jnp.mean(tau_neg, axis=-1), jnp.min(tau_neg, axis=-1),
-                       jnp.max(tau_neg, axis=-1)),
+        "pos_sim": jnp.mean(per["pos_sim"]),
+        "neg_sim": jnp.sum(per["neg_cos_sum"]) / (num_heads * jnp.sum(per["neg_count"])),
+        "hard_neg_sim": jnp.mean(per["hard_neg_sim"]),
+        "topk_neg_sim": jnp.mean(per["topk_neg_sim"]),
+        **_tau_metrics(per["tau_pos"], per["tau_neg_mean"], per["tau_neg_min"],
+                       per["tau_neg_max"]),
     }
-    return per_anchor, metrics
+    return per["loss"], metrics
 
 
 def _check_topk(topk: int, available: int) -> int:
@@ -403,7 +439,8 @@ def amcl_contrastive(
       omega_dim: K in Omega(tau) = (K / 2) log tau + 1 / tau (the head output dimension D).
       negatives: "topk", "max" or "logsumexp".
       topk: k of "topk" (100 in the authors' code), capped at the 2N - 2 negatives.
-      chunk_size: anchors per chunk for "logsumexp" (default min(2N, 32)); need not divide 2N.
+      chunk_size: anchors per chunk for "logsumexp" (default min(2N, 32)) and "topk" (default
+        none: all at once); need not divide 2N. Each chunk is recomputed in the backward pass.
       positive_temperature_fn: None (default): `temperature_fn` gives every temperature. Else it
         gives the positive pairs' tau+ and `temperature_fn` only the negatives' (the temperature
         ablation: e.g. a constant for one side, the network for the other). O(N) extra calls.
@@ -428,11 +465,14 @@ def amcl_contrastive(
         num_views = z.shape[1]
         k = _check_topk(topk, num_views - 2)
         views = jnp.arange(num_views)
-        positive = (views + num_views // 2) % num_views
-        is_neg = ~((views[:, None] == views[None, :]) | (positive[:, None] == views[None, :]))
+
+        def is_negative(rows):  # (R,) anchor rows -> (R, 2N): neither itself nor its positive.
+            positive = (rows + num_views // 2) % num_views
+            return ~((rows[:, None] == views[None, :]) | (positive[:, None] == views[None, :]))
+
         z_pos = jnp.concatenate([z[:, num_views // 2:], z[:, :num_views // 2]], axis=1)
-        per_anchor, metrics = _topk_terms(z, z_pos, z, is_neg, temperature_fn, beta, omega_dim,
-                                          k, positive_temperature_fn)
+        per_anchor, metrics = _topk_terms(z, z_pos, z, is_negative, temperature_fn, beta,
+                                          omega_dim, k, positive_temperature_fn, chunk_size)
         # Mean over the 2N anchors: the two directions (a -> b, b -> a) averaged.
         return jnp.sum(jnp.mean(per_anchor, axis=1)), metrics
     if negatives == "max":
@@ -767,7 +807,7 @@ def amcl_queue_contrastive(
     def direction(anchors, positives):
         if negatives == "topk":
             return _topk_terms(anchors, positives, queue, None, temperature_fn, beta, omega_dim,
-                               _check_topk(topk, queue.shape[1]))
+                               _check_topk(topk, queue.shape[1]), chunk_size=chunk_size)
         if negatives == "max":
             return _hard_max_terms(anchors, positives, queue, None, temperature_fn, beta,
                                    omega_dim, infonce)

@@ -33,13 +33,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from amcl_jax import data as data_lib
-from amcl_jax import forms, knn, methods, optim
+from amcl_jax import forms, knn, methods, optim, program
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
-from amcl_jax.methods.common import xla_cpu_ynnpack
 from amcl_jax.metric_writers import with_wandb
 from amcl_jax.models import linear_classifier
-from amcl_jax.platform import cpu, machine
+from amcl_jax.platform import machine
 
 
 class NonFiniteError(RuntimeError):
@@ -240,9 +239,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """`jax.jit` compiler options for the programs that run the model (`model.xla_cpu_ynnpack`;
-    a config written before that field existed gets its default)."""
-    return cpu.xla_compiler_options(xla_cpu_ynnpack(config))
+    """`jax.jit` compiler options for the model's programs (`program.compiler_options`)."""
+    return program.compiler_options(config)
 
 
 def load_pretrained(workdir: str, step: int | None = None):
@@ -295,13 +293,19 @@ def _flatten_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, views: jax.Array, labels: jax.Array | None = None, *, model,
-               method, tx, schedule, config, total_steps: int | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a global batch of views (V, B, H, W, 3).
+               method, tx, schedule, config, total_steps: int | None = None,
+               mesh: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch of views (V, B, H, W, 3), B split over `mesh`.
 
     `labels` (B,) feed the online probe (when enabled); `total_steps` (the run's length, for EMA
-    momentum ramps and the probe's schedule) defaults to `config.total_steps`.
+    momentum ramps and the probe's schedule) defaults to `config.total_steps`. With `mesh`, the
+    step is traced under it, so that the methods keep each device's images on that device
+    (`methods.common.stack_views`).
     """
+    if mesh is not None:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(state, views, labels, model=model, method=method, tx=tx,
+                              schedule=schedule, config=config, total_steps=total_steps)
     if total_steps is None:
         total_steps = max(int(config.total_steps), 1)
     rng = jax.random.fold_in(state.rng, state.step)
@@ -727,8 +731,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ----------------------------------------------------------------------------------------
     # Mesh: one data axis over every device of every host.
     # ----------------------------------------------------------------------------------------
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    replicated = NamedSharding(mesh, P())
+    mesh = program.data_mesh()
     views_sharding = NamedSharding(mesh, P(None, "data"))
     labels_sharding = NamedSharding(mesh, P("data"))
 
@@ -744,26 +747,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ----------------------------------------------------------------------------------------
     check_data_sizes(config, num_train=len(inputs.train_images), bank_labels=inputs.bank_labels,
                      num_queries=len(inputs.query_labels))
-    method = methods.get_method(config.method)
-    model = method.build_model(config)
-    tx, schedule = optim.build_optimizer(config, total_steps)
-    init_state = functools.partial(create_train_state, config, model, method, tx)
-    state_shapes = jax.eval_shape(init_state)
+    programs = program.build(config, mesh, total_steps)
+    state_shapes, state_shardings = programs.state_shapes, programs.state_shardings
     check_state_fits(config, state_shapes)  # Before allocating it.
-    state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
-    state = jax.jit(init_state, out_shardings=state_shardings)()
+    state = jax.jit(programs.init_state, out_shardings=state_shardings)()
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logging.info("model %s, %d parameters", config.model.name, num_params)
-
-    options = compiler_options(config)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, method=method, tx=tx, schedule=schedule,
-                          config=config, total_steps=total_steps),
-        in_shardings=(state_shardings, views_sharding, labels_sharding),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,), compiler_options=options)
-    features_fn = jax.jit(lambda variables, x: model.apply(variables, x, method="features"),
-                          compiler_options=options)
+    step_fn, features_fn = programs.step, programs.features
 
     # ----------------------------------------------------------------------------------------
     # Checkpoints: auto-resume from the workdir, past damaged checkpoints.

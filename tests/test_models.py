@@ -395,3 +395,32 @@ def test_batch_norm_mlp_heads_compute_in_bfloat16():
     reference, _ = full.apply(variables, x, train=True, mutable=["batch_stats"])
     assert out.dtype == jnp.float32 and out.shape == (2, 6, 4)
     np.testing.assert_allclose(out, reference, atol=0.1)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_s"])
+def test_remat_keeps_the_parameters_and_the_numbers(name):
+    """`model.remat` recomputes activations in the backward pass: the same parameter tree (a
+    checkpoint moves across the switch), features and gradients."""
+    import chex
+
+    from amcl_jax import models
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+    width = 0.125 if name.startswith("resnet") else 0.0625
+    plain = models.build_encoder(name, width=width, stem="cifar", dtype=jnp.float32,
+                                 cpu_fusion_barriers=False)
+    remat = models.build_encoder(name, width=width, stem="cifar", dtype=jnp.float32,
+                                 cpu_fusion_barriers=False, remat=True)
+    variables = plain.init(jax.random.PRNGKey(1), x, train=False)
+    assert (jax.tree.structure(remat.init(jax.random.PRNGKey(1), x, train=False))
+            == jax.tree.structure(variables))
+
+    def loss(params, model):
+        out, _ = model.apply({**variables, "params": params}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(out))
+
+    value, grads = jax.value_and_grad(loss)(variables["params"], plain)
+    value_remat, grads_remat = jax.value_and_grad(loss)(variables["params"], remat)
+    np.testing.assert_allclose(value_remat, value, rtol=1e-5)
+    chex.assert_trees_all_close(grads_remat, grads, rtol=1e-4, atol=1e-6)

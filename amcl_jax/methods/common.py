@@ -17,6 +17,7 @@ import optax
 
 from amcl_jax import models
 from amcl_jax.platform import cpu
+from amcl_jax.sharding import DATA_AXIS, data_shards, stack_views, unstack_views  # noqa: F401
 
 # The parts of the model a momentum (EMA) network copies; the predictor and the temperature
 # network exist only online.
@@ -93,7 +94,7 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
         config.model.name, width=config.model.width, stem=config.model.stem,
         dtype=jnp.dtype(config.model.dtype),
         cpu_fusion_barriers=cpu_fusion_barriers(config),
-        **batch_norm_layout(config))
+        remat=bool(config.model.get("remat", False)), **batch_norm_layout(config))
 
 
 def num_heads(config: ml_collections.ConfigDict) -> int:
@@ -118,17 +119,13 @@ def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
         shared_input=False, dtype=jnp.dtype(config.model.dtype), **batch_norm_layout(config))
 
 
+# --------------------------------------------------------------------------------------------
+# Views in, views out: one encoder pass over every view, each device on its own images
+# --------------------------------------------------------------------------------------------
 def split_views(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(C, 2N, ...) stacked [view a; view b] along axis 1 -> two (C, N, ...)."""
-    n = x.shape[1] // 2
-    return x[:, :n], x[:, n:]
-
-
-def stack_views(views: jax.Array) -> jax.Array:
-    """(2, N, H, W, 3) -> (2N, H, W, 3); refuses other view counts."""
-    if views.shape[0] != 2:
-        raise ValueError(f"this method takes exactly 2 views, got {views.shape[0]}")
-    return views.reshape((2 * views.shape[1],) + views.shape[2:])
+    """(C, 2N, ...) stacked by `stack_views` along axis 1 -> view a and view b, each (C, N, ...)."""
+    x = unstack_views(x, 2, axis=1)
+    return x[:, 0], x[:, 1]
 
 
 def mean_metrics(*metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:

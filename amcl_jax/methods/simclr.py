@@ -119,13 +119,11 @@ class SimCLR(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        num_views, batch = views.shape[:2]
-        images = views.reshape((num_views * batch,) + views.shape[2:])
+        num_views = views.shape[0]
         (_, projections), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            mutable=["batch_stats"])
-        projections = projections.reshape(
-            (projections.shape[0], num_views, batch, projections.shape[-1]))
+            {"params": params, "batch_stats": batch_stats},
+            common.stack_views(views, num_views=None), train=True, mutable=["batch_stats"])
+        projections = common.unstack_views(projections, num_views, axis=1)  # (C, V, B, D)
         # With more than two views every pair of views contributes equally.
         pair_results = [
             contrastive_pair_loss(config, params, projections[:, i], projections[:, j])

@@ -63,7 +63,7 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]
 
 def build_encoder(name: str, *, width: float, stem: str, dtype: Any,
                   batch_norm_groups: int = 1, batch_norm_group_rows: int = 0,
-                  cpu_fusion_barriers: bool = True) -> nn.Module:
+                  cpu_fusion_barriers: bool = True, remat: bool = False) -> nn.Module:
     """The encoder `name`; `__call__(x (B, H, W, 3), train) -> (B, F)` float32 features.
 
     `cpu_fusion_barriers`: as `ResNet`'s (ResNets only; the ViTs have no BatchNorm chains for
@@ -79,6 +79,8 @@ def build_encoder(name: str, *, width: float, stem: str, dtype: Any,
                    "batch_norm_group_rows": batch_norm_group_rows}
     if not cpu_fusion_barriers and name.startswith("resnet"):
         options["cpu_fusion_barriers"] = False
+    if remat:  # Every block's activations recomputed in the backward pass.
+        options["remat"] = True
     return constructor(width=width, stem=stem, dtype=dtype, **options)
 
 

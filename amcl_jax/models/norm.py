@@ -4,9 +4,9 @@ Under `jax.jit` on a globally sharded batch, `nn.BatchNorm(axis_name=None)` take
 over the whole global batch: synchronized BatchNorm by construction. Some recipes want the
 statistics of each device's shard instead (PyTorch DDP without SyncBatchNorm, the setting most
 published ResNet SSL numbers were trained with). `BatchNorm` here does that deterministically and
-independently of the actual device count: the rows of the (V * B) batch a model sees (V views,
-each B rows, concatenated) are split into `num_groups` groups the way a batch sharded over
-`num_groups` devices is, i.e. group g holds rows [v * B + g * B / G, v * B + (g + 1) * B / G) of
+independently of the actual device count: the rows of the (V * B) batch a model sees (V views
+of B rows, stacked by `sharding.stack_views`) are split into `num_groups` groups the way a batch
+sharded over `num_groups` devices is, i.e. group g holds the rows [g * B / G, (g + 1) * B / G) of
 every view v, and each group is normalised with its own mean and variance. With G = the number of
 devices this is exactly per-device BatchNorm; the same program on one device gives the same
 numbers. The running statistics move towards the mean over groups of the group statistics (each
@@ -26,6 +26,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from amcl_jax import sharding
 
 
 class BatchNorm(nn.Module):
@@ -65,9 +67,11 @@ class BatchNorm(nn.Module):
             raise ValueError(
                 f"model.batch_norm_groups={groups}: the {rows} rows given are not whole views of "
                 f"{block} rows ({groups} groups of {self.group_rows})")
-        # (N, ..., F) -> (V, G, B / G, ..., F): group g is axis 1 = g.
-        grouped = x.astype(jnp.float32).reshape((rows // block, groups, self.group_rows)
-                                                + x.shape[1:])
+        # The rows arrive stacked device-major (`sharding.stack_views`): back to views first,
+        # (N, ..., F) -> (V, B, ..., F) -> (V, G, B / G, ..., F): group g is axis 1 = g.
+        num_views = rows // block
+        by_view = sharding.unstack_views(x.astype(jnp.float32), num_views, axis=0)
+        grouped = by_view.reshape((num_views, groups, self.group_rows) + x.shape[1:])
         axes = (0,) + tuple(range(2, grouped.ndim - 1))
         mean = jnp.mean(grouped, axis=axes, keepdims=True)
         # Flax's fast variance, E[x^2] - E[x]^2 clipped at 0, per group.
@@ -79,7 +83,8 @@ class BatchNorm(nn.Module):
             group_var = var.reshape(groups, features).mean(axis=0)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * group_mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * group_var
-        return y.reshape(x.shape).astype(self.dtype)
+        y = y.reshape((num_views, block) + x.shape[1:])
+        return sharding.stack_views(y, num_views=None).astype(self.dtype)
 
 
 def make_norm(*, train: bool, groups: int = 1, group_rows: int = 0, dtype: Any = jnp.float32,

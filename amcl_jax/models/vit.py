@@ -84,6 +84,7 @@ class ViT(nn.Module):
     stem: str = "cifar"
     batch_norm_groups: int = 1
     batch_norm_group_rows: int = 0
+    remat: bool = False  # Recompute each block's activations in the backward pass.
 
     @property
     def num_features(self) -> int:
@@ -116,7 +117,7 @@ class ViT(nn.Module):
         tokens = tokens + position.astype(tokens.dtype)
 
         blocks = nn.scan(
-            _Block,
+            nn.remat(_Block) if self.remat else _Block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=depth,

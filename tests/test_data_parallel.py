@@ -1,0 +1,112 @@
+"""Data parallelism in effect, read from the compiled program: on N devices with N times the
+global batch, each device runs the encoder on its own share of every view (the same per-device
+FLOPs and memory as one device with one share), and no image or feature map crosses devices.
+
+Equal numbers on 8 devices (test_distributed.py) prove equal maths, not split work; these tests
+read XLA's cost and memory analyses and the optimised HLO of the real train step, for 8 fake CPU
+devices and, through libtpu, for a TPU v5e slice compiled ahead of time on this machine.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import _runs
+import numpy as np
+import pytest
+
+from amcl_jax import compile as compile_lib
+from amcl_jax import sharding
+
+WORKER = "tests/_data_parallel_worker.py"
+
+
+def _worker(kind: str, devices: int = 1) -> dict:
+    result = subprocess.run([sys.executable, WORKER, kind], cwd=_runs.ROOT,
+                            env=_runs.run_env(devices), capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check_weak_scaling(report: dict) -> None:
+    devices = report["devices"]
+    for case, entry in report["cases"].items():
+        one, many = entry["one"], entry["many"]
+        # Each device computes its own share: the same FLOPs as one device with one share (the
+        # global negatives' similarities grow with N, a small part at these sizes).
+        assert many["flops"] <= 1.10 * one["flops"], (case, many["flops"] / one["flops"])
+        assert many["flops"] >= 0.90 * one["flops"], (case, many["flops"] / one["flops"])
+        assert many["peak"] <= 1.10 * one["peak"], (case, many["peak"] / one["peak"])
+        assert not many["activation_collectives"], (case, many["activation_collectives"])
+        if "vit" not in case:  # A ViT has no convolution to read the batch from; FLOPs above.
+            # Both views in one pass (4 images of each), or one view per pass (the authors'
+            # MoCo: queries from view 1, keys from view 2).
+            per_pass = 4 if case.startswith("moco/amcl=True/authors") else 2 * 4
+            assert many["encoder_images_per_device"] == one["encoder_images_per_device"], case
+            assert many["encoder_images_per_device"] == per_pass, case
+        assert many["all_reduce"] >= 1, case  # The gradient reduction is there.
+    assert devices > 1
+
+
+def test_every_method_splits_its_batch_over_8_cpu_devices():
+    report = _worker("cpu", devices=8)
+    assert report["devices"] == 8
+    names = {case.split("/")[0] for case in report["cases"]}
+    assert names == {"simclr", "moco", "byol", "simsiam", "barlow_twins"}
+    _check_weak_scaling(report)
+    # The kNN monitor's and the evaluations' feature extractor: one share per device.
+    assert report["features"]["encoder_images_per_device"] == 4
+    assert not report["features"]["activation_collectives"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu (requirements-dev.txt: jax[tpu]) is not installed")
+def test_simclr_amcl_splits_its_batch_over_a_v5e_slice():
+    report = _worker("v5e")
+    assert report["devices"] == 4
+    _check_weak_scaling(report)
+
+
+def test_sharded_parameters_give_the_replicated_numbers_in_less_memory():
+    report = _worker("fsdp", devices=8)
+    replicated, sharded = report["sharded_leaves"]
+    assert replicated == 0 and sharded > 0
+    assert report["argument_bytes"][1] < 0.5 * report["argument_bytes"][0]
+    np.testing.assert_allclose(report["loss"][1], report["loss"][0], rtol=1e-6)
+    assert report["relative_param_error"] < 1e-6, report
+    assert report["max_param_difference"] < 1e-6, report
+
+
+# --------------------------------------------------------------------------------------------
+# The view stacking itself
+# --------------------------------------------------------------------------------------------
+def test_stack_views_is_the_plain_order_on_one_device_and_unstack_inverts_it():
+    views = np.arange(3 * 8 * 2, dtype=np.float32).reshape(3, 8, 2)
+    stacked = sharding.stack_views(views, num_views=3)
+    np.testing.assert_array_equal(stacked, views.reshape(24, 2))
+    np.testing.assert_array_equal(sharding.unstack_views(stacked, 3), views)
+    with pytest.raises(ValueError, match="exactly 2 views, got 3"):
+        sharding.stack_views(views)
+
+
+def test_collectives_and_activation_shapes_are_read_from_hlo_text():
+    hlo = "\n".join([
+        "%ag = f32[2,64,32,32,3]{4,3,2,0,1} all-gather(%x), channel_id=1",
+        "%ar = (f32[3,3,3,8]{3,2,1,0}, f32[8]{0}) all-reduce(%g, %h), channel_id=2",
+        "%ag2 = f32[8,128]{0,1} all-gather(%z), channel_id=3",
+        "%s = (f32[4,4]{1,0}, f32[16,4]{1,0}) all-gather-start(%y), channel_id=4",
+        "%c = f32[32,16,16,8]{3,2,1,0} convolution(%a, %b), window={size=3x3}, "
+        "dim_labels=b01f_01io->b01f, metadata={op_name=\"jvp(Model)/encoder/conv\"}",
+    ])
+    found = compile_lib.collectives(hlo)
+    assert found["all-gather"] == {"count": 3, "bytes": 2 * 64 * 32 * 32 * 3 * 4 + 8 * 128 * 4
+                                   + 16 * 4 * 4}
+    assert found["all-reduce"] == {"count": 1, "bytes": (3 * 3 * 3 * 8 + 8) * 4}
+    moving = compile_lib.activation_collectives(hlo, image_size=32)
+    assert len(moving) == 1 and "f32[2,64,32,32,3]" in moving[0]  # Not the gradient reduction.
+    # A feature map as the encoder's convolution makes it, gathered: found too.
+    hlo += "\n%fm = f32[64,16,16,8]{3,2,1,0} all-gather(%c), channel_id=5"
+    assert len(compile_lib.activation_collectives(hlo, image_size=32)) == 2
+    assert compile_lib.encoder_batch_sizes(hlo) == [32]
