@@ -366,6 +366,30 @@ def does_not_fit(result: dict[str, Any]) -> str | None:
             f"({peak / hbm:.1f}x); lower " + ", or set ".join(levers))
 
 
+def levers(config, topology: Topology) -> str:
+    """What to change for a step that does not fit, as one clause."""
+    batch, devices = int(config.batch_size), len(topology.devices)
+    options = [f"lower batch_size (now {batch}, {batch // devices} per device per view)"]
+    if config.model.dtype != "bfloat16":
+        options.append("set model.dtype=bfloat16")
+    if not config.model.get("remat", False):
+        options.append("set model.remat=True")
+    if not config.model.get("shard_params", False):
+        options.append("set model.shard_params=True (large models)")
+    return ", or ".join(options)
+
+
+def out_of_memory_line(error: BaseException, config, topology: Topology) -> str | None:
+    """One line for XLA's own refusal (the temporaries alone exceed HBM), or None."""
+    text = " ".join(str(error).split())
+    if "Ran out of memory" not in text and "RESOURCE_EXHAUSTED" not in text:
+        return None
+    match = re.search(r"\(([\d.]+[KMGTP]?)\) exceeds available HBM \(([\d.]+[KMGTP]?)\)", text)
+    need = f" needs {match.group(1)} of temporaries per device and a device has {match.group(2)}"
+    return (f"the step does not fit on {topology.name}:{need if match else ' XLA ran out of'}"
+            f"{'' if match else ' device memory'}; {levers(config, topology)}")
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     per_device = result["per_device"]
     mem = per_device["memory"]
@@ -442,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e), 2)
     from amcl_jax.config import ConfigError, validate_config
 
-    out = flag_values.out
+    out, topology = flag_values.out, None
     try:
         config = flag_values.config
         validate_config(config)
@@ -453,7 +477,13 @@ def main(argv: list[str] | None = None) -> int:
                               hlo_path=os.path.join(out, "train_step.hlo.txt") if out else None)
     except (ConfigError, TopologyError) as e:
         fail(str(e), 2)
-    except (KeyboardInterrupt, Exception) as e:
+    except Exception as e:  # noqa: BLE001 (XLA's out-of-memory refusal is a runtime error)
+        line = out_of_memory_line(e, config, topology) if topology else None
+        if line is None or flag_values.debug or debug_enabled(argv):
+            exit_on_error(e, resume_hint="the same command",
+                          debug=flag_values.debug or debug_enabled(argv))
+        fail(line, 1)
+    except KeyboardInterrupt as e:
         exit_on_error(e, resume_hint="the same command",
                       debug=flag_values.debug or debug_enabled(argv))
     if out:

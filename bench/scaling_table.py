@@ -38,6 +38,9 @@ ROWS: dict[str, tuple[str, tuple[str, dict], str]] = {
     "imagenet_r50_v5e_16_remat": (
         "ImageNet ResNet-50, 4096 per view, remat",
         (IMAGENET_R50[0], {**IMAGENET_R50[1], "model.remat": True}), "v5e:4x4"),
+    "imagenet_r50_f32_v5e_4": (
+        "ImageNet ResNet-50, 4096 per view, float32",
+        (IMAGENET_R50[0], {**IMAGENET_R50[1], "model.dtype": "float32"}), "v5e:2x2"),
     "imagenet_r50_v5e_256": ("ImageNet ResNet-50, 4096 per view", IMAGENET_R50, "v5e:16x16"),
     "imagenet_r50_v4_32": ("ImageNet ResNet-50, 4096 per view", IMAGENET_R50, "v4:2x4x4"),
     "imagenet_r50_v5p_64": ("ImageNet ResNet-50, 4096 per view", IMAGENET_R50, "v5p:4x4x4"),

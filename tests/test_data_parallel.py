@@ -110,3 +110,70 @@ def test_collectives_and_activation_shapes_are_read_from_hlo_text():
     hlo += "\n%fm = f32[64,16,16,8]{3,2,1,0} all-gather(%c), channel_id=5"
     assert len(compile_lib.activation_collectives(hlo, image_size=32)) == 2
     assert compile_lib.encoder_batch_sizes(hlo) == [32]
+
+
+# --------------------------------------------------------------------------------------------
+# The compile-only command
+# --------------------------------------------------------------------------------------------
+def _compile_command(*more: str) -> list[str]:
+    return [sys.executable, "-m", "amcl_jax.compile", *_runs.TINY_FLAGS, *more]
+
+
+def test_compile_command_writes_the_figures_for_fake_cpu_devices(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(_compile_command("--topology=cpu:2", f"--out={out}"),
+                            cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
+    record = json.loads((out / "compile.json").read_text())
+    assert record["topology"] == "cpu:2" and record["devices"] == 2
+    assert record["batch_per_device_per_view"] == 4
+    assert record["encoder_images_per_device"] == 8  # Both views of its 4 images.
+    assert not record["activation_collectives"]
+    memory = record["per_device"]["memory"]
+    assert set(memory) == {"argument", "temp", "output", "alias", "peak"}
+    assert memory["peak"] >= memory["temp"] > 0
+    assert record["per_device"]["flops"] > 0 and record["per_device"]["bytes_accessed"] > 0
+    assert record["collectives"]["all-reduce"]["count"] >= 1  # The gradient reduction.
+    assert record["roofline_step_seconds"] is None  # No published peak for a CPU.
+    assert "convolution(" in (out / "train_step.hlo.txt").read_text()
+    assert "per device:" in result.stdout
+
+
+@pytest.mark.parametrize("topology, message", [
+    ("v9:2x2", "--topology='v9:2x2' is not a topology"),
+    ("cpu:0", "cpu:N needs a device count N >= 1"),
+    ("cpu:3", "batch_size=8 is not divisible by the 3 devices"),
+])
+def test_compile_command_refuses_a_bad_topology_in_one_line(topology, message):
+    result = subprocess.run(_compile_command(f"--topology={topology}"), cwd=_runs.ROOT,
+                            env=_runs.run_env(1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_step_over_the_chips_memory_is_one_line_with_the_levers():
+    result = {"topology": "v5e:1x1", "global_batch_per_view": 4096,
+              "batch_per_device_per_view": 4096, "model_dtype": "float32", "remat": False,
+              "shard_params": False,
+              "per_device": {"fits": False, "hbm_bytes": 16 * 1024**3,
+                             "memory": {"peak": 40 * 1024**3, "argument": 1024**3}}}
+    line = compile_lib.does_not_fit(result)
+    assert "needs 40.00 GiB per device and a device has 16.00 GiB (2.5x)" in line
+    assert "batch_size (now 4096" in line and "model.dtype=bfloat16" in line
+    assert "model.remat=True" in line
+
+
+def test_xlas_out_of_memory_refusal_becomes_one_line_with_the_levers():
+    from conftest import tiny_config
+
+    error = RuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (257.76G) exceeds available HBM (15.75G).")
+    topology = compile_lib.Topology("v5e:1x1", [object()], compile_lib.CHIPS["v5e"], 1)
+    line = compile_lib.out_of_memory_line(error, tiny_config(batch_size=32768), topology)
+    assert line.startswith("the step does not fit on v5e:1x1: needs 257.76G of temporaries "
+                           "per device and a device has 15.75G; lower batch_size (now 32768")
+    assert compile_lib.out_of_memory_line(ValueError("other"), tiny_config(), topology) is None
