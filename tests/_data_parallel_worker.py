@@ -16,12 +16,11 @@ from amcl_jax import compile as compile_lib
 from amcl_jax import methods, program
 
 PER_DEVICE = 4  # Images per device per view.
-# One case per method (its AMCL form where it has one), plain SimCLR, the other AMCL form of
-# SimCLR, and a ViT.
+# One case per method (its AMCL form where it has one: the authors' top-k losses gather the most
+# across devices) and the project's form on a ViT; test_distributed.py checks both forms' numbers.
 CASES = [(name, methods.get_method(name).supports_amcl, "authors", "resnet18")
          for name in methods.available()]
-CASES += [("simclr", False, "authors", "resnet18"), ("simclr", True, "project", "resnet18"),
-          ("simclr", True, "project", "vit_s")]
+CASES += [("simclr", True, "project", "vit_s")]
 
 
 def case_config(name, amcl, form, model, batch):
