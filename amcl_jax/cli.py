@@ -140,6 +140,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if debug_enabled(argv):
             raise
         _fail(_unknown_field(argv, e))
+    except SystemExit as e:  # absl's --help, --helpfull, ... print the flags, then exit 1.
+        raise SystemExit(0 if e.code == 1 else e.code) from None
     error = getattr(FLAGS["config"].value, "_error", None)  # A config file that cannot be read.
     if error is not None:
         _fail(f"--config={FLAGS['config'].config_filename}: cannot load the config file "

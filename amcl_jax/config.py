@@ -25,7 +25,7 @@ OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
 # Both lax.conv_general_dilated; "fast_wgrad", "per_shape" and "xla_cpu" lost and were removed
-# (docs/performance.md).
+# (docs/history.md).
 CONV_IMPLS = ("auto", "lax")
 XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as platform.cpu.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
@@ -118,7 +118,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     # "auto" (or "lax"): the stock lax convolution on every backend, the fastest one measured.
     config.model.conv_impl = "auto"
     # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
-    # (XLA's own convolution is >2x faster here: docs/performance.md); "none"; "jaxlib": both,
+    # (XLA's own convolution is >2x faster here: docs/history.md); "none"; "jaxlib": both,
     # jaxlib 0.10's default.
     config.model.xla_cpu_ynnpack = "dot"
     # CPU backend, ResNets, training only: each block's activations are computed once instead of

@@ -29,7 +29,7 @@ Scales (`scale_config`):
          ResNet-18 at width 0.25 (CIFAR stem), projector 128-64 (the method's number of layers
          and predictor), batch 128, 300 steps (~3.8 epochs
          of the subset), kNN on that 10,000-image bank and 2,000 test queries at steps 0, 150
-         and 300; ~8-10 minutes per run on 2 idle cores (estimated from CPU time, ~3 CPU-s per
+         and 300; about 5-10 minutes per run on 2 idle cores (estimated from CPU time, ~3 CPU-s per
          step; far below the paper's accuracy, meant to compare rows with each other).
   smoke  seconds per run (tests): digits at 8x8, ResNet-18 at width 0.125, 4 steps.
 """

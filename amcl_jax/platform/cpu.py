@@ -5,7 +5,7 @@
   XLA's own (Eigen) kernel and whose backward is slower still, while its dots are on par. The
   project's programs are compiled with YNNPACK for dots only ("dot", the default): 1.09x on the
   ResNet-18 step. With it the stock `lax.conv_general_dilated` is faster than every convolution
-  formulation tried (docs/performance.md).
+  formulation tried (docs/history.md).
 - `fusion_barrier` (`model.cpu_fusion_barriers`): stops XLA:CPU from recomputing each block's
   BatchNorm / ReLU chain inside the backward pass: 1.17x on the same step.
 

@@ -9,7 +9,7 @@ shared by the heads, and one head (C = 1).
     python -m amcl_jax.reproduce --table=configs/paper/amcl_choices.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_choices_cpu
 
-Runtime: 6 rows x 1 seed at cpu scale, ~7-10 minutes per run on 2 idle cores.
+Runtime: 6 rows x 1 seed at cpu scale, about 5-10 minutes per run on 2 idle cores.
 """
 
 from amcl_jax.reproduce import Row, Table

@@ -9,7 +9,7 @@ MoCo (InfoNCE, tau 0.1); and AMCL-MoCo in both forms (MoCo's recipe takes the au
     python -m amcl_jax.reproduce --table=configs/paper/amcl_forms.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu
 
-Runtime: 6 rows x 3 seeds at cpu scale, 4-10 minutes per run on 2 idle cores (~2 hours); the
+Runtime: 6 rows x 3 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~2 hours); the
 command resumes where it stopped, so the table can be filled over several sittings.
 """
 

@@ -17,7 +17,7 @@ gives no per-row numbers with AMCL here. Rows of methods not yet registered in
     python -m amcl_jax.reproduce --table=configs/paper/augmentations.py --scale=smoke \
         --methods=simclr --workdir=runs/paper_augmentations_smoke
 
-Runtime: cpu scale ~7-10 minutes per run on 2 idle cores, so the README table (5 letters x
+Runtime: cpu scale about 5-10 minutes per run on 2 idle cores, so the README table (5 letters x
 2 AMCL x 2 seeds = 20 runs) takes ~2.5-3.5 hours; interrupt and re-run the same command at
 any time to continue. smoke: ~10-20 s per run. full: 78,200 steps per run (roughly 10-20 GPU
 hours each).

@@ -10,7 +10,7 @@ not comparable with the CIFAR-10 800-epoch numbers of the other tables.
     python -m amcl_jax.reproduce --table=configs/paper/heads.py --scale=full \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/paper_heads
 
-Runtime: 5 rows x 2 seeds = 10 runs at cpu scale, ~7-10 minutes each on 2 idle cores
+Runtime: 5 rows x 2 seeds = 10 runs at cpu scale, about 5-10 minutes each on 2 idle cores
 (~1.5 hours; 5 heads costs a little more than 1); full: 5 x 3 runs of 78,200 steps.
 """
 

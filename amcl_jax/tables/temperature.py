@@ -15,7 +15,7 @@ Published (poster, read off a plot, +-0.2): global constant tau 81.4, fully adap
     python -m amcl_jax.reproduce --table=configs/paper/temperature.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/paper_temperature_cpu
 
-Runtime: 5 rows x 2 seeds at cpu scale, ~7-10 minutes per run on 2 idle cores (~1.5 hours).
+Runtime: 5 rows x 2 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~1.5 hours).
 """
 
 from amcl_jax.reproduce import Published, Row, Table
