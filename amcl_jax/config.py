@@ -14,7 +14,6 @@ import ml_collections
 
 from amcl_jax import forms
 
-METHODS = ("simclr",)
 NEGATIVES = ("topk", "max", "logsumexp")
 TEMPERATURE_NETS = ("pair_score", "concat_mlp")
 BARLOW_TWINS_TEMPERATURES = ("channel_map", "low_rank")
@@ -24,10 +23,6 @@ ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
 STEMS = ("cifar", "imagenet")
-# Both lax.conv_general_dilated; "fast_wgrad", "per_shape" and "xla_cpu" lost and were removed
-# (docs/history.md).
-CONV_IMPLS = ("auto", "lax")
-XLA_CPU_YNNPACK = ("jaxlib", "dot", "none")  # as platform.cpu.XLA_CPU_YNNPACK
 DTYPES = ("float32", "bfloat16")
 CORRUPT_IMAGES = ("skip", "fail")
 AUGMENT_ON = ("host", "device", "auto")  # as data.device_augment.AUGMENT_ON
@@ -115,8 +110,6 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 1.0
     config.model.stem = "cifar"
-    # "auto" (or "lax"): the stock lax convolution on every backend, the fastest one measured.
-    config.model.conv_impl = "auto"
     # CPU backend only: which of XLA:CPU's convolutions and dots YNNPACK runs. "dot": dots only
     # (XLA's own convolution is >2x faster here: docs/history.md); "none"; "jaxlib": both,
     # jaxlib 0.10's default.
@@ -263,13 +256,14 @@ def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     """Checks every field that can be checked before loading data; raises ConfigError."""
-    from amcl_jax import methods, models  # Registries; imported late to keep this module light.
+    # Registries and the CPU settings; imported late to keep this module light.
+    from amcl_jax import methods, models
+    from amcl_jax.platform import cpu
 
     _one_of(config, "method", methods.available())
     _one_of(config, "model.name", tuple(models.ENCODERS))
     _one_of(config, "model.stem", STEMS)
-    _one_of(config, "model.conv_impl", CONV_IMPLS)
-    _one_of(config, "model.xla_cpu_ynnpack", XLA_CPU_YNNPACK)
+    _one_of(config, "model.xla_cpu_ynnpack", tuple(cpu.XLA_CPU_YNNPACK))
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "optimizer.name", OPTIMIZERS)
     _one_of(config, "optimizer.schedule", SCHEDULES)

@@ -251,9 +251,9 @@ def _knn_top1(workdir: str, step: int) -> dict[str, Any]:
         try:
             import orbax.checkpoint as ocp
 
-            from amcl_jax import train
+            from amcl_jax.checkpoints import checkpoint_manager
 
-            manager = train.checkpoint_manager(workdir)
+            manager = checkpoint_manager(workdir)
             try:
                 meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
                 history, source = meta["meta"].get("knn", []), "checkpoint meta"
@@ -321,13 +321,13 @@ def export_encoder(workdir: str, *, fmt: str = "npz", with_heads: bool = False,
         _require("torch", fmt)
     import jax
 
-    from amcl_jax import train
+    from amcl_jax.checkpoints import load_config, load_pretrained
     from amcl_jax.workdir import atomic_write_json, read_recorded_config
 
-    config = train.load_config(workdir)
+    config = load_config(workdir)
     if fmt == "torch":
         _check_torch_model(config.model.name)
-    config, _, variables, step = train.load_pretrained(workdir, step)
+    config, _, variables, step = load_pretrained(workdir, step)
     variables = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
     params, stats = variables["params"], variables.get("batch_stats", {})
     if "encoder" not in params:

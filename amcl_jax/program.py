@@ -24,6 +24,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from amcl_jax import methods, optim
+from amcl_jax import state as state_lib
+from amcl_jax import step as step_lib
 from amcl_jax.methods.common import DATA_AXIS, xla_cpu_ynnpack
 from amcl_jax.platform import cpu
 
@@ -124,19 +126,17 @@ class Programs:
 def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
           backend: str | None = None) -> Programs:
     """The run's model, optimizer and jitted programs on `mesh` (nothing is allocated)."""
-    from amcl_jax import train  # The step and the state live with the trainer.
-
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)
-    init_state = functools.partial(train.create_train_state, config, model, method, tx)
+    init_state = functools.partial(state_lib.create_train_state, config, model, method, tx)
     state_shapes = jax.eval_shape(init_state)
     shardings = state_shardings(state_shapes, mesh,
                                 shard_params=bool(config.model.get("shard_params", False)))
     options = compiler_options(config, backend)
     replicated = NamedSharding(mesh, P())
     step = jax.jit(
-        functools.partial(train.train_step, model=model, method=method, tx=tx, schedule=schedule,
+        functools.partial(step_lib.train_step, model=model, method=method, tx=tx, schedule=schedule,
                           config=config, total_steps=total_steps, mesh=mesh),
         in_shardings=(shardings, NamedSharding(mesh, P(None, DATA_AXIS)),
                       NamedSharding(mesh, P(DATA_AXIS))),

@@ -248,12 +248,11 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, *, linear_probe: bo
             probe_config=None, log=print) -> dict[str, Any]:
     """Pretrains (or resumes, or skips) one (row, seed); returns its summary (+ linear probe)."""
     from amcl_jax import train
+    from amcl_jax.workdir import CONFIG_FILE, config_changes
 
     summary_path = os.path.join(run_dir, "summary.json")
-    config_path = os.path.join(run_dir, train.CONFIG_FILE)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
     if os.path.exists(config_path):
-        from amcl_jax.workdir import config_changes
-
         with open(config_path) as f:
             previous = json.load(f)
         if any(config_changes(previous, config)):  # Form fields compared as resolved.
@@ -369,7 +368,7 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
             entry.update(status=why_not, ours=None, config=None)
             results.append(entry)
             continue
-        from amcl_jax.train import NonFiniteError
+        from amcl_jax.state import NonFiniteError
 
         summaries = []
         try:

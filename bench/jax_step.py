@@ -19,7 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from amcl_jax import losses, methods, models, optim
 from amcl_jax.config import get_default_config
-from amcl_jax.train import TrainState, compiler_options, train_step
+from amcl_jax.program import compiler_options
+from amcl_jax.state import TrainState
+from amcl_jax.step import train_step
 
 # name -> config overrides ("section.field": value).
 VARIANTS: dict[str, dict] = {

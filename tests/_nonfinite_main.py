@@ -13,11 +13,11 @@ sys.path.insert(0, ".")
 
 import jax.numpy as jnp  # noqa: E402
 
-from amcl_jax import train  # noqa: E402
+from amcl_jax import step  # noqa: E402
 
 nan_step = int(sys.argv[1])
 script, sys.argv = sys.argv[2], sys.argv[2:]
-real_train_step = train.train_step
+real_train_step = step.train_step
 
 
 def train_step_with_nan_views(state, views, labels=None, **kwargs):
@@ -25,5 +25,5 @@ def train_step_with_nan_views(state, views, labels=None, **kwargs):
     return real_train_step(state, views, labels, **kwargs)
 
 
-train.train_step = train_step_with_nan_views
+step.train_step = train_step_with_nan_views
 runpy.run_path(script, run_name="__main__")

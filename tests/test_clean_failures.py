@@ -72,15 +72,15 @@ def test_load_split_refuses_a_missing_data_dir_before_downloading(tmp_path):
 SLOW_LOADING = """if True:
     import runpy, sys, time
     sys.path.insert(0, ".")
-    from amcl_jax import train
-    load_data = train.load_data
+    from amcl_jax.data import inputs
+    load_data = inputs.load_data
 
     def slow_load_data(*args, **kwargs):
         print("loading data", flush=True)
         time.sleep(120)
         return load_data(*args, **kwargs)
 
-    train.load_data = slow_load_data
+    inputs.load_data = slow_load_data
     sys.argv = sys.argv[1:]
     runpy.run_path("main.py", run_name="__main__")
 """

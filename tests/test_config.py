@@ -17,7 +17,6 @@ BAD_VALUES = [
     ("method", "simclrr"),
     ("model.name", "resnet19"),
     ("model.stem", "tiny"),
-    ("model.conv_impl", "per_shape"),  # A formulation that lost and was removed.
     ("model.xla_cpu_ynnpack", "eigen"),
     ("model.dtype", "float16"),
     ("model.batch_norm_groups", 0),
@@ -108,21 +107,19 @@ def test_temperature_ablation_is_refused_where_the_loss_has_no_such_split():
 
 
 def test_xla_cpu_ynnpack_settings_and_configs_written_before_the_field():
-    from amcl_jax import config as config_lib
-    from amcl_jax import train
+    from amcl_jax import program
     from amcl_jax.platform import cpu
 
-    assert config_lib.XLA_CPU_YNNPACK == tuple(cpu.XLA_CPU_YNNPACK)
     config = get_default_config()
     assert config.model.xla_cpu_ynnpack == cpu.DEFAULT_XLA_CPU_YNNPACK
-    assert train.compiler_options(config) == cpu.xla_compiler_options(
+    assert program.compiler_options(config) == cpu.xla_compiler_options(
         config.model.xla_cpu_ynnpack)
     old = ml_collections.ConfigDict(json.loads(config.to_json()))
     del old.model["xla_cpu_ynnpack"]
     assert "xla_cpu_ynnpack" not in old.model
-    assert train.compiler_options(old) == train.compiler_options(config)
+    assert program.compiler_options(old) == program.compiler_options(config)
     config.model.xla_cpu_ynnpack = "jaxlib"
-    assert train.compiler_options(config) is None
+    assert program.compiler_options(config) is None
 
 
 def test_cpu_fusion_barriers_reach_the_resnet_and_old_configs_get_them():

@@ -495,7 +495,8 @@ def test_imagenet_from_tfds_resizes_each_image_while_loading():
     `data.load_size` asks) before batching them; without a size it says which field to set."""
     import tensorflow_datasets as tfds
 
-    from amcl_jax import recipes, train
+    from amcl_jax import recipes
+    from amcl_jax.data import inputs
     from amcl_jax.data.files import resize_square
 
     config = recipes.load_config_file(os.path.join(
@@ -503,7 +504,7 @@ def test_imagenet_from_tfds_resizes_each_image_while_loading():
         "imagenet_amcl_simclr.py"))
     config.data.load_size = 24
     with tfds.testing.mock_data(num_examples=6):
-        images, labels, num_classes = train.load_data(config, config.data.eval_test_split)
+        images, labels, num_classes = inputs.load_data(config, config.data.eval_test_split)
         raw = list(tfds.load("imagenet2012", split="validation").as_numpy_iterator())
         with pytest.raises(ValueError, match="data.load_size"):
             load_split("imagenet2012", "validation", data_dir=None)
@@ -536,7 +537,7 @@ def test_imagenet_evaluation_loads_centre_crops_and_pretraining_keeps_its_load_s
     evaluated as loaded."""
     import tensorflow_datasets as tfds
 
-    from amcl_jax import train
+    from amcl_jax.data import inputs
     from amcl_jax.data.files import resize_centre_crop
     from amcl_jax.evaluate import common
 
@@ -546,7 +547,7 @@ def test_imagenet_evaluation_loads_centre_crops_and_pretraining_keeps_its_load_s
     with tfds.testing.mock_data(num_examples=6):
         raw = list(tfds.load("imagenet2012", split="validation").as_numpy_iterator())
         evaluated, labels, _ = common.load_labelled_split(config, "validation")
-        pretraining, _, _ = train.load_data(config, "validation")
+        pretraining, _, _ = inputs.load_data(config, "validation")
         cifar_evaluated, _, _ = common.load_labelled_split(cifar, "test")
     assert len({example["image"].shape for example in raw}) > 1  # Mixed sizes.
     np.testing.assert_array_equal(evaluated, np.stack(
@@ -561,7 +562,7 @@ def test_the_monitor_reads_streamed_imagenet_files_as_centre_crops(tmp_path):
     are."""
     from PIL import Image
 
-    from amcl_jax import train
+    from amcl_jax.data import inputs
     from amcl_jax.data.files import resize_centre_crop
 
     rng = np.random.default_rng(0)
@@ -572,11 +573,11 @@ def test_the_monitor_reads_streamed_imagenet_files_as_centre_crops(tmp_path):
         Image.fromarray(originals[-1]).save(paths[-1])
     native = data.ImageFiles(paths)
     config = tiny_config(**{"data.dataset": "imagenet2012", "data.image_size": 8})
-    monitored = train.monitor_images(config, native)
+    monitored = inputs.monitor_images(config, native)
     assert monitored.size == 8 and monitored.centre_crop
-    assert train.monitor_images(tiny_config(), native) is native
+    assert inputs.monitor_images(tiny_config(), native) is native
     resized_at_load = data.ImageFiles(paths, 16)
-    assert train.monitor_images(config, resized_at_load) is resized_at_load
+    assert inputs.monitor_images(config, resized_at_load) is resized_at_load
     batch = next(eval_iterator(monitored, np.zeros(3, np.int32), batch_size=3, image_size=8,
                                mean=(0.0,) * 3, std=(1.0,) * 3))
     expected = np.stack([resize_centre_crop(tf.constant(o), 8).numpy() for o in originals])

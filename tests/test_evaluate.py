@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from amcl_jax import forms, train
+from amcl_jax import checkpoints, forms, train
 from amcl_jax.config import get_default_config
-from amcl_jax.evaluate import cli, common, figures, knn_eval, linear_probe
+from amcl_jax.evaluate import cli, common, figures, knn_eval, linear_probe, monitor
+from amcl_jax.state import params_sha256
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,13 +89,13 @@ def test_probe_matches_scikit_learns_logistic_regression_and_logs_each_epoch(cap
 
 @pytest.mark.parametrize("augmentations", ["", "ae"])
 def test_linear_probe_never_changes_the_encoder(workdir, augmentations):
-    _, _, before, step = train.load_pretrained(workdir)
-    before_hash = train.params_sha256(before["params"])
-    stats_hash = train.params_sha256(before["batch_stats"])
+    _, _, before, step = checkpoints.load_pretrained(workdir)
+    before_hash = params_sha256(before["params"])
+    stats_hash = params_sha256(before["batch_stats"])
     result = linear_probe.run_linear_probe(workdir, small_probe(augmentations=augmentations))
-    _, _, after, _ = train.load_pretrained(workdir)
-    assert train.params_sha256(after["params"]) == before_hash == result["encoder_params_sha256"]
-    assert train.params_sha256(after["batch_stats"]) == stats_hash  # Inference-mode BatchNorm.
+    _, _, after, _ = checkpoints.load_pretrained(workdir)
+    assert params_sha256(after["params"]) == before_hash == result["encoder_params_sha256"]
+    assert params_sha256(after["batch_stats"]) == stats_hash  # Inference-mode BatchNorm.
     on_disk = json.load(open(os.path.join(workdir, "linear_probe.json")))
     assert 0.0 <= on_disk["top1"] <= on_disk["top5"] <= 1.0
     protocol = on_disk["protocol"]
@@ -106,7 +107,7 @@ def test_linear_probe_never_changes_the_encoder(workdir, augmentations):
 
 def test_knn_from_checkpoint_matches_brute_force(workdir):
     result = knn_eval.run_knn(workdir, k=7, temperature=0.2)
-    config, model, variables, _ = train.load_pretrained(workdir)
+    config, model, variables, _ = checkpoints.load_pretrained(workdir)
     fn = common.features_fn_for_layer(model, "backbone")
     bank_x, bank_y, num_classes = common.load_labelled_split(config, "train", 160)
     query_x, query_y, _ = common.load_labelled_split(config, "test", 64)
@@ -148,10 +149,10 @@ def test_comparable_evaluations_keep_one_protocol_and_older_entries():
     history = [{"step": 0, "protocol": k50}, {"step": 2, "protocol": k5}, {"step": 4},
                {"step": 6, "protocol": k5}]
     # Step 4 was written before evaluations recorded their protocol: comparable, as it was.
-    assert [e["step"] for e in train.comparable_evaluations(history, history[-1])] == [2, 4, 6]
-    assert [e["step"] for e in train.comparable_evaluations(history, history[0])] == [0, 4]
+    assert [e["step"] for e in monitor.comparable_evaluations(history, history[-1])] == [2, 4, 6]
+    assert [e["step"] for e in monitor.comparable_evaluations(history, history[0])] == [0, 4]
     legacy = [{"step": 0}, {"step": 2}]
-    assert train.comparable_evaluations(legacy, legacy[-1]) == legacy
+    assert monitor.comparable_evaluations(legacy, legacy[-1]) == legacy
 
 
 def test_figures_are_written(workdir):

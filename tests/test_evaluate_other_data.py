@@ -16,7 +16,7 @@ from conftest import tiny_config
 from amcl_jax import data as data_lib
 from amcl_jax import train
 from amcl_jax.config import ConfigError
-from amcl_jax.data import sources
+from amcl_jax.data import inputs, sources
 from amcl_jax.errors import UsageError
 from amcl_jax.evaluate import common, knn_eval, linear_probe
 
@@ -89,7 +89,7 @@ def test_knn_on_another_dataset_keeps_the_encoders_input_contract(pretrained, mo
     # dataset's statistics (CIFAR-10's), not those of the evaluation data's name (unknown: 0.5).
     assert all(b.shape[1:] == (8, 8, 3) for b in batches) and batches
     images, labels, _ = data_lib.load_split("shapes", "train", data_dir=other)
-    images, _ = train.fixed_subset(images, labels, 80)  # The bank, as the monitor caps it.
+    images, _ = inputs.fixed_subset(images, labels, 80)  # The bank, as the monitor caps it.
     mean, std = data_lib.dataset_stats("cifar10")
     expected = (sources.resize_uint8(images[:32], 8) / 255.0 - mean) / std
     np.testing.assert_allclose(batches[0], expected, atol=0.03)

@@ -20,8 +20,11 @@ import pytest
 from conftest import tiny_config
 
 import amcl_jax
-from amcl_jax import export, methods, models, optim, train
+from amcl_jax import export, methods, models, optim
+from amcl_jax.checkpoints import Checkpointer, load_pretrained
 from amcl_jax.errors import UsageError
+from amcl_jax.state import create_train_state
+from amcl_jax.workdir import CONFIG_FILE
 
 STEP = 3
 KNN_TOP1 = 0.625
@@ -72,15 +75,15 @@ def _write_workdir(workdir: str, **overrides) -> None:
     """config.json, one checkpoint at STEP (with a kNN history entry) and no training."""
     config = tiny_config(**{"data.image_size": 16, **overrides})
     os.makedirs(workdir)
-    with open(os.path.join(workdir, train.CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, _ = optim.build_optimizer(config, total_steps=1)
-    shapes = jax.eval_shape(lambda: train.create_train_state(config, model, method, tx))
+    shapes = jax.eval_shape(lambda: create_train_state(config, model, method, tx))
     state = _random_like(shapes, 1).replace(step=jnp.asarray(STEP, jnp.int32),
                                             nonfinite_step=jnp.asarray(-1, jnp.int32))
-    checkpoints = train.Checkpointer(config, workdir, is_chief=True)
+    checkpoints = Checkpointer(config, workdir, is_chief=True)
     checkpoints.history = {"knn": [{"step": STEP, "knn_top1": KNN_TOP1}]}
     checkpoints.save(STEP, state)
     checkpoints.close()
@@ -100,7 +103,7 @@ def _images(size: int, seed: int = 0) -> np.ndarray:
 @functools.cache
 def _reference(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, features, projections) of the checkpoint's own model, computed once."""
-    _, model, variables, _ = train.load_pretrained(workdir)
+    _, model, variables, _ = load_pretrained(workdir)
     images = _images(16)
     features, projections = jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, images)
@@ -214,7 +217,7 @@ def test_torch_export_refuses_a_vit(tmp_path):
     path = str(tmp_path / "vit")
     os.makedirs(path)
     config = tiny_config(**{"model.name": "vit_s"})
-    with open(os.path.join(path, train.CONFIG_FILE), "w") as f:
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     with pytest.raises(UsageError, match="model.name='vit_s'"):
         export.export_encoder(path, fmt="torch")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from amcl_jax import knn
+from amcl_jax.evaluate import knn
 
 
 def _reference(bank, bank_labels, queries, k, temperature, num_classes):

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from amcl_jax import forms, methods, optim, recipes, reproduce, train, workdir
+from amcl_jax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +46,8 @@ def test_a_resolved_config_builds_the_same_train_state(form):
         method = methods.get_method(c.method)
         model = method.build_model(c)
         tx, _ = optim.build_optimizer(c, total_steps=4)
-        state = jax.jit(functools.partial(train.create_train_state, c, model, method, tx))()
-        states.append(train.state_sha256(state))
+        state = jax.jit(functools.partial(state_lib.create_train_state, c, model, method, tx))()
+        states.append(state_lib.state_sha256(state))
     assert states[0] == states[1]
 
 

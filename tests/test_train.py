@@ -13,8 +13,11 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import tiny_config
 
-from amcl_jax import train
+from amcl_jax import checkpoints, train
+from amcl_jax import state as state_lib
+from amcl_jax import step as step_lib
 from amcl_jax.data._tf import tf
+from amcl_jax.evaluate import monitor
 from amcl_jax.models import linear_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,9 +68,9 @@ def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     assert resumed["knn_top1_init"] == summary["knn_top1_init"]
 
     # The workdir alone gives back the model and its trained parameters.
-    loaded_config, model, variables, step = train.load_pretrained(workdir)
+    loaded_config, model, variables, step = checkpoints.load_pretrained(workdir)
     assert step == 6 and loaded_config.amcl.enabled is amcl
-    assert train.params_sha256(variables["params"]) == resumed["params_sha256"]
+    assert state_lib.params_sha256(variables["params"]) == resumed["params_sha256"]
     features = model.apply(variables, np.zeros((3, 8, 8, 3), np.float32), method="features")
     assert features.shape == (3, 64)  # ResNet-18 at width 0.125: 8 * 8 channels.
 
@@ -146,8 +149,8 @@ def test_a_streamed_image_folder_trains_end_to_end(tmp_path, monkeypatch):
     message = r"data.streaming=True: cannot decode 8 image file\(s\) of batch 2: .*\.png"
     with pytest.raises(train.data_lib.UnreadableImageError, match=message):
         train.train_and_evaluate(config, str(tmp_path / "run"))
-    checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit())[-1] == 2
+    checkpoint_dir = tmp_path / "run" / "checkpoints"
+    assert sorted(int(d.name) for d in checkpoint_dir.iterdir() if d.name.isdigit())[-1] == 2
 
 
 def test_quickstart_config_runs_on_digits(tmp_path):
@@ -175,10 +178,10 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
     features = jnp.asarray(centers[labels] + rng.normal(size=(256, 16)) * 0.3, jnp.float32)
     labels = jnp.asarray(np.where(np.arange(256) % 8 == 0, -1, labels), jnp.int32)
     config = tiny_config(**{"online_probe.enabled": True, "online_probe.num_classes": 4})
-    tx = train.probe_optimizer(config, total_steps=200)
-    params = train.init_probe(16, 4)
+    tx = state_lib.probe_optimizer(config, total_steps=200)
+    params = state_lib.init_probe(16, 4)
     probe = {"params": params, "opt_state": tx.init(params)}
-    update = jax.jit(lambda p: train.probe_update(p, features, labels, tx))
+    update = jax.jit(lambda p: state_lib.probe_update(p, features, labels, tx))
     for _ in range(200):
         probe, metrics = update(probe)
     assert float(metrics["probe_train_top1"]) > 0.99
@@ -193,13 +196,13 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
         method = methods.get_method("simclr")
         model = method.build_model(config)
         tx, schedule = optim.build_optimizer(config, 4)
-        state = train.create_train_state(config, model, method, tx)
+        state = state_lib.create_train_state(config, model, method, tx)
         views = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 3))
-        step = jax.jit(functools.partial(train.train_step, model=model, method=method, tx=tx,
+        step = jax.jit(functools.partial(step_lib.train_step, model=model, method=method, tx=tx,
                                          schedule=schedule, config=config))
         results[enabled] = step(state, views, jnp.arange(8, dtype=jnp.int32) % 3)
     (plain, _), (probed, probed_metrics) = results[False], results[True]
-    assert train.params_sha256(plain.params) == train.params_sha256(probed.params)
+    assert state_lib.params_sha256(plain.params) == state_lib.params_sha256(probed.params)
     assert not plain.probe and "probe_loss" in probed_metrics
     assert float(jnp.abs(probed.probe["params"]["kernel"]).sum()) > 0  # The probe did move.
 
@@ -238,7 +241,7 @@ def test_logged_metrics_are_the_mean_over_the_logging_interval(tmp_path, monkeyp
         return (dataclasses.replace(state, step=state.step + 1),
                 {"loss": step ** 2, "learning_rate": 0.1 * step})
 
-    monkeypatch.setattr(train, "train_step", known_step)
+    monkeypatch.setattr(step_lib, "train_step", known_step)
     config = tiny_config(**{"data.dataset": "digits", "total_steps": 6, "log_every_steps": 4,
                             "eval.every_steps": 100, "checkpoint.every_steps": 100,
                             "eval.max_bank_examples": 64, "eval.max_query_examples": 32})
@@ -259,11 +262,11 @@ def test_feature_extraction_reports_progress_on_large_banks(monkeypatch, capsys)
     labels = np.arange(100, dtype=np.int32) % 10
     features_fn = jax.jit(lambda variables, x: x.reshape(x.shape[0], -1))
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    train.extract_features(features_fn, {}, images, labels, config=config, mesh=mesh)
+    monitor.extract_features(features_fn, {}, images, labels, config=config, mesh=mesh)
     assert "features:" not in capsys.readouterr().out  # A small bank: quiet.
-    monkeypatch.setattr(train, "PROGRESS_MIN_IMAGES", 100)
-    features, _ = train.extract_features(features_fn, {}, images, labels, config=config,
-                                         mesh=mesh)
+    monkeypatch.setattr(monitor, "PROGRESS_MIN_IMAGES", 100)
+    features, _ = monitor.extract_features(features_fn, {}, images, labels, config=config,
+                                           mesh=mesh)
     lines = [line for line in capsys.readouterr().out.splitlines() if "features:" in line]
     assert features.shape == (100, 192) and len(lines) == 10  # At each tenth.
     assert "100/100 images (100%)" in lines[-1] and "images/s" in lines[-1]

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import set_field, tiny_config
 
-from amcl_jax import errors, reproduce, train, workdir
+from amcl_jax import checkpoints, errors, reproduce, train, workdir
 from amcl_jax.config import ConfigError, get_default_config, validate_config
+from amcl_jax.data import inputs
 from amcl_jax.evaluate import knn_eval
 
 # ---- In-process: validate_config (field, value, text the one-line message must hold). ----
@@ -86,7 +87,7 @@ DATA_CASES = [  # check_data_sizes(config overrides, num_train, bank labels, que
 def test_data_too_small_for_the_config(overrides, num_train, bank, queries, expected):
     config = tiny_config(**overrides)
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        train.check_data_sizes(config, num_train=num_train, bank_labels=np.asarray(bank),
+        inputs.check_data_sizes(config, num_train=num_train, bank_labels=np.asarray(bank),
                                num_queries=queries)
 
 
@@ -98,7 +99,7 @@ def test_a_state_that_cannot_fit_fails_with_an_estimate():
         jax.ShapeDtypeStruct((10**9, 16, 8), np.float32))
     with pytest.raises(ConfigError, match=r"does not fit.*need at least [\d.]+ (TiB|GiB|PiB).*"
                                           r"amcl.num_heads=1000000000"):
-        train.check_state_fits(config, state)
+        inputs.check_state_fits(config, state)
 
 
 # ---- In-process: python -m amcl_jax.reproduce's arguments. ----
@@ -213,6 +214,7 @@ def test_resume_accepts_and_records_safe_changes_and_reads_old_configs(tmp_path)
     config = tiny_config()
     recorded = json.loads(config.to_json())
     del recorded["amcl"]["chunk_size"]  # An older run's file, without a newer field.
+    recorded["model"]["conv_impl"] = "auto"  # ... and with a field since removed.
     new = tiny_config(**{"total_steps": 9, "eval.knn_k": 3, "checkpoint.every_steps": 5})
     refused, accepted = workdir.config_changes(recorded, new)
     assert refused == [] and [f for f, _, _ in accepted] == [
@@ -233,7 +235,7 @@ def test_a_truncated_config_json_is_named(tmp_path):
     with pytest.raises(workdir.RecordedConfigError, match="config.json cannot be read"):
         train.train_and_evaluate(tiny_config(), path)
     with pytest.raises(workdir.RecordedConfigError, match="config.json cannot be read"):
-        train.load_config(path)  # The evaluation modes' reader.
+        checkpoints.load_config(path)  # The evaluation modes' reader.
 
 
 # ---- One run per workdir. ----

@@ -30,7 +30,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from amcl_jax import data as data_lib
-from amcl_jax import losses, train
+from amcl_jax import losses
+from amcl_jax.data import inputs
+from amcl_jax.evaluate import monitor
 
 # "backbone": the encoder's pooled features (the paper's kNN and linear-probe input);
 # "head<c>": projection head c's output; "heads": every head's L2-normalised output, concatenated.
@@ -153,12 +155,12 @@ def load_labelled_split(config: ml_collections.ConfigDict, split: str, max_examp
     Examples labelled -1 (STL-10's "unlabelled" split) are dropped; `max_examples` > 0 keeps a
     fixed random subset (seed 0), as the pretraining monitor does. ImageNet-style datasets are
     loaded as evaluated: resized to data.image_size / 0.875 and centre-cropped
-    (`train.load_data(for_evaluation=True)`).
+    (`data.inputs.load_data(for_evaluation=True)`).
     """
-    images, labels, num_classes = train.load_data(config, split, for_evaluation=True)
+    images, labels, num_classes = inputs.load_data(config, split, for_evaluation=True)
     if np.any(labels < 0):
         images, labels = images[labels >= 0], labels[labels >= 0]
-    images, labels = train.fixed_subset(images, labels, max_examples)
+    images, labels = inputs.fixed_subset(images, labels, max_examples)
     return images, labels, num_classes
 
 
@@ -166,7 +168,7 @@ def features_fn_for_layer(model, layer: str, compiler_options: dict | None = Non
                           ) -> Callable[[dict, jax.Array], jax.Array]:
     """A jitted `fn(variables, images (B, H, W, 3)) -> (B, F) float32` for `layer`.
 
-    `compiler_options`: for `jax.jit`, as `train.compiler_options(config)` gives them.
+    `compiler_options`: for `jax.jit`, as `program.compiler_options(config)` gives them.
     """
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if layer == "backbone":
@@ -208,11 +210,7 @@ def features_fn_for_layer(model, layer: str, compiler_options: dict | None = Non
 
 def extract(config, features_fn, variables, images: np.ndarray, labels: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, F) float32 and labels (N,) of every example once (train.extract_features)."""
+    """Features (N, F) float32 and labels (N,) of every example once (monitor.extract_features)."""
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    return train.extract_features(features_fn, variables, images, labels, config=config,
-                                  mesh=mesh)
-
-
-def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return data_lib.dataset_stats(dataset)
+    return monitor.extract_features(features_fn, variables, images, labels, config=config,
+                                    mesh=mesh)

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from amcl_jax import data as data_lib
-from amcl_jax import models, train
+from amcl_jax import models, program
+from amcl_jax.checkpoints import load_pretrained
 from amcl_jax.evaluate import common
 from amcl_jax.methods.simclr import temperature_module
 
@@ -61,7 +62,7 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
     if amcl:
         tau_net = models.BoundTemperature(temperature_module(config), params["temperature_net"])
 
-    @functools.partial(jax.jit, compiler_options=train.compiler_options(config))
+    @functools.partial(jax.jit, compiler_options=program.compiler_options(config))
     def pairs(variables, views):  # views (2, B, H, W, 3)
         batch = views.shape[1]
         _, z = model.apply(variables, views.reshape((-1,) + views.shape[2:]), train=False)
@@ -148,7 +149,7 @@ def make_figures(workdir: str, *, out_dir: str | None = None, step: int | None =
     """Writes the PNGs (module docstring) and `figures.json`; returns {name: path, ...}."""
     if embedding not in ("pca", "tsne"):
         raise ValueError(f"embedding={embedding!r}: allowed values are 'pca', 'tsne'")
-    config, model, variables, ckpt_step = train.load_pretrained(workdir, step)
+    config, model, variables, ckpt_step = load_pretrained(workdir, step)
     out_dir = out_dir or os.path.join(workdir, "figures")
     os.makedirs(out_dir, exist_ok=True)
     images, labels, _ = common.load_labelled_split(config, config.data.eval_test_split,
@@ -168,7 +169,7 @@ def make_figures(workdir: str, *, out_dir: str | None = None, step: int | None =
                 stats["neg_cos"], "cosine similarity")
     features, feature_labels = common.extract(
         config, common.features_fn_for_layer(
-            model, "backbone", train.compiler_options(config)), variables, images, labels)
+            model, "backbone", program.compiler_options(config)), variables, images, labels)
     _embedding_plot(paths["features"], features, feature_labels, embedding,
                     f"Backbone features ({embedding.upper()}), {name}")
 

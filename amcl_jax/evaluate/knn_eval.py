@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from amcl_jax import knn, train
+from amcl_jax import program
+from amcl_jax.checkpoints import checkpoint_manager, load_pretrained
 from amcl_jax.errors import UsageError
-from amcl_jax.evaluate import common
+from amcl_jax.evaluate import common, knn
+from amcl_jax.evaluate.monitor import comparable_evaluations
 from amcl_jax.workdir import atomic_write_json
 
 RESULT_FILE = "knn.json"
@@ -43,7 +45,7 @@ def training_knn_history(workdir: str) -> list[dict[str, Any]]:
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             return list(json.load(f).get("knn_history", []))
-    manager = train.checkpoint_manager(workdir)
+    manager = checkpoint_manager(workdir)
     try:
         step = manager.latest_step()
         if step is None:
@@ -82,13 +84,13 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
             raise UsageError(f"--{flag}={value} and --config.{field}={overrides[field]!r} both "
                              "set it: give one")
     common.check_overrides(overrides)  # Before reading the checkpoint.
-    config, model, variables, ckpt_step = train.load_pretrained(workdir, step)
+    config, model, variables, ckpt_step = load_pretrained(workdir, step)
     config, data_config = common.evaluation_configs(
         config, eval_dataset=eval_dataset, eval_data_dir=eval_data_dir, overrides=overrides,
         num_devices=jax.device_count())
     k = int(config.eval.knn_k if k is None else k)
     temperature = float(config.eval.knn_temperature if temperature is None else temperature)
-    features_fn = common.features_fn_for_layer(model, layer, train.compiler_options(config))
+    features_fn = common.features_fn_for_layer(model, layer, program.compiler_options(config))
     size = config.data.image_size  # Traced only: checks the layer (head index) before the data.
     jax.eval_shape(features_fn, variables, jnp.zeros((1, size, size, 3), jnp.float32))
     max_bank = config.eval.max_bank_examples if max_bank_examples is None else max_bank_examples
@@ -113,7 +115,7 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     history = training_knn_history(workdir)
     # Only the evaluations measured as the last one was (a resumed run may change eval.*), and
     # none on another dataset (the monitor measured the pretraining data).
-    comparable = (train.comparable_evaluations(history, max(history, key=lambda e: e["step"]))
+    comparable = (comparable_evaluations(history, max(history, key=lambda e: e["step"]))
                   if history and not common.other_data(config, data_config) else [])
     best = max(comparable, key=lambda e: e["knn_top1"]) if comparable else None
     recorded = {} if best is None else best.get("protocol", {})

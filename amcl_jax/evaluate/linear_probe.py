@@ -38,9 +38,11 @@ import numpy as np
 import optax
 
 from amcl_jax import data as data_lib
-from amcl_jax import losses, optim, train
+from amcl_jax import losses, optim, program
+from amcl_jax.checkpoints import load_pretrained
 from amcl_jax.evaluate import common
 from amcl_jax.models import linear_classifier
+from amcl_jax.state import params_sha256
 from amcl_jax.workdir import atomic_write_json
 
 RESULT_FILE = "linear_probe.json"
@@ -241,12 +243,12 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
     validate_probe_config(probe)
     common.check_overrides(config_overrides or {})  # Before reading the checkpoint.
     start = time.time()
-    config, model, variables, step = train.load_pretrained(
+    config, model, variables, step = load_pretrained(
         workdir, None if probe.step < 0 else int(probe.step))
     config, data_config = common.evaluation_configs(
         config, eval_dataset=eval_dataset, eval_data_dir=eval_data_dir,
         overrides=config_overrides, num_devices=jax.device_count())
-    encoder_hash = train.params_sha256(variables["params"])
+    encoder_hash = params_sha256(variables["params"])
     train_split = probe.train_split or config.data.eval_train_split
     test_split = probe.test_split or config.data.eval_test_split
     train_images, train_labels, num_classes = common.load_labelled_split(
@@ -254,7 +256,7 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
     test_images, test_labels, _ = common.load_labelled_split(
         data_config, test_split, probe.max_test_examples)
     features_fn = common.features_fn_for_layer(
-        model, probe.feature_layer, train.compiler_options(config))
+        model, probe.feature_layer, program.compiler_options(config))
     train_features, train_y = common.extract(config, features_fn, variables, train_images,
                                              train_labels)
     test_features, test_y = common.extract(config, features_fn, variables, test_images,
@@ -268,7 +270,7 @@ def run_linear_probe(workdir: str, probe: ml_collections.ConfigDict | None = Non
             np.asarray(norm(train_features)), train_y, num_classes, probe)
     test_metrics = evaluate_classifier(params, np.asarray(norm(test_features)), test_y)
     train_metrics = evaluate_classifier(params, np.asarray(norm(train_features)), train_y)
-    if train.params_sha256(variables["params"]) != encoder_hash:
+    if params_sha256(variables["params"]) != encoder_hash:
         raise RuntimeError("the linear probe changed the encoder's parameters")
     result = {
         "top1": test_metrics["top1"],
