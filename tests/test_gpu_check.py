@@ -1,4 +1,4 @@
-"""`bench/gpu_check.py` and `bench/gather_gpu_payload.py` on the CPU, at toy scale.
+"""`tools/gpu_check.py` and `tools/gather_gpu_payload.py` on the CPU, at toy scale.
 
 The GPU check runs once per GPU session, prepared here: its whole logic (every phase, the
 budgeted CIFAR-10 runs stopped through the trainer's preemption, the kNN, both reports) runs
@@ -42,7 +42,7 @@ def test_gpu_check_runs_every_phase_without_tensorflow_and_reports_them(tmp_path
     archive = _write_archive(str(tmp_path / "cifar10-jpeg.tar.gz"))
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, WRAPPER, "bench/gpu_check.py", "--out", str(out), "--toy",
+        [sys.executable, WRAPPER, "tools/gpu_check.py", "--out", str(out), "--toy",
          "--data_dir", archive, "--train_seconds", "3"],
         cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout[-3000:], _runs.stderr_excerpt(result.stderr))
@@ -102,7 +102,7 @@ def test_gpu_check_runs_every_phase_without_tensorflow_and_reports_them(tmp_path
 
 
 def test_payload_copies_the_data_sizes_it_and_prints_the_command(tmp_path, capsys):
-    from bench import gather_gpu_payload as payload
+    from tools import gather_gpu_payload as payload
 
     assert payload.pinned("dm-pix") == "dm-pix==0.4.5"
     assert payload.pinned("ml_collections") == "ml_collections==1.1.0"
@@ -118,7 +118,7 @@ def test_payload_copies_the_data_sizes_it_and_prints_the_command(tmp_path, capsy
     assert "0.00 MiB  total (limit 64 MiB)" in printed
     assert f"--no-deps {out}/*.whl" in printed
     assert f"--data_dir {out}/cifar10-jpeg.tar.gz" in printed
-    assert "python bench/gpu_check.py --out $OUT" in printed
+    assert "python tools/gpu_check.py --out $OUT" in printed
 
     assert payload.main([*argv, "--limit_mib", "0.001"]) == 1
     assert "OVER THE LIMIT" in capsys.readouterr().out
@@ -127,7 +127,7 @@ def test_payload_copies_the_data_sizes_it_and_prints_the_command(tmp_path, capsy
 def test_payload_import_check_finds_nothing_missing_beyond_the_payload():
     """The GPU check's modules, loaded without TensorFlow, need the payload's two wheels and
     nothing else the GPU machine lacks; without a wheel, the check names it."""
-    from bench import gather_gpu_payload as payload
+    from tools import gather_gpu_payload as payload
 
     needed = payload.imported_distributions()
     assert {"jax", "flax", "ml-collections", "dm-pix"} <= needed

@@ -1,11 +1,11 @@
 """Issue 21's GPU check in one command: no TensorFlow, TFDS or clu; ~9 minutes on one H100/H200.
 
-    python bench/gather_gpu_payload.py           # here: wheels + CIFAR-10 archive -> payload/
+    python tools/gather_gpu_payload.py           # here: wheels + CIFAR-10 archive -> payload/
     # on the GPU machine (it prints this line):
     python -m pip install --no-index --no-deps payload/*.whl || export PYTHONPATH=...; \\
-        python bench/gpu_check.py --out $OUT --data_dir payload/cifar10-jpeg.tar.gz
+        python tools/gpu_check.py --out $OUT --data_dir payload/cifar10-jpeg.tar.gz
 
-    python bench/gpu_check.py --out /tmp/check --data_dir D --toy   # the same logic, toy scale
+    python tools/gpu_check.py --out /tmp/check --data_dir D --toy   # the same logic, toy scale
 
 Writes OUT/gpu_check.json and OUT/gpu_check.md, both with the device (GPU model, memory,
 driver) and the package versions (python, jax, jaxlib, its CUDA plugin, flax, optax, torch, CUDA
@@ -67,8 +67,7 @@ import time
 import traceback
 
 STARTED = time.time()
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH_DIR)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PHASES = ("steps", "loop", "cifar10", "torch_compile")  # in this order
 # JAX variants of the step phase: name -> config overrides.

@@ -1,6 +1,6 @@
-"""Gathers what `bench/gpu_check.py` needs and the GPU machine lacks into payload/ (git-ignored).
+"""Gathers what `tools/gpu_check.py` needs and the GPU machine lacks into payload/ (git-ignored).
 
-    python bench/gather_gpu_payload.py   # --data ../shared/data/cifar10-jpeg.tar.gz --out payload
+    python tools/gather_gpu_payload.py   # --data ../shared/data/cifar10-jpeg.tar.gz --out payload
 
 The GPU machine (docs/gpu.md) has Python 3.12 with JAX (CUDA), flax, optax, orbax-checkpoint,
 chex, PyTorch, torchvision, Pillow, scikit-learn, matplotlib and tensorboard, but not
@@ -47,7 +47,7 @@ for name in ("tensorflow", "tensorflow_datasets", "clu"):
     sys.modules[name] = None
 sys.path.insert(0, {root!r})
 import PIL.Image
-import bench.gpu_check, bench.run, bench.loop, bench.jax_step, bench.flops
+import tools.gpu_check, bench.run, bench.loop, bench.jax_step, bench.flops
 import amcl_jax.train, amcl_jax.evaluate.knn_eval, amcl_jax.data.device_augment
 print(json.dumps(sorted({{os.path.realpath(module.__file__) for module in sys.modules.values()
                           if getattr(module, "__file__", None)}})))
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     print("On the GPU machine, from the repository root (with the payload folder carried):")
     print(f"python -m pip install --no-index --no-deps {rel}/*.whl || export PYTHONPATH="
           f"$(ls {rel}/*.whl | tr '\\n' ':')$PYTHONPATH; "
-          f"python bench/gpu_check.py --out $OUT --data_dir {archive}")
+          f"python tools/gpu_check.py --out $OUT --data_dir {archive}")
     return status
 
 
