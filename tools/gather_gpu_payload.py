@@ -38,7 +38,11 @@ PAYLOAD_PACKAGES = ("ml_collections", "dm-pix")
 ON_GPU_MACHINE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "torch",
                   "torchvision", "pillow", "scikit-learn", "matplotlib", "tensorboard", "numpy")
 # Imported when installed, not needed: distribution -> who imports it.
-OPTIONAL_IMPORTS = {"flatbuffers": "jax (jax._src.export, in a try: block)"}
+OPTIONAL_IMPORTS = {
+    "flatbuffers": "jax (jax._src.export, in a try: block)",
+    "tqdm": "torch.hub (torchvision.models; a progress bar, in a try: block)",
+    "libtpu": "amcl_jax.platform.backends (only looked up, to keep an absent TPU quiet)",
+}
 DEFAULT_DATA = os.path.join("..", "shared", "data", "cifar10-jpeg.tar.gz")
 # The modules the GPU check imports, loaded with TensorFlow, TFDS and clu blocked.
 IMPORT_CHECK = """
