@@ -41,7 +41,8 @@ SAFE_ON_RESUME = (
     "num_epochs", "total_steps", "log_every_steps", "eval.", "checkpoint.",
     "data.data_dir", "data.cache_dir", "data.download", "data.corrupt_images", "data.streaming",
     "data.eval_train_split", "data.eval_test_split", "logging.",
-    "model.xla_cpu_ynnpack", "model.cpu_fusion_barriers", "amcl.chunk_size",
+    "model.xla_cpu_ynnpack", "model.cpu_fusion_barriers", "amcl.chunk_size", "model.remat",
+    "model.shard_params",
 )
 # Fields resolved and recorded at start (-1 = "the dataset's"): -1 matches the recorded value.
 RESOLVED_AT_START = {"online_probe.num_classes": -1}
