@@ -347,36 +347,30 @@ def compile_step(config, topology: Topology, *, hlo_path: str | None = None) -> 
     }
 
 
+def levers(batch: int, devices: int, *, dtype: str, remat: bool, shard_params: bool) -> str:
+    """What to change for a step that does not fit, as one clause."""
+    options = [f"lower batch_size (now {batch}, {batch // devices} per device per view)"]
+    if dtype != "bfloat16":
+        options.append("set model.dtype=bfloat16")
+    if not remat:
+        options.append("set model.remat=True")
+    if not shard_params:
+        options.append("set model.shard_params=True (large models)")
+    return ", or ".join(options)
+
+
 def does_not_fit(result: dict[str, Any]) -> str | None:
     """One line for a step whose peak exceeds the device's HBM, with what to change."""
     per_device = result["per_device"]
     if per_device["fits"] is not False:
         return None
     peak, hbm = per_device["memory"]["peak"], per_device["hbm_bytes"]
-    levers = [f"batch_size (now {result['global_batch_per_view']}, "
-              f"{result['batch_per_device_per_view']} per device per view)"]
-    if result["model_dtype"] != "bfloat16":
-        levers.append("model.dtype=bfloat16")
-    if not result["remat"]:
-        levers.append("model.remat=True")
-    if not result["shard_params"] and per_device["memory"]["argument"] > hbm / 4:
-        levers.append("model.shard_params=True")
-    return (f"the step does not fit on {result['topology']}: it needs "
-            f"{format_bytes(peak)} per device and a device has {format_bytes(hbm)} "
-            f"({peak / hbm:.1f}x); lower " + ", or set ".join(levers))
-
-
-def levers(config, topology: Topology) -> str:
-    """What to change for a step that does not fit, as one clause."""
-    batch, devices = int(config.batch_size), len(topology.devices)
-    options = [f"lower batch_size (now {batch}, {batch // devices} per device per view)"]
-    if config.model.dtype != "bfloat16":
-        options.append("set model.dtype=bfloat16")
-    if not config.model.get("remat", False):
-        options.append("set model.remat=True")
-    if not config.model.get("shard_params", False):
-        options.append("set model.shard_params=True (large models)")
-    return ", or ".join(options)
+    batch = result["global_batch_per_view"]
+    return (f"the step does not fit on {result['topology']}: it needs {format_bytes(peak)} per "
+            f"device and a device has {format_bytes(hbm)} ({peak / hbm:.1f}x); "
+            + levers(batch, batch // result["batch_per_device_per_view"],
+                     dtype=result["model_dtype"], remat=result["remat"],
+                     shard_params=result["shard_params"]))
 
 
 def out_of_memory_line(error: BaseException, config, topology: Topology) -> str | None:
@@ -387,7 +381,10 @@ def out_of_memory_line(error: BaseException, config, topology: Topology) -> str 
     match = re.search(r"\(([\d.]+[KMGTP]?)\) exceeds available HBM \(([\d.]+[KMGTP]?)\)", text)
     need = f" needs {match.group(1)} of temporaries per device and a device has {match.group(2)}"
     return (f"the step does not fit on {topology.name}:{need if match else ' XLA ran out of'}"
-            f"{'' if match else ' device memory'}; {levers(config, topology)}")
+            f"{'' if match else ' device memory'}; "
+            + levers(int(config.batch_size), len(topology.devices), dtype=config.model.dtype,
+                     remat=bool(config.model.get("remat", False)),
+                     shard_params=bool(config.model.get("shard_params", False))))
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
