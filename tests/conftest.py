@@ -12,13 +12,23 @@ import jax  # noqa: E402
 
 # Tests use tiny shapes: compile time dominates, so skip most XLA optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
-# ... and compile each program once per test session: `train_and_evaluate` builds its jitted
+# ... and compile each program once per test run: `train_and_evaluate` builds its jitted
 # functions anew on every call, so a resumed or repeated run would otherwise compile them again.
-_CACHE_DIR = tempfile.mkdtemp(prefix="amcl_jax_tests_xla_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+# One folder for the whole run: the process that loads this file first (pytest itself, or the
+# xdist controller before it starts its workers) makes it and removes it at exit; the workers and
+# every subprocess the tests start inherit its name (tests/_runs.py passes it on), so whichever
+# process compiles a program first compiles it for all of them.
+SHARED_DIR_ENV = "AMCL_JAX_TEST_SHARED_DIR"
+if not os.environ.get(SHARED_DIR_ENV):
+    os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="amcl_jax_tests_")
+    atexit.register(shutil.rmtree, os.environ[SHARED_DIR_ENV], ignore_errors=True)
+XLA_CACHE_DIR = os.path.join(os.environ[SHARED_DIR_ENV], "xla_cache")
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# A size limit turns on JAX's file lock around each cache read and write: several processes
+# share the folder, and without the lock one could read an entry another is still writing.
+jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
 
 
 def tiny_config(**overrides):
