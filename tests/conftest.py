@@ -31,6 +31,43 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
 
 
+# The longest tests (subprocess runs, 8-device compiles, tf.data statistics), about longest
+# first. They start first, so each xdist worker ends on short tests and neither waits long for
+# the other at the end. A name is the start of a test id from its file name on (so a file may
+# move between folders); a whole file where its tests share a module fixture, kept together so
+# the fixture is made once per worker. A test missing here only loses its early start.
+LONG_FIRST = (
+    "test_data_parallel.py::test_every_method_splits_its_batch_over_8_cpu_devices",
+    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
+    "test_distributed.py::test_main_on_8_devices_",
+    "test_distributed.py::test_two_processes_",
+    "test_bench.py::test_run_end_to_end_",
+    "test_reliability.py::test_kill_9_",
+    "test_distributed.py::test_one_process_on_two_cpu_devices_",
+    "test_data_parallel.py::test_simclr_amcl_splits_its_batch_over_a_v5e_slice",
+    "test_data_parallel.py::test_sharded_parameters_",
+    "test_clean_failures.py::test_a_workdir_whose_checkpoints_are_all_damaged_",
+    "test_backbones.py::test_training_step[resnet50w4]",
+    "test_data_parallel.py::test_compile_command_writes_",
+    "test_packaging.py::",
+    "test_bench.py::test_loop_benchmark_",
+    "test_clean_failures.py::test_a_full_disk_",
+    "test_authors_form.py::test_a_baseline_is_the_same_run_in_either_form",
+    "test_export.py::",
+    "test_device_augment.py::test_all_letters_together",
+    "test_device_augment.py::test_8_devices_",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return next((i for i, long in enumerate(LONG_FIRST) if name.startswith(long)),
+                    len(LONG_FIRST))
+
+    items.sort(key=rank)  # Stable: the rest keep their order.
+
+
 def tiny_config(**overrides):
     """The default config at a size that trains in seconds on CPU: CIFAR-10 names (mock data
     under `tfds.testing.mock_data`) at 8x8, ResNet-18 at width 0.125, heads 16-8, batch 8, 4
