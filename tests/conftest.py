@@ -37,9 +37,11 @@ jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
 # move between folders); a whole file where its tests share a module fixture, kept together so
 # the fixture is made once per worker. A test missing here only loses its early start.
 LONG_FIRST = (
+    # xdist's first two workers start on tests 1 and 3 and take 2 and 4 next: the two longest
+    # are 1 and 3.
     "test_data_parallel.py::test_every_method_splits_its_batch_over_8_cpu_devices",
-    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
     "test_distributed.py::test_main_on_8_devices_",
+    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
     "test_distributed.py::test_two_processes_",
     "test_bench.py::test_run_end_to_end_",
     "test_reliability.py::test_kill_9_",
@@ -57,6 +59,14 @@ LONG_FIRST = (
     "test_device_augment.py::test_all_letters_together",
     "test_device_augment.py::test_8_devices_",
 )
+
+
+def pytest_configure(config):
+    # xdist's load scheduler hands each worker a quarter of its share of the tests at once (here
+    # the first worker would get every long test above): one at a time instead, unless asked
+    # otherwise, so the next test in line goes to whichever worker is free.
+    if getattr(config.option, "maxschedchunk", False) is None:
+        config.option.maxschedchunk = 1
 
 
 def pytest_collection_modifyitems(items):
