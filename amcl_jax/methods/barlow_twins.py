@@ -58,17 +58,14 @@ class BarlowTwins(Method):
     name = "barlow_twins"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config), common.projector(config, batch_norm=True),
             temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (_, projections), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            mutable=["batch_stats"])
-        z_a, z_b = common.split_views(projections)
+        projections, batch_stats = common.apply_to_views(model, params, batch_stats, views)
+        z_a, z_b = projections[:, 0], projections[:, 1]  # (C, N, D) each
         weight = config.barlow_twins.off_diagonal_weight
         if config.amcl.enabled:
             tau_diag, tau_off = temperature_module(config).apply(
@@ -83,4 +80,4 @@ class BarlowTwins(Method):
                 standardisation=standardisation)
         else:
             loss, metrics = losses.barlow_twins_loss(z_a[0], z_b[0], off_diagonal_weight=weight)
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)

@@ -36,7 +36,7 @@ class MoCo(Method):
     name = "moco"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config), common.projector(config, batch_norm=False),
             temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
@@ -47,24 +47,22 @@ class MoCo(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        if config.amcl.enabled and forms.setting(config, "moco.directions") == "query_and_key":
-            # The authors' pairs: queries from view a only, keys from view b only.
-            query_images, key_images = views[0], views[1]
-        else:
-            query_images = key_images = common.stack_views(views)
-        (_, queries), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, query_images, train=True,
-            mutable=["batch_stats"])
-        keys, target_batch_stats = common.target_forward(model, extra, key_images)
+        query_and_key = (config.amcl.enabled
+                         and forms.setting(config, "moco.directions") == "query_and_key")
+        # The authors' pairs: queries from view a only, keys from view b only.
+        query_views, key_views = (views[:1], views[1:]) if query_and_key else (views, views)
+        queries, batch_stats = common.apply_to_views(model, params, batch_stats, query_views,
+                                                     num_views=None)  # (C, V, B, D)
+        keys, target_batch_stats = common.target_forward(model, extra, key_views)
         queue = jax.lax.stop_gradient(extra["queue"])
-        if query_images is not key_images:
+        if query_and_key:
             loss, metrics = losses.amcl_queue_contrastive(
-                queries, keys, queue, self.temperature_fn(config, params),
+                queries[:, 0], keys[:, 0], queue, self.temperature_fn(config, params),
                 directions="query_and_key", **self.loss_options(config))
-            new_keys = keys
+            new_keys = keys[:, 0]
         else:
-            q_a, q_b = common.split_views(queries)
-            k_a, k_b = common.split_views(keys)
+            q_a, q_b = queries[:, 0], queries[:, 1]
+            k_a, k_b = keys[:, 0], keys[:, 1]
             if config.amcl.enabled:
                 temperature_fn = self.temperature_fn(config, params)
                 pair_loss = lambda q, k: losses.amcl_queue_contrastive(
@@ -85,7 +83,7 @@ class MoCo(Method):
                                             losses.l2_normalize(new_keys))
         extra = dict(extra, queue=new_queue, queue_ptr=new_ptr,
                      target_batch_stats=target_batch_stats)
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)
 
     @staticmethod
     def temperature_fn(config, params) -> models.BoundTemperature:

@@ -25,26 +25,6 @@ from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
 
-class ContrastiveModel(nn.Module):
-    """Encoder -> C-head projector; optionally owns the temperature network's parameters."""
-
-    encoder: nn.Module
-    projector: nn.Module
-    temperature_net: nn.Module | None = None
-
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
-        features = self.encoder(x, train=train)
-        projections = self.projector(features, train=train)
-        if self.temperature_net is not None and self.is_initializing():
-            self.temperature_net(projections, projections)  # Creates its parameters.
-        return features, projections
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """Backbone features (B, F) float32 in inference mode (kNN, probes)."""
-        return self.encoder(x, train=False)
-
-
 def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
     """The AMCL temperature network of the SimCLR family (SimCLR, MoCo, SimSiam).
 
@@ -61,15 +41,6 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
                         hidden_dim=config.amcl.temperature_hidden_dim,
                         bounds=tuple(setting("amcl.temperature_bounds")),
                         shared=setting("amcl.shared_temperature_net"))
-
-
-def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
-    encoder = common.build_encoder(config)
-    amcl = config.amcl.enabled
-    # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
-    # former SimCLR-only projector class, so earlier checkpoints still load.
-    projector = common.projector(config, batch_norm=False)
-    return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
 
 
 def omega_dim(config: ml_collections.ConfigDict) -> float:
@@ -115,20 +86,21 @@ class SimCLR(Method):
     name = "simclr"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return build_contrastive_model(config)
+        # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
+        # former SimCLR-only projector class, so earlier checkpoints still load.
+        return models.SSLModel(
+            common.build_encoder(config), common.projector(config, batch_norm=False),
+            temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        num_views = views.shape[0]
-        (_, projections), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            common.stack_views(views, num_views=None), train=True, mutable=["batch_stats"])
-        projections = common.unstack_views(projections, num_views, axis=1)  # (C, V, B, D)
+        projections, batch_stats = common.apply_to_views(model, params, batch_stats, views,
+                                                         num_views=None)  # (C, V, B, D)
         # With more than two views every pair of views contributes equally.
         pair_results = [
             contrastive_pair_loss(config, params, projections[:, i], projections[:, j])
-            for i, j in itertools.combinations(range(num_views), 2)
+            for i, j in itertools.combinations(range(views.shape[0]), 2)
         ]
         loss = sum(r[0] for r in pair_results) / len(pair_results)
-        metrics = jax.tree.map(lambda *m: sum(m) / len(m), *[r[1] for r in pair_results])
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        metrics = common.mean_metrics(*[r[1] for r in pair_results])
+        return MethodOutput(loss, metrics, batch_stats, extra)

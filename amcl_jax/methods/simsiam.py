@@ -34,7 +34,7 @@ class SimSiam(Method):
     name = "simsiam"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config),
             common.projector(config, batch_norm=True, last_batch_norm=True),
             predictor=common.predictor(config),
@@ -42,12 +42,10 @@ class SimSiam(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (projections, predictions), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            method="forward", mutable=["batch_stats"])
-        z_a, z_b = common.split_views(projections)
-        p_a, p_b = common.split_views(predictions)
+        (projections, predictions), batch_stats = common.apply_to_views(
+            model, params, batch_stats, views, method="forward")  # (C, 2, N, D) each
+        z_a, z_b = projections[:, 0], projections[:, 1]
+        p_a, p_b = predictions[:, 0], predictions[:, 1]
         if config.amcl.enabled:
             temperature_fn = models.BoundTemperature(temperature_module(config),
                                                      params["temperature_net"])
@@ -56,4 +54,4 @@ class SimSiam(Method):
                 omega_dim=omega_dim(config))
         else:
             loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], z_a[0], z_b[0])
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)
