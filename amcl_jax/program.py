@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import methods, optim
+from amcl_jax import forms, methods, optim
 from amcl_jax import state as state_lib
 from amcl_jax import step as step_lib
 from amcl_jax.methods.common import xla_cpu_ynnpack
@@ -126,7 +126,10 @@ class Programs:
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
           backend: str | None = None) -> Programs:
-    """The run's model, optimizer and jitted programs on `mesh` (nothing is allocated)."""
+    """The run's model, optimizer and jitted programs on `mesh` (nothing is allocated).
+
+    `config`'s AMCL form's fields are resolved (`forms.resolve`)."""
+    forms.check_resolved(config)
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)

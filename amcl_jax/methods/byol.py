@@ -26,6 +26,18 @@ from amcl_jax.methods.base import Method, MethodOutput
 class BYOL(Method):
     name = "byol"
     supports_amcl = False
+    # The predictor is SimSiam's section (`predictor.hidden_dim`).
+    scaled_sizes = {"quickstart": {"predictor.hidden_dim": 128}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        byol = ml_collections.ConfigDict()
+        byol.momentum = 0.99  # EMA of the target encoder and projector.
+        byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
+        return {"byol": byol}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        common.check_momentum(config, "byol")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
         return models.SSLModel(common.build_encoder(config),

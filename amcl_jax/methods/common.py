@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from amcl_jax import models
+from amcl_jax.config import fail, one_of
 from amcl_jax.models import SSLModel
 from amcl_jax.platform import cpu
 from amcl_jax.sharding import stack_views, unstack_views
@@ -124,6 +125,13 @@ def target_copy(variables: dict) -> dict[str, Any]:
         "target_batch_stats": copy({k: batch_stats[k] for k in TARGET_MODULES
                                     if k in batch_stats}),
     }
+
+
+def check_momentum(config: ml_collections.ConfigDict, section: str) -> None:
+    """The EMA fields of `section` (MoCo's, BYOL's): momentum in [0, 1], a known schedule."""
+    if not 0 <= config[section].momentum <= 1:
+        fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")
+    one_of(config, f"{section}.momentum_schedule", MOMENTUM_SCHEDULES)
 
 
 def ema_momentum(base: float, schedule: str, step: jax.Array, total_steps: int) -> jax.Array:

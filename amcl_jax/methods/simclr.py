@@ -12,7 +12,6 @@ beta and its temperature reaches the lower bound).
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import flax.linen as nn
@@ -20,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import fail
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
@@ -31,21 +31,15 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
     `amcl.temperature_net` "pair_score": the authors' Eq. 3 map (`models.PairScoreTemperature`);
     "concat_mlp": the project's MLP on [u; v] (`models.TemperatureNet`).
     """
-    setting = functools.partial(forms.setting, config)
-    kind = setting("amcl.temperature_net")
+    kind = config.amcl.temperature_net
     module = {"pair_score": models.PairScoreTemperature, "concat_mlp": models.TemperatureNet}
     if kind not in module:
         raise ValueError(f"config.amcl.temperature_net={kind!r} is invalid: allowed values are "
                          + ", ".join(repr(k) for k in module))
     return module[kind](num_heads=config.amcl.num_heads,
                         hidden_dim=config.amcl.temperature_hidden_dim,
-                        bounds=tuple(setting("amcl.temperature_bounds")),
-                        shared=setting("amcl.shared_temperature_net"))
-
-
-def omega_dim(config: ml_collections.ConfigDict) -> float:
-    """Omega's K: the head's output dimension unless set explicitly (forms.py)."""
-    return forms.setting(config, "amcl.omega_dim")
+                        bounds=tuple(config.amcl.temperature_bounds),
+                        shared=config.amcl.shared_temperature_net)
 
 
 def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Array,
@@ -57,8 +51,7 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
         return loss, metrics
     temperature_fn = models.BoundTemperature(temperature_module(config), params["temperature_net"])
-    beta = forms.setting(config, "amcl.beta")
-    negatives = forms.setting(config, "amcl.negatives")
+    beta, negatives, omega_dim = config.amcl.beta, config.amcl.negatives, config.amcl.omega_dim
     if config.amcl.loss == "released_code":
         # As the released code computes it (no epsilon, a division; not losses.l2_normalize).
         normalise = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
@@ -66,8 +59,7 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
                                       normalise(z_b.astype(jnp.float32)))
         return losses.released_code_loss(z_a, z_b, temperatures, beta=beta)
     if config.amcl.infonce and negatives == "max":  # Eq. 2.4.
-        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=beta,
-                                       omega_dim=omega_dim(config))
+        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=beta, omega_dim=omega_dim)
     # The temperature ablation: the non-adaptive side at the global simclr.temperature.
     constant = losses.constant_temperature(config.simclr.temperature)
     negative_fn, positive_fn = {
@@ -77,13 +69,30 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         "none": (constant, None),
     }[config.amcl.adaptive_temperature]
     return losses.amcl_contrastive(
-        z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim(config), negatives=negatives,
+        z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim, negatives=negatives,
         topk=config.amcl.topk, chunk_size=config.amcl.chunk_size,
         positive_temperature_fn=positive_fn)
 
 
 class SimCLR(Method):
     name = "simclr"
+    pair_temperatures = True
+    any_number_of_views = True
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        simclr = ml_collections.ConfigDict()
+        simclr.temperature = 0.5  # Used when amcl.enabled is False.
+        return {"simclr": simclr}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        if config.simclr.temperature <= 0:
+            fail("simclr.temperature", config.simclr.temperature, "must be > 0")
+
+    def offers_temperature_ablation(self, config: ml_collections.ConfigDict) -> bool:
+        """Eq. 2.1 only: not the released code's loss, nor Eq. 2.4."""
+        return config.amcl.loss == "paper" and not (config.amcl.infonce
+                                                    and config.amcl.negatives == "max")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
         # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the

@@ -24,14 +24,28 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import positive_integer
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
-from amcl_jax.methods.simclr import omega_dim, temperature_module
+from amcl_jax.methods.simclr import temperature_module
 
 
 class SimSiam(Method):
     name = "simsiam"
+    # Eq. 2.2 degenerates near tau = 0 (module docstring): the project's form bounds it.
+    form_values = {"authors": {}, "project": {"amcl.temperature_bounds": (0.5, 2.0)}}
+    scaled_sizes = {"quickstart": {"predictor.hidden_dim": 32}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        # The predictor of SimSiam, which BYOL takes too (`common.predictor`): D -> hidden -> D.
+        predictor = ml_collections.ConfigDict()
+        predictor.hidden_dim = 512
+        return {"predictor": predictor}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        positive_integer(config, "predictor.hidden_dim")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
         return models.SSLModel(
@@ -50,8 +64,8 @@ class SimSiam(Method):
             temperature_fn = models.BoundTemperature(temperature_module(config),
                                                      params["temperature_net"])
             loss, metrics = losses.amcl_simsiam(
-                p_a, p_b, z_a, z_b, temperature_fn, beta=forms.setting(config, "amcl.beta"),
-                omega_dim=omega_dim(config))
+                p_a, p_b, z_a, z_b, temperature_fn, beta=config.amcl.beta,
+                omega_dim=config.amcl.omega_dim)
         else:
             loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], z_a[0], z_b[0])
         return MethodOutput(loss, metrics, batch_stats, extra)
