@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import methods, optim
+from amcl_jax import forms, methods, optim
 from amcl_jax.state import (
     NonFiniteError,
     TrainState,
@@ -106,12 +106,13 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, state_shap
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was started with (written to `workdir/config.json` at start)."""
+    """The config a run was started with (written to `workdir/config.json` at start), its AMCL
+    form's fields resolved (an older file may record None for them, or no `amcl.form`)."""
     recorded = read_recorded_config(workdir)  # Names the file if it cannot be read.
     if recorded is None:
         raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: --workdir must "
                                 "be a pretraining workdir")
-    return ml_collections.ConfigDict(recorded)
+    return forms.resolve(ml_collections.ConfigDict(recorded))
 
 
 def load_pretrained(workdir: str, step: int | None = None):

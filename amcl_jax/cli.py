@@ -209,7 +209,7 @@ def _print_config() -> None:
     if FLAGS.config is None:
         _fail("--print_config prints --config: give --config")
     validate_config(FLAGS.config)  # Device-count checks wait for the run.
-    print(forms.resolved_config(FLAGS.config).to_json(indent=2), flush=True)
+    print(forms.resolve(FLAGS.config).to_json(indent=2), flush=True)
 
 
 def _run() -> None:

@@ -319,9 +319,10 @@ def compile_step(config, topology: Topology, *, hlo_path: str | None = None) -> 
     """Compiles `config`'s train step for `topology` and returns compile.json's content."""
     import jax
 
-    from amcl_jax import program
+    from amcl_jax import forms, program
     from amcl_jax.config import ConfigError
 
+    config = forms.resolve(config)  # Where a compile starts: the AMCL form's fields filled.
     devices = len(topology.devices)
     batch = int(config.batch_size)
     if batch % devices:

@@ -1,14 +1,16 @@
 """The default configuration and its start-up validation.
 
 Every config file in `configs/` starts from `get_default_config()` and overrides a few fields, so a
-field exists in exactly one place. `validate_config` runs before anything heavy and raises
-`ConfigError` with one line that names the field and what is allowed; `main.py` prints that line
-and exits without a traceback.
+field exists in exactly one place. The sections and checks of a method's own fields (`simclr`,
+`moco`, ...) are declared by the method (`amcl_jax/methods/`) and composed here from the registry.
+`validate_config` runs before anything heavy and raises `ConfigError` with one line that names the
+field and what is allowed; `main.py` prints that line and exits without a traceback.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import ml_collections
 
@@ -16,8 +18,6 @@ from amcl_jax import forms
 
 NEGATIVES = ("topk", "max", "logsumexp")
 TEMPERATURE_NETS = ("pair_score", "concat_mlp")
-BARLOW_TWINS_TEMPERATURES = ("channel_map", "low_rank")
-MOCO_DIRECTIONS = ("query_and_key", "views")
 AMCL_LOSSES = ("paper", "released_code")
 ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
@@ -49,7 +49,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl.num_heads = 3
     # "project" (amcl-jax's reading of the paper) or "authors" (their AMCL v2.0 code): the
     # settings of the placeholders below (None) come from the form for the method
-    # (amcl_jax/forms.py); set one to override the form for that field alone. "project" by
+    # (amcl_jax/forms.py, resolved where a run starts); set one to override the form for that
+    # field alone. "project" by
     # measurement: the authors' form collapses the heads (docs/amcl.md, README).
     config.amcl.form = "project"
     placeholder = ml_collections.config_dict.placeholder
@@ -78,33 +79,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     # negatives="max": the log-sum-exp always has the positive in it (the soft Eq. 2.4).
     config.amcl.infonce = False
 
-    config.simclr = ml_collections.ConfigDict()
-    config.simclr.temperature = 0.5  # Used when amcl.enabled is False.
+    # The methods' own sections (simclr, moco, barlow_twins, byol, predictor), from the registry.
+    from amcl_jax import methods  # The registry imports the models: late, to keep this light.
 
-    config.moco = ml_collections.ConfigDict()  # MoCo v2 (methods/moco.py).
-    config.moco.temperature = 0.1  # Used when amcl.enabled is False.
-    config.moco.queue_size = 4096  # Keys per head; >= 2 * batch_size (2N keys enqueued a step).
-    config.moco.momentum = 0.99  # EMA of the key encoder and projector.
-    config.moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
-    # AMCL-MoCo's pairs. "query_and_key" (authors): queries from view 1, keys from view 2, the
-    # mean of the q -> k and k -> q directions against the queue. "views" (project): the
-    # symmetric (L(q_a, k_b) + L(q_b, k_a)) / 2 of MoCo v2. Plain MoCo always uses "views".
-    config.moco.directions = placeholder(str)
-
-    config.barlow_twins = ml_collections.ConfigDict()  # methods/barlow_twins.py.
-    config.barlow_twins.off_diagonal_weight = 5e-3  # lambda.
-    # AMCL's temperatures: "channel_map" (authors: the Eq. 3 map on the channel vectors, phi
-    # N -> hidden -> N, so batch_size is fixed by it) or "low_rank" (project: learned per-entry
-    # logits, rank barlow_twins.temperature_rank off the diagonal).
-    config.barlow_twins.temperatures = placeholder(str)
-    config.barlow_twins.temperature_rank = 16
-
-    config.byol = ml_collections.ConfigDict()  # methods/byol.py.
-    config.byol.momentum = 0.99  # EMA of the target encoder and projector.
-    config.byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
-
-    config.predictor = ml_collections.ConfigDict()  # SimSiam and BYOL: D -> hidden -> D.
-    config.predictor.hidden_dim = 512
+    for method in methods.registered():
+        for section, fields in method.config_sections().items():
+            config[section] = fields
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet18"
@@ -213,217 +193,207 @@ def get_default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _fail(field: str, value, allowed: str) -> None:
-    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
-
-
-def _one_of(config, field: str, allowed) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    if value not in allowed:
-        _fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
-
-
-def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
-    """The AMCL form and the fields it fills (amcl_jax/forms.py), as they resolve."""
-    _one_of(config, "amcl.form", forms.FORMS)
-    choices = {"amcl.negatives": NEGATIVES, "amcl.temperature_net": TEMPERATURE_NETS,
-               "barlow_twins.temperatures": BARLOW_TWINS_TEMPERATURES,
-               "moco.directions": MOCO_DIRECTIONS}
-    for field, allowed in choices.items():
-        value = forms.setting(config, field)
-        if value not in allowed:
-            _fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
-    shared = forms.setting(config, "amcl.shared_temperature_net")
-    if not isinstance(shared, bool):
-        _fail("amcl.shared_temperature_net", shared, "must be true or false")
-    beta = forms.setting(config, "amcl.beta")
-    if not isinstance(beta, (int, float)) or beta < 0:
-        _fail("amcl.beta", beta, "must be a number >= 0")
-    bounds = forms.setting(config, "amcl.temperature_bounds")
-    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
-        _fail("amcl.temperature_bounds", bounds, "must be (lower, upper) with 0 < lower < upper")
-    if forms.setting(config, "amcl.omega_dim") <= 0:
-        _fail("amcl.omega_dim", config.amcl.omega_dim,
-              "must be > 0 (unset: the form's, the head's output dimension)")
-    clip = forms.setting(config, "optimizer.grad_clip_norm")
-    if not isinstance(clip, (int, float)) or clip < 0:
-        _fail("optimizer.grad_clip_norm", clip, "must be >= 0 (0 turns clipping off)")
-    if not isinstance(config.amcl.topk, int) or config.amcl.topk < 1:
-        _fail("amcl.topk", config.amcl.topk, "must be an integer >= 1")
-
-
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
-    """Checks every field that can be checked before loading data; raises ConfigError."""
-    # Registries and the CPU settings; imported late to keep this module light.
-    from amcl_jax import methods, models
-    from amcl_jax.platform import cpu
-
-    _one_of(config, "method", methods.available())
-    _one_of(config, "model.name", tuple(models.ENCODERS))
-    _one_of(config, "model.stem", STEMS)
-    _one_of(config, "model.xla_cpu_ynnpack", tuple(cpu.XLA_CPU_YNNPACK))
-    _one_of(config, "model.dtype", DTYPES)
-    _one_of(config, "optimizer.name", OPTIMIZERS)
-    _one_of(config, "optimizer.schedule", SCHEDULES)
-    _validate_sizes(config)  # Before the AMCL form's fields, which resolve from these sizes.
-    _validate_amcl_form(config)
-    _one_of(config, "amcl.loss", AMCL_LOSSES)
-    _one_of(config, "amcl.adaptive_temperature", ADAPTIVE_TEMPERATURES)
-    if config.amcl.adaptive_temperature != "both" and (
-            config.method != "simclr" or config.amcl.loss != "paper"
-            or (config.amcl.infonce and forms.setting(config, "amcl.negatives") == "max")):
-        _fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
-              "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
-              "both")
-    _one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
-    if not isinstance(config.data.get("streaming", False), bool):
-        _fail("data.streaming", config.data.streaming, "must be true or false")
-    augment_on = config.data.get("augment_on", "host")  # Absent (older runs): the host.
-    if augment_on not in AUGMENT_ON:
-        _fail("data.augment_on", augment_on,
-              "allowed values are " + ", ".join(repr(a) for a in AUGMENT_ON))
-    if augment_on == "device" and config.data.get("streaming", False):
-        _fail("data.augment_on", augment_on, "needs the training split in memory "
-              "(data.streaming=false), or use data.augment_on='host' for streamed files")
-    if not isinstance(config.amcl.enabled, bool):
-        _fail("amcl.enabled", config.amcl.enabled, "must be true or false")
-    if not isinstance(config.model.get("cpu_fusion_barriers", False), bool):  # Absent: fine.
-        _fail("model.cpu_fusion_barriers", config.model.cpu_fusion_barriers,
-              "must be true or false")
-    if not isinstance(config.online_probe.enabled, bool):
-        _fail("online_probe.enabled", config.online_probe.enabled, "must be true or false")
-    if config.online_probe.learning_rate <= 0:
-        _fail("online_probe.learning_rate", config.online_probe.learning_rate, "must be > 0")
-    if not 0 <= config.online_probe.momentum < 1:
-        _fail("online_probe.momentum", config.online_probe.momentum, "must be in [0, 1)")
-    for field in ("remat", "shard_params"):
-        if not isinstance(config.model.get(field, False), bool):  # Absent (old configs): fine.
-            _fail(f"model.{field}", config.model[field], "must be True or False")
-    if config.model.width <= 0:
-        _fail("model.width", config.model.width, "must be > 0")
-    groups = config.model.batch_norm_groups
-    if groups == -1:
-        groups = num_devices
-    if not isinstance(config.model.batch_norm_groups, int) or groups < 1:
-        _fail("model.batch_norm_groups", config.model.batch_norm_groups,
-              "must be 1 (global statistics), -1 (per device) or a group count G > 1")
-    if config.batch_size % groups:
-        _fail("model.batch_norm_groups", config.model.batch_norm_groups,
-              f"gives {groups} groups, which must divide batch_size={config.batch_size}")
-    if int(config.amcl.num_heads) < 1:
-        _fail("amcl.num_heads", config.amcl.num_heads, "must be an integer >= 1")
-    if config.amcl.chunk_size < 1:
-        _fail("amcl.chunk_size", config.amcl.chunk_size, "must be >= 1")
-    if config.simclr.temperature <= 0:
-        _fail("simclr.temperature", config.simclr.temperature, "must be > 0")
-    if not isinstance(config.amcl.infonce, bool):
-        _fail("amcl.infonce", config.amcl.infonce, "must be true or false")
-    if config.amcl.enabled and not methods.get_method(config.method).supports_amcl:
-        _fail("amcl.enabled", config.amcl.enabled,
-              f"method {config.method!r} has no AMCL form; set amcl.enabled=False")
-    if config.method != "simclr" and config.data.num_views != 2:
-        _fail("data.num_views", config.data.num_views, f"method {config.method!r} needs 2")
-    if config.moco.temperature <= 0:
-        _fail("moco.temperature", config.moco.temperature, "must be > 0")
-    if config.method == "moco":
-        keys_per_step = config.batch_size * (
-            1 if config.amcl.enabled and forms.setting(config, "moco.directions") == "query_and_key"
-            else 2)
-        if config.moco.queue_size < keys_per_step:
-            _fail("moco.queue_size", config.moco.queue_size,
-                  f"must be >= the {keys_per_step} keys enqueued per step")
-    for section in ("moco", "byol"):
-        if not 0 <= config[section].momentum <= 1:
-            _fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")
-        _one_of(config, f"{section}.momentum_schedule", ("constant", "cosine"))
-    if config.barlow_twins.off_diagonal_weight < 0:
-        _fail("barlow_twins.off_diagonal_weight", config.barlow_twins.off_diagonal_weight,
-              "must be >= 0")
-    if config.barlow_twins.temperature_rank < 1:
-        _fail("barlow_twins.temperature_rank", config.barlow_twins.temperature_rank,
-              "must be >= 1")
-    if config.predictor.hidden_dim < 1:
-        _fail("predictor.hidden_dim", config.predictor.hidden_dim, "must be >= 1")
-    if config.batch_size <= 0:
-        _fail("batch_size", config.batch_size, "must be > 0")
-    if config.batch_size % num_devices:
-        _fail("batch_size", config.batch_size,
-              f"must be divisible by the number of devices ({num_devices})")
-    if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
-        _fail("eval.batch_size", config.eval.batch_size,
-              f"must be > 0 and divisible by the number of devices ({num_devices})")
-    if config.total_steps < 0 and config.num_epochs <= 0:
-        _fail("num_epochs", config.num_epochs, "must be > 0 when total_steps is -1")
-    if config.total_steps < -1:
-        _fail("total_steps", config.total_steps, "must be >= 0, or -1 to use num_epochs")
-    if config.optimizer.learning_rate < 0:
-        _fail("optimizer.learning_rate", config.optimizer.learning_rate, "must be >= 0")
-    if config.optimizer.weight_decay < 0:
-        _fail("optimizer.weight_decay", config.optimizer.weight_decay, "must be >= 0")
-    if config.optimizer.warmup_steps < 0:
-        _fail("optimizer.warmup_steps", config.optimizer.warmup_steps, "must be >= 0")
-    letters = config.data.augmentations
-    if (not isinstance(letters, str) or set(letters) - set(AUGMENTATION_LETTERS)
-            or len(set(letters)) != len(letters)):
-        _fail("data.augmentations", letters,
-              "must be distinct letters from 'abcde' (a crop, b blur, c grayscale, "
-              "d colour jitter, e flip)")
-    if config.data.num_views < 2:
-        _fail("data.num_views", config.data.num_views, "must be >= 2")
-    if config.data.image_size < 4:
-        _fail("data.image_size", config.data.image_size, "must be >= 4")
-    for field in ("eval.every_steps", "checkpoint.every_steps", "log_every_steps"):
-        section, name = field.split(".") if "." in field else (None, field)
-        value = config[section][name] if section else config[name]
-        if value < 1:
-            _fail(field, value, "must be >= 1")
-    if config.eval.knn_k < 1:
-        _fail("eval.knn_k", config.eval.knn_k, "must be >= 1")
-    if config.eval.knn_temperature <= 0:
-        _fail("eval.knn_temperature", config.eval.knn_temperature, "must be > 0")
-    if config.checkpoint.max_to_keep < 1:
-        _fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")
-    _validate_logging(config)
-    _validate_dataset(config)
-
-
-def _field(config: ml_collections.ConfigDict, field: str):
+def get_field(config: ml_collections.ConfigDict, field: str) -> Any:
+    """The value of `field` ("section.name", or a top-level name)."""
     value = config
     for part in field.split("."):
         value = value[part]
     return value
 
 
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+    *sections, name = field.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value
+
+
+def fail(field: str, value, allowed: str) -> None:
+    """Raises the one-line ConfigError of an invalid `field`."""
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def one_of(config: ml_collections.ConfigDict, field: str, allowed) -> None:
+    value = get_field(config, field)
+    if value not in allowed:
+        fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
+
+
+def positive_integer(config: ml_collections.ConfigDict, field: str) -> None:
+    value = get_field(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        fail(field, value, "must be an integer >= 1")
+
+
+def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
+    """The fields the AMCL form fills (amcl_jax/forms.py), resolved."""
+    one_of(config, "amcl.negatives", NEGATIVES)
+    one_of(config, "amcl.temperature_net", TEMPERATURE_NETS)
+    shared = config.amcl.shared_temperature_net
+    if not isinstance(shared, bool):
+        fail("amcl.shared_temperature_net", shared, "must be true or false")
+    beta = config.amcl.beta
+    if not isinstance(beta, (int, float)) or beta < 0:
+        fail("amcl.beta", beta, "must be a number >= 0")
+    bounds = config.amcl.temperature_bounds
+    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+        fail("amcl.temperature_bounds", bounds, "must be (lower, upper) with 0 < lower < upper")
+    if config.amcl.omega_dim <= 0:
+        fail("amcl.omega_dim", config.amcl.omega_dim,
+             "must be > 0 (unset: the form's, the head's output dimension)")
+    clip = config.optimizer.grad_clip_norm
+    if not isinstance(clip, (int, float)) or clip < 0:
+        fail("optimizer.grad_clip_norm", clip, "must be >= 0 (0 turns clipping off)")
+    if not isinstance(config.amcl.topk, int) or config.amcl.topk < 1:
+        fail("amcl.topk", config.amcl.topk, "must be an integer >= 1")
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+    """Checks every field that can be checked before loading data; raises ConfigError.
+
+    The AMCL form's fields are checked as they resolve (`forms.resolve`); `config` itself is not
+    changed."""
+    # Registries and the CPU settings; imported late to keep this module light.
+    from amcl_jax import methods, models
+    from amcl_jax.platform import cpu
+
+    one_of(config, "method", methods.available())
+    one_of(config, "model.name", tuple(models.ENCODERS))
+    one_of(config, "model.stem", STEMS)
+    one_of(config, "model.xla_cpu_ynnpack", tuple(cpu.XLA_CPU_YNNPACK))
+    one_of(config, "model.dtype", DTYPES)
+    one_of(config, "optimizer.name", OPTIMIZERS)
+    one_of(config, "optimizer.schedule", SCHEDULES)
+    _validate_sizes(config)  # Before the AMCL form's fields, which resolve from these sizes.
+    one_of(config, "amcl.form", forms.FORMS)
+    config = forms.resolve(config)
+    _validate_amcl_form(config)
+    one_of(config, "amcl.loss", AMCL_LOSSES)
+    one_of(config, "amcl.adaptive_temperature", ADAPTIVE_TEMPERATURES)
+    method = methods.get_method(config.method)
+    if (config.amcl.adaptive_temperature != "both"
+            and not method.offers_temperature_ablation(config)):
+        fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
+             "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
+             "both")
+    one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
+    if not isinstance(config.data.get("streaming", False), bool):
+        fail("data.streaming", config.data.streaming, "must be true or false")
+    augment_on = config.data.get("augment_on", "host")  # Absent (older runs): the host.
+    if augment_on not in AUGMENT_ON:
+        fail("data.augment_on", augment_on,
+             "allowed values are " + ", ".join(repr(a) for a in AUGMENT_ON))
+    if augment_on == "device" and config.data.get("streaming", False):
+        fail("data.augment_on", augment_on, "needs the training split in memory "
+             "(data.streaming=false), or use data.augment_on='host' for streamed files")
+    if not isinstance(config.amcl.enabled, bool):
+        fail("amcl.enabled", config.amcl.enabled, "must be true or false")
+    if not isinstance(config.model.get("cpu_fusion_barriers", False), bool):  # Absent: fine.
+        fail("model.cpu_fusion_barriers", config.model.cpu_fusion_barriers,
+             "must be true or false")
+    if not isinstance(config.online_probe.enabled, bool):
+        fail("online_probe.enabled", config.online_probe.enabled, "must be true or false")
+    if config.online_probe.learning_rate <= 0:
+        fail("online_probe.learning_rate", config.online_probe.learning_rate, "must be > 0")
+    if not 0 <= config.online_probe.momentum < 1:
+        fail("online_probe.momentum", config.online_probe.momentum, "must be in [0, 1)")
+    for field in ("remat", "shard_params"):
+        if not isinstance(config.model.get(field, False), bool):  # Absent (old configs): fine.
+            fail(f"model.{field}", config.model[field], "must be True or False")
+    if config.model.width <= 0:
+        fail("model.width", config.model.width, "must be > 0")
+    groups = config.model.batch_norm_groups
+    if groups == -1:
+        groups = num_devices
+    if not isinstance(config.model.batch_norm_groups, int) or groups < 1:
+        fail("model.batch_norm_groups", config.model.batch_norm_groups,
+             "must be 1 (global statistics), -1 (per device) or a group count G > 1")
+    if config.batch_size % groups:
+        fail("model.batch_norm_groups", config.model.batch_norm_groups,
+             f"gives {groups} groups, which must divide batch_size={config.batch_size}")
+    if int(config.amcl.num_heads) < 1:
+        fail("amcl.num_heads", config.amcl.num_heads, "must be an integer >= 1")
+    if config.amcl.chunk_size < 1:
+        fail("amcl.chunk_size", config.amcl.chunk_size, "must be >= 1")
+    if not isinstance(config.amcl.infonce, bool):
+        fail("amcl.infonce", config.amcl.infonce, "must be true or false")
+    if config.amcl.enabled and not method.supports_amcl:
+        fail("amcl.enabled", config.amcl.enabled,
+             f"method {config.method!r} has no AMCL form; set amcl.enabled=False")
+    if not method.any_number_of_views and config.data.num_views != 2:
+        fail("data.num_views", config.data.num_views, f"method {config.method!r} needs 2")
+    for each in methods.registered():
+        each.check_config(config)
+    method.check_run(config)
+    if config.batch_size <= 0:
+        fail("batch_size", config.batch_size, "must be > 0")
+    if config.batch_size % num_devices:
+        fail("batch_size", config.batch_size,
+             f"must be divisible by the number of devices ({num_devices})")
+    if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
+        fail("eval.batch_size", config.eval.batch_size,
+             f"must be > 0 and divisible by the number of devices ({num_devices})")
+    if config.total_steps < 0 and config.num_epochs <= 0:
+        fail("num_epochs", config.num_epochs, "must be > 0 when total_steps is -1")
+    if config.total_steps < -1:
+        fail("total_steps", config.total_steps, "must be >= 0, or -1 to use num_epochs")
+    if config.optimizer.learning_rate < 0:
+        fail("optimizer.learning_rate", config.optimizer.learning_rate, "must be >= 0")
+    if config.optimizer.weight_decay < 0:
+        fail("optimizer.weight_decay", config.optimizer.weight_decay, "must be >= 0")
+    if config.optimizer.warmup_steps < 0:
+        fail("optimizer.warmup_steps", config.optimizer.warmup_steps, "must be >= 0")
+    letters = config.data.augmentations
+    if (not isinstance(letters, str) or set(letters) - set(AUGMENTATION_LETTERS)
+            or len(set(letters)) != len(letters)):
+        fail("data.augmentations", letters,
+             "must be distinct letters from 'abcde' (a crop, b blur, c grayscale, "
+             "d colour jitter, e flip)")
+    if config.data.num_views < 2:
+        fail("data.num_views", config.data.num_views, "must be >= 2")
+    if config.data.image_size < 4:
+        fail("data.image_size", config.data.image_size, "must be >= 4")
+    for field in ("eval.every_steps", "checkpoint.every_steps", "log_every_steps"):
+        section, name = field.split(".") if "." in field else (None, field)
+        value = config[section][name] if section else config[name]
+        if value < 1:
+            fail(field, value, "must be >= 1")
+    if config.eval.knn_k < 1:
+        fail("eval.knn_k", config.eval.knn_k, "must be >= 1")
+    if config.eval.knn_temperature <= 0:
+        fail("eval.knn_temperature", config.eval.knn_temperature, "must be > 0")
+    if config.checkpoint.max_to_keep < 1:
+        fail("checkpoint.max_to_keep", config.checkpoint.max_to_keep, "must be >= 1")
+    _validate_logging(config)
+    _validate_dataset(config)
+
+
 def _validate_sizes(config: ml_collections.ConfigDict) -> None:
     """Sizes and rates that would make the model or the data degenerate (a zero-width layer, a
     probability outside [0, 1], an empty subset, two identical views)."""
     for field in ("projector.hidden_dim", "projector.out_dim", "projector.num_layers",
-                  "amcl.temperature_hidden_dim", "predictor.hidden_dim", "moco.queue_size",
-                  "amcl.num_heads"):
-        value = _field(config, field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(field, value, "must be an integer >= 1")
+                  "amcl.temperature_hidden_dim", "amcl.num_heads"):
+        positive_integer(config, field)
     for field in ("data.max_train_examples", "data.load_size", "eval.max_bank_examples",
                   "eval.max_query_examples"):
-        value = _field(config, field)
+        value = get_field(config, field)
         if value != -1 and value < 1:
-            _fail(field, value, "must be >= 1, or -1 for all")
+            fail(field, value, "must be >= 1, or -1 for all")
     if config.data.color_jitter_strength < 0:
-        _fail("data.color_jitter_strength", config.data.color_jitter_strength, "must be >= 0")
+        fail("data.color_jitter_strength", config.data.color_jitter_strength, "must be >= 0")
     for field in ("data.blur_p", "data.solarize_p"):
         value = config.data.get(field.split(".")[1], ())  # Absent in configs written before.
         values = value if isinstance(value, tuple | list) else (value,)
         if not all(isinstance(p, int | float) and 0 <= p <= 1 for p in values):
-            _fail(field, value, "must be probabilities in [0, 1], one per view")
+            fail(field, value, "must be probabilities in [0, 1], one per view")
     if config.online_probe.num_classes != -1 and config.online_probe.num_classes < 2:
-        _fail("online_probe.num_classes", config.online_probe.num_classes,
-              "must be >= 2, or -1 for the dataset's")
+        fail("online_probe.num_classes", config.online_probe.num_classes,
+             "must be >= 2, or -1 for the dataset's")
     if config.data.augmentations == "" and not config.data.get("allow_no_augmentation", False):
-        _fail("data.augmentations", "",
-              "no augmentation makes both views the same image, which leaves nothing to learn; "
-              "set data.allow_no_augmentation=True if that is what you want")
+        fail("data.augmentations", "",
+             "no augmentation makes both views the same image, which leaves nothing to learn; "
+             "set data.allow_no_augmentation=True if that is what you want")
 
 
 def _validate_logging(config: ml_collections.ConfigDict) -> None:
@@ -435,14 +405,14 @@ def _validate_logging(config: ml_collections.ConfigDict) -> None:
     if wandb is None:
         return
     if not isinstance(wandb.enabled, bool):
-        _fail("logging.wandb.enabled", wandb.enabled, "must be true or false")
-    _one_of(config, "logging.wandb.mode", WANDB_MODES)
+        fail("logging.wandb.enabled", wandb.enabled, "must be true or false")
+    one_of(config, "logging.wandb.mode", WANDB_MODES)
     # Imported already (None: blocked), else findable on the path; not imported here.
     installed = (sys.modules["wandb"] is not None if "wandb" in sys.modules
                  else importlib.util.find_spec("wandb") is not None)
     if wandb.enabled and not installed:
-        _fail("logging.wandb.enabled", True, "the wandb package is not installed: pip install "
-              "'amcl-jax[wandb]', or set logging.wandb.enabled=False")
+        fail("logging.wandb.enabled", True, "the wandb package is not installed: pip install "
+             "'amcl-jax[wandb]', or set logging.wandb.enabled=False")
 
 
 def _validate_dataset(config: ml_collections.ConfigDict) -> None:
@@ -453,21 +423,21 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     dataset, data_dir = config.data.dataset, config.data.data_dir
     if dataset == "digits":
         if data_dir:
-            _fail("data.data_dir", data_dir,
-                  "data.dataset='digits' ships with scikit-learn and reads no files; remove "
-                  "data.data_dir, or set data.dataset='image_folder' to read that folder")
+            fail("data.data_dir", data_dir,
+                 "data.dataset='digits' ships with scikit-learn and reads no files; remove "
+                 "data.data_dir, or set data.dataset='image_folder' to read that folder")
         return
     from amcl_jax.data.sources import DATA_DIR_ALLOWED, data_dir_problem
 
     # Before the workdir is written: a mistyped path must not become a TFDS download folder.
     problem = data_dir_problem(dataset, data_dir, config.data.download)
     if problem is not None:
-        _fail("data.data_dir", data_dir, f"it {problem}; allowed: {DATA_DIR_ALLOWED}")
+        fail("data.data_dir", data_dir, f"it {problem}; allowed: {DATA_DIR_ALLOWED}")
     if data_dir and os.path.exists(os.path.expanduser(data_dir)):
         return  # An image folder or archive (read whatever the name), or a TFDS data_dir.
     if dataset == "image_folder":
-        _fail("data.data_dir", data_dir, "data.dataset='image_folder' needs data.data_dir, an "
-              "existing folder (<dir>/<split>/<class>/<image>) or an archive of one")
+        fail("data.data_dir", data_dir, "data.dataset='image_folder' needs data.data_dir, an "
+             "existing folder (<dir>/<split>/<class>/<image>) or an archive of one")
     if dataset == "imagenet100":
         return
     try:
@@ -482,5 +452,5 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     close = difflib.get_close_matches(name, ["digits", "image_folder", "imagenet100", *builders],
                                       n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    _fail("data.dataset", dataset, "allowed values are 'digits', 'image_folder' (with "
-          f"data.data_dir), 'imagenet100' or a TFDS dataset name{hint}")
+    fail("data.dataset", dataset, "allowed values are 'digits', 'image_folder' (with "
+         f"data.data_dir), 'imagenet100' or a TFDS dataset name{hint}")

@@ -449,9 +449,9 @@ def load_encoder(path: str, *, heads: bool = False
                              "load it with heads=False")
         import ml_collections
 
-        from amcl_jax import methods
+        from amcl_jax import forms, methods
 
-        config = ml_collections.ConfigDict(description["config"])
+        config = forms.resolve(ml_collections.ConfigDict(description["config"]))
         model = methods.get_method(config.method).build_model(config)
         return jax.jit(lambda v, x: model.apply(v, x, train=False)), variables
 

@@ -16,15 +16,18 @@
   Twins (their equations degenerate near 0); no clipping; MoCo symmetric over the two views;
   Barlow Twins' temperatures as learned low-rank per-entry logits with Omega's K = 1.
 
-Every field below is a placeholder (None) in `get_default_config()`: a config or a command-line
-flag that sets it overrides the form for that field alone (`--config.amcl.negatives=max`). The
-code reads them through `setting(config, field)`, never directly. Older `config.json` files hold
-explicit values for all of them (and no `amcl.form`), so they resolve as before.
+The form-dependent fields are placeholders (None) in `get_default_config()`: a config or a
+command-line flag that sets one overrides the form for that field alone
+(`--config.amcl.negatives=max`). Their values: the form's own below, over which a method puts its
+`form_values` (its sections' placeholders, and Barlow Twins' beta, say). `resolve` fills them in
+once, where a run starts (training, compiling, loading a pretrained run or an export); the rest
+of the code reads plain values (`config.amcl.beta`). Older `config.json` files hold explicit
+values for all of them (and no `amcl.form`), so they resolve as before.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 from typing import Any
 
 import ml_collections
@@ -32,20 +35,17 @@ import ml_collections
 FORMS = ("authors", "project")
 # An old workdir's config.json has no amcl.form: it was the project's form.
 LEGACY_FORM = "project"
-DEFAULT_METHOD = "*"
+OUT_DIM = "out_dim"  # A value: the head's output dimension, projector.out_dim.
 
-# field -> value, or {method: value} with DEFAULT_METHOD for the other methods.
-_SETTINGS: dict[str, dict[str, Any]] = {
+# The form-wide values; a method's `form_values` add to and override them.
+FORM_VALUES: dict[str, dict[str, Any]] = {
     "authors": {
         "amcl.temperature_net": "pair_score",
         "amcl.shared_temperature_net": True,
         "amcl.negatives": "topk",
-        "amcl.beta": {"barlow_twins": 1e-6, DEFAULT_METHOD: 1e-4},
+        "amcl.beta": 1e-4,
         "amcl.temperature_bounds": (1e-5, 2.0),
-        # Omega's K: the head's output dimension D (Barlow Twins: D too, 2048 in their recipe).
-        "amcl.omega_dim": {DEFAULT_METHOD: "out_dim"},
-        "barlow_twins.temperatures": "channel_map",
-        "moco.directions": "query_and_key",
+        "amcl.omega_dim": OUT_DIM,  # Omega's K: the head's output dimension D.
         "optimizer.grad_clip_norm": 1.0,
     },
     "project": {
@@ -53,15 +53,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         "amcl.shared_temperature_net": False,
         "amcl.negatives": "logsumexp",
         "amcl.beta": 0.1,
-        "amcl.temperature_bounds": {"simsiam": (0.5, 2.0), "barlow_twins": (0.5, 2.0),
-                                    DEFAULT_METHOD: (1e-5, 2.0)},
-        "amcl.omega_dim": {"barlow_twins": 1, DEFAULT_METHOD: "out_dim"},
-        "barlow_twins.temperatures": "low_rank",
-        "moco.directions": "views",
+        "amcl.temperature_bounds": (1e-5, 2.0),
+        "amcl.omega_dim": OUT_DIM,
         "optimizer.grad_clip_norm": 0.0,
     },
 }
-FIELDS = tuple(_SETTINGS["authors"])
 
 
 def form(config: ml_collections.ConfigDict) -> str:
@@ -69,56 +65,69 @@ def form(config: ml_collections.ConfigDict) -> str:
     return config.amcl.get("form", LEGACY_FORM)
 
 
-def _lookup(config: ml_collections.ConfigDict, field: str) -> Any:
-    section, name = field.split(".")
-    return config[section].get(name) if section in config else None
+def _values(chosen: str, method_name: str) -> dict[str, Any]:
+    """Every form-dependent field's value in form `chosen` for a run of `method_name`."""
+    from amcl_jax import methods  # The registry imports the models: late, to keep this light.
 
-
-def setting(config: ml_collections.ConfigDict, field: str) -> Any:
-    """The value of a form-dependent `field` ("section.name"): the config's own if it sets one,
-    else the form's value for the config's method.
-
-    `amcl.omega_dim` resolves to a number (-1, the old spelling of "unset", included);
-    `optimizer.grad_clip_norm` is 0 (off) whenever AMCL is off, unless set explicitly.
-    """
-    if field not in _SETTINGS["authors"]:
-        raise KeyError(f"{field!r} is not a form-dependent field; those are {FIELDS}")
-    value = _lookup(config, field)
-    legacy_omega = field == "amcl.omega_dim" and value == -1
-    if value is not None and not legacy_omega:
-        return tuple(value) if field == "amcl.temperature_bounds" else value
-    if field == "optimizer.grad_clip_norm" and not config.amcl.enabled:
-        return 0.0
-    chosen = LEGACY_FORM if legacy_omega else form(config)
     if chosen not in FORMS:
         raise ValueError(f"config.amcl.form={chosen!r} is invalid: allowed values are "
                          + ", ".join(repr(f) for f in FORMS))
-    value = _SETTINGS[chosen][field]
-    if isinstance(value, dict):
-        value = value.get(config.method, value[DEFAULT_METHOD])
-    if value == "out_dim":
-        value = config.projector.out_dim
-    return value
+    values = dict(FORM_VALUES[chosen])
+    for method in methods.registered():  # Each method's own sections, whatever the run's.
+        sections = method.config_sections()
+        values.update({field: value for field, value in method.form_values.get(chosen, {}).items()
+                       if field.split(".")[0] in sections})
+    if method_name in methods.available():  # The run's method, on the amcl.* fields too.
+        values.update(methods.get_method(method_name).form_values.get(chosen, {}))
+    return values
 
 
-def resolved(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Every form-dependent field with the value a run uses (for logs and summaries)."""
-    return {"amcl.form": form(config), **{field: setting(config, field) for field in FIELDS}}
+def fields() -> tuple[str, ...]:
+    """The form-dependent fields ("section.name")."""
+    return tuple(_values(LEGACY_FORM, ""))
 
 
-def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A plain copy of `config` (as `config.json` records it) whose form-dependent fields hold
-    the values a run uses, never None, and `amcl.form` the form they came from.
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose form-dependent fields hold the values a run uses, never None,
+    and `amcl.form` the form they came from.
 
-    `setting` returns a field's own value when it is set, so a config and its resolved copy
-    train the same way; the copy is for recording and printing (`main.py --print_config`).
-    Sections absent from an old config stay absent.
+    A field the config sets keeps its value; an unset one (None) takes the form's value for the
+    config's method. Legacy spellings: `amcl.omega_dim` -1 means unset, resolved in the form old
+    runs had; `optimizer.grad_clip_norm` unset is 0 (off) whenever AMCL is off. Resolving a
+    resolved config changes nothing. Sections absent from an old config stay absent.
     """
-    record = ml_collections.ConfigDict(json.loads(config.to_json()))
-    for field in FIELDS:
-        section, name = field.split(".")
-        if section in record:
-            record[section][name] = setting(config, field)
-    if "amcl" in record:
-        record.amcl.form = form(config)
-    return record
+    from amcl_jax.config import get_field, set_field
+
+    resolved = copy.deepcopy(config)
+    values = _values(form(config), config.get("method", ""))
+    with resolved.unlocked():
+        for field, value in values.items():
+            section, name = field.split(".")
+            if section not in resolved:
+                continue
+            own = resolved[section].get(name)
+            legacy_omega = field == "amcl.omega_dim" and own == -1
+            if own is not None and not legacy_omega:
+                value = own
+            elif field == "optimizer.grad_clip_norm" and not config.amcl.enabled:
+                value = 0.0
+            elif legacy_omega:
+                value = _values(LEGACY_FORM, config.method)[field]
+            if value == OUT_DIM:
+                value = get_field(config, "projector.out_dim")
+            set_field(resolved, field, tuple(value) if isinstance(value, list) else value)
+        if "amcl" in resolved:
+            resolved.amcl.form = form(config)
+    return resolved
+
+
+def check_resolved(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the form-dependent fields `config` leaves unset (None)."""
+    from amcl_jax.config import get_field
+
+    unset = [field for field in fields()
+             if field.split(".")[0] in config and get_field(config, field) is None]
+    if unset:
+        raise ValueError(f"config fields {', '.join(unset)} are unset (the AMCL form's): "
+                         "resolve the config first, forms.resolve(config)")
+

@@ -11,8 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from amcl_jax import forms
-
 # Parameters whose last path element has one of these names are biases or normalisation scales:
 # LARS leaves them out of weight decay and of trust-ratio scaling (as in SimCLR and BYOL).
 _NO_DECAY_NAMES = ("bias", "scale")
@@ -55,11 +53,12 @@ def decay_mask(params) -> dict:
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """SGD (coupled L2 decay on every parameter, as PyTorch's SGD) or LARS, after global
-    gradient-norm clipping when `optimizer.grad_clip_norm` resolves > 0 (forms.py)."""
+    gradient-norm clipping when `optimizer.grad_clip_norm` > 0 (forms.py: unset, 1.0 in the
+    authors' AMCL form, else 0)."""
     schedule = learning_rate_schedule(config, total_steps)
     opt = config.optimizer
     tx = _optimizer(opt, schedule)
-    clip = forms.setting(config, "optimizer.grad_clip_norm")
+    clip = config.optimizer.grad_clip_norm
     if clip > 0:  # Clip the loss gradient before weight decay joins it (as PyTorch's clipping).
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx, schedule

@@ -4,7 +4,7 @@ shardings that split the work.
 One data axis spans every device. The train state is replicated (or, with
 `model.shard_params`, its large parameters and optimizer moments are split over the data axis,
 FSDP-style); views `(V, B, H, W, 3)` and labels `(B,)` are split along B. Each device runs the
-encoder on its own B / N images of every view (`methods.common.stack_views`); what crosses
+encoder on its own B / N images of every view (`sharding.stack_views`); what crosses
 devices is the gradient reduction, BatchNorm statistics and the gathers of features that global
 negatives, the MoCo queue and Barlow Twins' cross-correlation need. The trainer runs these
 programs; `python -m amcl_jax.compile` compiles them for a topology without running them.
@@ -23,11 +23,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import methods, optim
+from amcl_jax import forms, methods, optim
 from amcl_jax import state as state_lib
 from amcl_jax import step as step_lib
-from amcl_jax.methods.common import DATA_AXIS, xla_cpu_ynnpack
+from amcl_jax.methods.common import xla_cpu_ynnpack
 from amcl_jax.platform import cpu
+from amcl_jax.sharding import DATA_AXIS
 
 # Parameters smaller than this stay replicated under `model.shard_params` (biases, norms): their
 # all-gathers would cost more in latency than they save in memory.
@@ -125,7 +126,10 @@ class Programs:
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
           backend: str | None = None) -> Programs:
-    """The run's model, optimizer and jitted programs on `mesh` (nothing is allocated)."""
+    """The run's model, optimizer and jitted programs on `mesh` (nothing is allocated).
+
+    `config`'s AMCL form's fields are resolved (`forms.resolve`)."""
+    forms.check_resolved(config)
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps)

@@ -48,10 +48,12 @@ import ml_collections
 import numpy as np
 
 from amcl_jax import recipes
+from amcl_jax.config import set_field
 
 SCALES = ("full", "cpu", "smoke")
 METRICS = ("knn_top1_best", "knn_top1")
-# What each scale changes in a method's config ("full" is the config itself).
+# What each scale changes in a method's config ("full" is the config itself); a method's own
+# fields add its `scaled_sizes[scale]` (amcl_jax/methods/).
 SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     "full": {},
     "cpu": {
@@ -120,11 +122,14 @@ class Table:
 def scale_config(scale: str, data_dir: str = "", *, method: str = "simclr",
                  amcl: bool = False) -> ml_collections.ConfigDict:
     """`method`'s own config (`recipes.method_config`) at `scale` (module docstring)."""
+    from amcl_jax import methods
+
     if scale not in SCALES:
         raise ValueError(f"--scale={scale!r}: allowed values are {', '.join(SCALES)}")
     config = recipes.method_config(method, amcl)
-    for key, value in SCALE_OVERRIDES[scale].items():
-        _set_field(config, key, value)
+    sizes = methods.get_method(method).scaled_sizes.get(scale, {})
+    for key, value in {**SCALE_OVERRIDES[scale], **sizes}.items():
+        set_field(config, key, value)
     if data_dir:
         config.data.data_dir = data_dir
     return config
@@ -149,14 +154,6 @@ def _has_field(config: ml_collections.ConfigDict, key: str) -> bool:
     return True
 
 
-def _set_field(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    *sections, name = key.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[name] = value
-
-
 def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str = "",
                overrides: dict[str, Any] | None = None
                ) -> tuple[ml_collections.ConfigDict | None, str]:
@@ -176,7 +173,7 @@ def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str =
                        **row.overrides}.items():
         if not _has_field(config, key):
             return None, f"{UNAVAILABLE_FIELD}: {key}"
-        _set_field(config, key, value)
+        set_field(config, key, value)
     from amcl_jax.config import ConfigError, validate_config
 
     try:
@@ -343,7 +340,7 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
     check_overrides(scale, overrides)
     base = scale_config(scale, data_dir)  # The protocol text's.
     for key, value in (overrides or {}).items():
-        _set_field(base, key, value)
+        set_field(base, key, value)
     seeds = tuple(seeds) if seeds else tuple(table.seeds[scale])
     selected = select_rows(table, methods, rows)
     os.makedirs(workdir, exist_ok=True)

@@ -57,7 +57,7 @@ def train_step(state: TrainState, views: jax.Array, labels: jax.Array | None = N
     `labels` (B,) feed the online probe (when enabled); `total_steps` (the run's length, for EMA
     momentum ramps and the probe's schedule) defaults to `config.total_steps`. With `mesh`, the
     step is traced under it, so that the methods keep each device's images on that device
-    (`methods.common.stack_views`).
+    (`sharding.stack_views`).
     """
     if mesh is not None:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

@@ -12,7 +12,6 @@ The parts live by concern: the train state and online probe in `state.py`, the u
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -65,8 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from amcl_jax import workdir as workdir_lib
     from amcl_jax.errors import terminate_on_sigterm
 
-    config = copy.deepcopy(config)
     validate_config(config, num_devices=jax.device_count())
+    config = forms.resolve(config)  # A copy whose AMCL form's fields hold their values.
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
     # Until the loop takes SIGTERM as a preemption, SIGTERM (as Ctrl-C) unwinds: the lock is
@@ -77,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(workdir_lib.describe_accepted(accepted), flush=True)
         if is_chief:
             workdir_lib.atomic_write_text(os.path.join(workdir, CONFIG_FILE),  # Form resolved.
-                                          forms.resolved_config(config).to_json(indent=2))
+                                          config.to_json(indent=2))
         return _train_and_evaluate(config, workdir)
 
 
@@ -126,11 +125,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     writer = with_wandb(metric_writer(workdir, is_chief=is_chief), config, workdir,
                         is_chief=is_chief)  # W&B too when logging.wandb.enabled.
     if is_chief:
-        # The form-dependent fields as the run resolves them (forms.py), not as None.
-        hparams = _flat_config(config)
-        if config.amcl.enabled:
-            hparams.update(forms.resolved(config))
-        writer.write_hparams({k: str(v) for k, v in hparams.items()})
+        # The AMCL form's fields as the run resolved them, not as None.
+        writer.write_hparams({k: str(v) for k, v in _flat_config(config).items()})
     evaluate = KnnMonitor(config, inputs, features_fn, mesh, history, writer)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start_step = int(jax.device_get(state.step))

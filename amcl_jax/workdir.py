@@ -8,7 +8,7 @@ result files that are replaced whole or not at all.
   config is compared field by field with the recorded `config.json`. Fields that change what is
   trained are refused (`ResumeRefusedError` lists them, nothing is written); the others are
   accepted and recorded. A field absent from an older `config.json` counts as its default.
-  The AMCL form's fields are compared as the runs resolve them (`forms.setting`): an older
+  The AMCL form's fields are compared as the runs resolve them (`forms.resolve`): an older
   `config.json` that records None for them continues a run whose config spells the values out.
 - `atomic_write_text` / `atomic_write_json`: a temporary file in the same folder, then
   `os.replace`, so a reader sees the old file or the new one, never a mix.
@@ -231,11 +231,11 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict
 
     A field missing from `recorded` (a run from before it existed) counts as its default; one
     missing from `config` (since removed) is ignored. Both sides are compared with the AMCL
-    form's fields resolved (`forms.resolved_config`).
+    form's fields resolved (`forms.resolve`).
     """
     defaults = flatten(json.loads(get_default_config().to_json()))
     old = flatten(_resolved(recorded, defaults))
-    new = flatten(json.loads(forms.resolved_config(config).to_json()))
+    new = flatten(json.loads(forms.resolve(config).to_json()))
     refused, accepted = [], []
     for field in sorted(new):
         before = old.get(field, defaults.get(field, new[field]))
@@ -258,7 +258,7 @@ def _resolved(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = value
-    return json.loads(forms.resolved_config(ml_collections.ConfigDict(tree)).to_json())
+    return json.loads(forms.resolve(ml_collections.ConfigDict(tree)).to_json())
 
 
 def has_checkpoints(workdir: str) -> bool:

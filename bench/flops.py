@@ -81,8 +81,9 @@ def forward_flops(fn: Callable, *args) -> int:
 def model_flops_per_step(config, batch_per_view: int, num_views: int = 2) -> dict[str, int]:
     """{"forward", "step"}: the model's forward FLOPs on `num_views` x `batch_per_view` images
     (training mode) and 3x that for a train step."""
-    from amcl_jax import methods
+    from amcl_jax import forms, methods
 
+    config = forms.resolve(config)
     model = methods.get_method(config.method).build_model(config)
     size = config.data.image_size
     images = jnp.zeros((num_views * batch_per_view, size, size, 3), jnp.float32)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import losses, methods, models, optim
+from amcl_jax import forms, losses, methods, models, optim
 from amcl_jax.config import get_default_config
 from amcl_jax.program import compiler_options
 from amcl_jax.state import TrainState
@@ -75,6 +75,7 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0, donate: bool
     """
     import time
 
+    config = forms.resolve(config)
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, schedule = optim.build_optimizer(config, total_steps=1000)

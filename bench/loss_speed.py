@@ -1,5 +1,5 @@
 """Optimisation attempt for AMCL's cost: the loss + gradient alone, with and without the
-hand-written gradient of the temperature grid's read-out (`models.heads.relu_pair_logits`).
+hand-written gradient of the temperature grid's read-out (`models.temperature.relu_pair_logits`).
 
     python bench/loss_speed.py --output bench/results/loss_speed_cpu.json
 
@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from amcl_jax import losses, models  # noqa: E402
-from amcl_jax.models import heads  # noqa: E402
+from amcl_jax.models import temperature  # noqa: E402
 from bench.common import command_line, write_json  # noqa: E402
 from bench.timing import seconds_of  # noqa: E402
 
@@ -65,15 +65,15 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results/loss_speed_cpu.json")
     args = parser.parse_args()
     fns, inputs = make_fns(args.batch, [int(c) for c in args.chunk_sizes.split(",")])
-    custom = heads.relu_pair_logits
+    custom = temperature.relu_pair_logits
 
     def run(name: str) -> float:
         fn, autodiff = fns[name]
-        heads.relu_pair_logits = _autodiff_relu_pair_logits if autodiff else custom
+        temperature.relu_pair_logits = _autodiff_relu_pair_logits if autodiff else custom
         try:  # Traced (once per function) with the read-out chosen here.
             return seconds_of(lambda: jax.block_until_ready(fn(*inputs)))
         finally:
-            heads.relu_pair_logits = custom
+            temperature.relu_pair_logits = custom
 
     values = {}
     for name in fns:  # Compile, and check both gradients give the same loss and gradients.

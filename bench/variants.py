@@ -1,4 +1,4 @@
-"""One short CIFAR-10 run per method variant (the 9 of configs/cifar10_*.py), same steps for all.
+"""One short CIFAR-10 run per method variant (configs/cifar10_*.py), same steps for all.
 
     python bench/variants.py --data_dir=../shared/data/cifar10-jpeg.tar.gz \
         --workdir=runs/variants --output=bench/results/variants_cpu.json
@@ -25,10 +25,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from amcl_jax import methods, recipes  # noqa: E402
 from bench.common import command_line, write_json  # noqa: E402
 
-VARIANTS = ("simclr", "amcl_simclr", "moco", "amcl_moco", "barlow_twins", "amcl_barlow_twins",
-            "simsiam", "amcl_simsiam", "byol")
+# Every registered method without AMCL and, where it has one, with: configs/cifar10_<variant>.py.
+VARIANTS = tuple(recipes.recipe_name(method.name, amcl).removeprefix("cifar10_")
+                 for method in methods.registered()
+                 for amcl in ((False, True) if method.supports_amcl else (False,)))
 
 
 def shared_overrides(steps: int, data_dir: str) -> list[str]:

@@ -13,7 +13,7 @@ import jax
 from conftest import tiny_config
 
 from amcl_jax import compile as compile_lib
-from amcl_jax import methods, program
+from amcl_jax import forms, methods, program
 
 PER_DEVICE = 4  # Images per device per view.
 # One case per method (its AMCL form where it has one: the authors' top-k losses gather the most
@@ -31,7 +31,7 @@ def case_config(name, amcl, form, model, batch):
                             "amcl.chunk_size": 8})
     if model.startswith("vit"):
         config.model.width = 0.0625  # vit_s at 24 channels: compiles in seconds.
-    return config
+    return forms.resolve(config)
 
 
 def topologies(kind):

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import methods, models
+from amcl_jax import forms, methods, models
 from amcl_jax.config import get_default_config
 
 
@@ -56,7 +56,7 @@ def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1, form="author
     config.moco.queue_size = 64
     config.barlow_twins.temperature_rank = 4
     config.total_steps = 10
-    return config
+    return forms.resolve(config)
 
 
 def loss_and_grads(config, devices):

@@ -22,7 +22,7 @@ from _helpers import (
 from conftest import tiny_config
 
 from amcl_jax import forms, methods, models, optim
-from amcl_jax.config import ConfigError, get_default_config, validate_config
+from amcl_jax.config import ConfigError, get_default_config, get_field, validate_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,31 +72,36 @@ def test_channel_map_temperatures_match_the_numpy_loop():
 # ---------------------------------------------------------------------------------------------
 # Forms, config and optimizer
 # ---------------------------------------------------------------------------------------------
+def _resolved(config, field):
+    """`field` as a run resolves it."""
+    return get_field(forms.resolve(config), field)
+
+
 def test_each_form_fills_its_settings_and_each_field_overrides_it_alone():
     config = get_default_config()
     assert forms.form(config) == "project"  # The default, by measurement (docs/amcl.md).
-    assert forms.setting(config, "amcl.negatives") == "logsumexp"
-    assert forms.setting(config, "amcl.temperature_net") == "concat_mlp"
+    assert _resolved(config, "amcl.negatives") == "logsumexp"
+    assert _resolved(config, "amcl.temperature_net") == "concat_mlp"
     config.amcl.form = "authors"
-    assert forms.setting(config, "amcl.negatives") == "topk"
-    assert forms.setting(config, "amcl.temperature_net") == "pair_score"
-    assert forms.setting(config, "amcl.beta") == 1e-4
-    assert forms.setting(config, "amcl.omega_dim") == config.projector.out_dim
-    assert forms.setting(config, "optimizer.grad_clip_norm") == 1.0
+    assert _resolved(config, "amcl.negatives") == "topk"
+    assert _resolved(config, "amcl.temperature_net") == "pair_score"
+    assert _resolved(config, "amcl.beta") == 1e-4
+    assert _resolved(config, "amcl.omega_dim") == config.projector.out_dim
+    assert _resolved(config, "optimizer.grad_clip_norm") == 1.0
     config.method = "barlow_twins"
-    assert forms.setting(config, "amcl.beta") == 1e-6
-    assert forms.setting(config, "barlow_twins.temperatures") == "channel_map"
+    assert _resolved(config, "amcl.beta") == 1e-6
+    assert _resolved(config, "barlow_twins.temperatures") == "channel_map"
     config.amcl.form = "project"
-    assert forms.setting(config, "amcl.beta") == 0.1
-    assert forms.setting(config, "amcl.temperature_bounds") == (0.5, 2.0)
-    assert forms.setting(config, "amcl.omega_dim") == 1
-    assert forms.setting(config, "optimizer.grad_clip_norm") == 0.0
+    assert _resolved(config, "amcl.beta") == 0.1
+    assert _resolved(config, "amcl.temperature_bounds") == (0.5, 2.0)
+    assert _resolved(config, "amcl.omega_dim") == 1
+    assert _resolved(config, "optimizer.grad_clip_norm") == 0.0
     config.amcl.beta = 0.3  # One field set: the rest of the form stays.
-    assert forms.setting(config, "amcl.beta") == 0.3
-    assert forms.setting(config, "amcl.negatives") == "logsumexp"
+    assert _resolved(config, "amcl.beta") == 0.3
+    assert _resolved(config, "amcl.negatives") == "logsumexp"
     config.amcl.enabled = False  # Baselines are not clipped unless asked.
     config.amcl.form = "authors"
-    assert forms.setting(config, "optimizer.grad_clip_norm") == 0.0
+    assert _resolved(config, "optimizer.grad_clip_norm") == 0.0
 
 
 def test_an_old_workdir_config_resolves_to_what_it_ran():
@@ -105,7 +110,7 @@ def test_an_old_workdir_config_resolves_to_what_it_ran():
     del config.amcl["form"]
     config.method = "barlow_twins"
     config.amcl.omega_dim = -1  # The old spelling of "Omega's K by the method's rule".
-    assert forms.setting(config, "amcl.omega_dim") == 1
+    assert _resolved(config, "amcl.omega_dim") == 1
     assert forms.form(config) == "project"
 
 
@@ -148,7 +153,7 @@ def test_clipping_scales_the_loss_gradient_before_weight_decay():
     config.optimizer.schedule = "constant"
     params = {"w": jnp.full((4,), 2.0)}
     grads = {"w": jnp.full((4,), 3.0)}  # Norm 6: clipped to 1.
-    tx, _ = optim.build_optimizer(config, total_steps=10)
+    tx, _ = optim.build_optimizer(forms.resolve(config), total_steps=10)
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -(3.0 / 6.0 + 0.5 * 2.0), rtol=1e-6)
     reference = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(0.5),
@@ -164,6 +169,9 @@ def test_clipping_scales_the_loss_gradient_before_weight_decay():
 # ---------------------------------------------------------------------------------------------
 # Methods in the authors' form: a step's loss through the real model
 # ---------------------------------------------------------------------------------------------
+AMCL_METHODS = [method.name for method in methods.registered() if method.supports_amcl]
+
+
 def _tiny(method, **overrides):
     return tiny_config(**{"method": method, "amcl.form": "authors", "model.width": 0.0625,
                           "predictor.hidden_dim": 8, "moco.queue_size": 16, **overrides})
@@ -172,6 +180,7 @@ def _tiny(method, **overrides):
 def _loss_and_grads(config):
     """One step's loss through the real model: (initial variables, loss, output, gradient)."""
     validate_config(config)
+    config = forms.resolve(config)
     impl = methods.get_method(config.method)
     model = impl.build_model(config)
     variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
@@ -187,7 +196,7 @@ def _loss_and_grads(config):
     return variables, loss, out, grads
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+@pytest.mark.parametrize("method", AMCL_METHODS)
 def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
     _, loss, out, grads = _loss_and_grads(_tiny(method))
     assert np.isfinite(loss)
@@ -202,14 +211,13 @@ def test_each_recipe_names_the_form_measured_best_for_its_method():
     """docs/amcl.md: the project's form by default; MoCo's recipe takes the authors' form."""
     from amcl_jax import recipes
 
-    for method, expected in (("simclr", "project"), ("moco", "authors"), ("simsiam", "project"),
-                             ("barlow_twins", "project")):
+    for method in AMCL_METHODS:
         config = recipes.method_config(method, True)
         validate_config(config)
-        assert forms.form(config) == expected, method
+        assert forms.form(config) == ("authors" if method == "moco" else "project"), method
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "barlow_twins"])
+@pytest.mark.parametrize("method", AMCL_METHODS)
 def test_a_baseline_is_the_same_run_in_either_form(method):
     """With AMCL off, amcl.form changes nothing: same parameters, loss, gradient, extra state and
     optimizer update (so a baseline run resumes under either spelling of the form)."""
@@ -218,7 +226,7 @@ def test_a_baseline_is_the_same_run_in_either_form(method):
         config = _tiny(method, **{"amcl.enabled": False, "amcl.form": form})
         variables, loss, out, grads = _loss_and_grads(config)
         grads = jax.tree.map(lambda g: g * 1e3, grads)  # Large enough that clipping would show.
-        tx, _ = optim.build_optimizer(config, total_steps=10)
+        tx, _ = optim.build_optimizer(forms.resolve(config), total_steps=10)
         updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
         results.append((variables["params"], loss, grads, out.extra, updates))
     assert "temperature_net" not in results[0][0]

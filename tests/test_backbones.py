@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from amcl_jax import methods, models
+from amcl_jax import forms, methods, models
 from amcl_jax.models.vit import auto_patch_size
 
 FULL_SIZE_DIMS = {"resnet50": 2048, "resnet50w2": 4096, "resnet50w4": 8192, "vit_s": 384,
@@ -41,7 +41,8 @@ def test_auto_patch_size():
 def test_training_step(name):
     """One SimCLR SGD step at a tiny width: finite loss and gradients, the encoder moves."""
     width = 0.015625 if name == "resnet50w4" else 0.125
-    config = tiny_config(**{"model.name": name, "model.width": width, "amcl.enabled": False})
+    config = forms.resolve(
+        tiny_config(**{"model.name": name, "model.width": width, "amcl.enabled": False}))
     method = methods.get_method("simclr")
     model = method.build_model(config)
     views = jax.random.normal(jax.random.key(1), (2, 4, 8, 8, 3))

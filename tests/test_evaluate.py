@@ -161,7 +161,7 @@ def test_figures_are_written(workdir):
         assert os.path.getsize(path) > 1000, path
     numbers = json.load(open(os.path.join(workdir, "figures", "figures.json")))
     assert numbers["amcl"] is True and len(numbers["pos_tau"]["mean"]) == 2
-    lower, upper = forms.setting(get_default_config(), "amcl.temperature_bounds")
+    lower, upper = forms.resolve(get_default_config()).amcl.temperature_bounds
     assert all(lower <= t <= upper for t in numbers["neg_tau"]["mean"])
 
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_config
 
 import amcl_jax
-from amcl_jax import export, methods, models, optim
+from amcl_jax import export, forms, methods, models, optim
 from amcl_jax.checkpoints import Checkpointer, load_pretrained
 from amcl_jax.errors import UsageError
 from amcl_jax.state import create_train_state
@@ -77,6 +77,7 @@ def _write_workdir(workdir: str, **overrides) -> None:
     os.makedirs(workdir)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))
+    config = forms.resolve(config)
     method = methods.get_method(config.method)
     model = method.build_model(config)
     tx, _ = optim.build_optimizer(config, total_steps=1)

@@ -23,8 +23,8 @@ from _helpers import (
 )
 from conftest import tiny_config
 
-from amcl_jax import losses, methods, models, train
-from amcl_jax.config import ConfigError, validate_config
+from amcl_jax import losses, methods, models, recipes, train
+from amcl_jax.config import ConfigError, get_default_config, validate_config
 from amcl_jax.methods import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,21 +298,23 @@ def _import_config(name):
     return importlib.import_module(f"configs.{name}")
 
 
-@pytest.mark.parametrize("method", ["moco", "barlow_twins", "simsiam", "byol"])
+@pytest.mark.parametrize("method", methods.registered(), ids=lambda m: m.name)
 def test_cifar10_configs_and_quickstart_validate(method):
     lrs = {"moco": 0.08, "barlow_twins": 0.11, "simsiam": 0.05, "byol": 0.05}
-    names = [f"cifar10_{method}"] + ([] if method == "byol" else [f"cifar10_amcl_{method}"])
-    for name in names:
+    amcl_values = (False, True) if method.supports_amcl else (False,)
+    for amcl in amcl_values:
+        name = recipes.recipe_name(method.name, amcl)
         config = _import_config(name).get_config()
         validate_config(config)
-        assert config.method == method and config.amcl.enabled == ("amcl" in name)
-        assert config.optimizer.learning_rate == lrs[method]
+        assert config.method == method.name and config.amcl.enabled == amcl
+        if method.name in lrs:
+            assert config.optimizer.learning_rate == lrs[method.name]
     quickstart = _import_config("quickstart")
-    for amcl in ("true", "false") if method != "byol" else ("false",):
-        config = quickstart.get_config(f"method={method},amcl={amcl}")
+    for amcl in amcl_values:
+        config = quickstart.get_config(f"method={method.name},amcl={str(amcl).lower()}")
         validate_config(config)
-        assert config.method == method and config.amcl.enabled == (amcl == "true")
-    assert not quickstart.get_config(f"method={method}").amcl.enabled or method != "byol"
+        assert config.method == method.name and config.amcl.enabled == amcl
+    assert method.supports_amcl or not quickstart.get_config(f"method={method.name}").amcl.enabled
 
 
 def test_byol_with_amcl_is_refused():
@@ -323,9 +325,8 @@ def test_byol_with_amcl_is_refused():
 # ---------------------------------------------------------------------------------------------
 # End to end: 9 variants x 3 steps on mock CIFAR-10.
 # ---------------------------------------------------------------------------------------------
-VARIANTS = [("simclr", False), ("simclr", True), ("moco", False), ("moco", True),
-            ("simsiam", False), ("simsiam", True), ("barlow_twins", False),
-            ("barlow_twins", True), ("byol", False)]
+VARIANTS = [(method.name, amcl) for method in methods.registered()
+            for amcl in ((False, True) if method.supports_amcl else (False,))]
 
 
 class TinyEncoder(nn.Module):
@@ -401,5 +402,10 @@ def test_every_variant_trains_end_to_end(tmp_path, tiny_encoder, method, amcl):
             np.testing.assert_allclose(np.linalg.norm(extra["queue"], axis=-1), 1.0, rtol=1e-5)
 
 
-def test_method_registry_lists_every_method():
-    assert methods.available() == ("barlow_twins", "byol", "moco", "simclr", "simsiam")
+def test_every_registered_method_has_its_recipes_and_sections():
+    config = get_default_config()
+    for method in methods.registered():
+        assert methods.get_method(method.name).name == method.name
+        assert recipes.recipe_name(method.name, False) in recipes.names()
+        assert (recipes.recipe_name(method.name, True) in recipes.names()) == method.supports_amcl
+        assert all(section in config for section in method.config_sections())

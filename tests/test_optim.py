@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from amcl_jax import optim
+from amcl_jax import forms, optim
 from amcl_jax.config import get_default_config
 
 
@@ -91,7 +91,7 @@ def test_sgd_matches_pytorch_style_coupled_decay():
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 0.01
-    tx, _ = optim.build_optimizer(config, total_steps=1000)
+    tx, _ = optim.build_optimizer(forms.resolve(config), total_steps=1000)
     w = jnp.array([1.0, -2.0])
     state = tx.init(w)
     buf = np.zeros(2)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from amcl_jax import recipes, reproduce, train
+from amcl_jax import methods, recipes, reproduce, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_TABLES = ("augmentations", "heads", "temperature", "amcl_choices")
@@ -224,7 +224,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 @pytest.mark.parametrize("method,amcl", [
-    ("simclr", True), ("moco", False), ("simsiam", True), ("barlow_twins", True), ("byol", False)])
+    (method.name, method.supports_amcl) for method in methods.registered()])
 def test_quickstart_takes_each_methods_settings_from_its_config(method, amcl):
     """One source of per-method settings: the quickstart differs from the method's CIFAR-10
     config only in sizes (data, widths, steps), never in learning rate, layers or bounds."""
@@ -233,8 +233,9 @@ def test_quickstart_takes_each_methods_settings_from_its_config(method, amcl):
     own = recipes.method_config(method, amcl)
     quick, own = _flat(quick.to_dict()), _flat(own.to_dict())
     differ = {key for key in quick.keys() | own.keys() if quick.get(key) != own.get(key)}
-    sizes = {"batch_size", "total_steps", "log_every_steps", "model.width", "moco.queue_size",
-             "projector.hidden_dim", "projector.out_dim", "predictor.hidden_dim",
-             "optimizer.warmup_steps", "checkpoint.every_steps"}
+    own_sizes = methods.get_method(method).scaled_sizes.get("quickstart", {})
+    sizes = {"batch_size", "total_steps", "log_every_steps", "model.width",
+             "projector.hidden_dim", "projector.out_dim", "optimizer.warmup_steps",
+             "checkpoint.every_steps", *own_sizes}
     assert {key for key in differ if not key.startswith(("data.", "eval."))} <= sizes, differ
     assert quick["optimizer.learning_rate"] == own["optimizer.learning_rate"]

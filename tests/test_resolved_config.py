@@ -1,4 +1,4 @@
-"""The AMCL form's fields resolved: `forms.resolved_config`, `main.py --print_config`, and
+"""The AMCL form's fields resolved: `forms.resolve`, `main.py --print_config`, and
 config.json recording them, while workdirs that recorded None still resume."""
 
 import functools
@@ -12,8 +12,9 @@ import ml_collections
 import pytest
 from conftest import tiny_config
 
-from amcl_jax import forms, methods, optim, recipes, reproduce, train, workdir
+from amcl_jax import forms, methods, optim, program, recipes, reproduce, train, workdir
 from amcl_jax import state as state_lib
+from amcl_jax.config import get_field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,26 +24,28 @@ def _as_recorded(config):
     return ml_collections.ConfigDict(json.loads(config.to_json()))
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", [m.name for m in methods.registered() if m.supports_amcl])
 @pytest.mark.parametrize("form", ["authors", "project"])
-def test_resolved_config_fills_every_form_field_with_the_value_the_run_uses(method, form):
+def test_resolve_fills_every_form_field_and_is_idempotent(method, form):
     config = recipes.method_config(method, True)
     config.amcl.form = form
-    resolved = _as_recorded(forms.resolved_config(config))
+    resolved = _as_recorded(forms.resolve(config))
     assert resolved.amcl.form == form
-    for field in forms.FIELDS:
-        section, name = field.split(".")
-        assert resolved[section][name] is not None, field
-        assert forms.setting(resolved, field) == forms.setting(config, field), field
+    again = forms.resolve(resolved)
+    for field in forms.fields():
+        assert get_field(resolved, field) is not None, field
+        assert get_field(again, field) == get_field(resolved, field), field
     config.amcl.beta = 0.25  # A field set explicitly stays as set.
-    assert forms.resolved_config(config).amcl.beta == 0.25
+    assert forms.resolve(config).amcl.beta == 0.25
+    with pytest.raises(ValueError, match="forms.resolve"):  # Unresolved: refused by name.
+        program.build(config, program.data_mesh(), 1)
 
 
 @pytest.mark.parametrize("form", ["authors", "project"])
 def test_a_resolved_config_builds_the_same_train_state(form):
     config = tiny_config(**{"amcl.form": form, "amcl.num_heads": 2})
     states = []
-    for c in (config, _as_recorded(forms.resolved_config(config))):
+    for c in (forms.resolve(config), forms.resolve(_as_recorded(forms.resolve(config)))):
         method = methods.get_method(c.method)
         model = method.build_model(c)
         tx, _ = optim.build_optimizer(c, total_steps=4)
@@ -55,7 +58,7 @@ def test_resume_compares_form_fields_as_resolved():
     config = tiny_config()
     old_record = json.loads(config.to_json())  # Written before config.json was resolved: None.
     del old_record["amcl"]["form"], old_record["moco"]  # Older still: no form, no MoCo yet.
-    new_record = json.loads(forms.resolved_config(config).to_json())
+    new_record = json.loads(forms.resolve(config).to_json())
     assert workdir.config_changes(old_record, config) == ([], [])
     assert workdir.config_changes(new_record, config) == ([], [])
     spelled_out = tiny_config(**{"amcl.beta": 0.1, "amcl.negatives": "logsumexp"})
@@ -74,8 +77,8 @@ def test_config_json_records_resolved_values_and_a_none_record_still_resumes(tmp
                             "data.augmentations": "ae", "amcl.num_heads": 2})
     train.train_and_evaluate(config, path)
     recorded = json.load(open(os.path.join(path, "config.json")))
-    assert recorded == json.loads(forms.resolved_config(config).to_json())
-    assert all(recorded[f.split(".")[0]][f.split(".")[1]] is not None for f in forms.FIELDS)
+    assert recorded == json.loads(forms.resolve(config).to_json())
+    assert all(recorded[f.split(".")[0]][f.split(".")[1]] is not None for f in forms.fields())
     with open(os.path.join(path, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))  # As an older version recorded it: None.
     config.total_steps = 2
@@ -106,9 +109,9 @@ def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path):
     printed = json.loads(done.stdout)
     assert printed["method"] == "moco" and printed["amcl"]["form"] == "authors"
     # Every form field is spelled out, with the authors' MoCo values; resolving is idempotent.
-    assert printed == json.loads(forms.resolved_config(_as_recorded(
+    assert printed == json.loads(forms.resolve(_as_recorded(
         ml_collections.ConfigDict(printed))).to_json())
-    assert all(printed[f.split(".")[0]][f.split(".")[1]] is not None for f in forms.FIELDS)
+    assert all(printed[f.split(".")[0]][f.split(".")[1]] is not None for f in forms.fields())
     assert printed["moco"]["directions"] == "query_and_key"
     assert printed["amcl"]["negatives"] == "topk" and printed["amcl"]["beta"] == 1e-4
     assert printed["optimizer"]["grad_clip_norm"] == 1.0

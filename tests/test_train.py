@@ -189,10 +189,11 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
     valid = np.asarray(labels) >= 0
     assert np.mean(np.argmax(logits, -1)[valid] == np.asarray(labels)[valid]) > 0.99
 
-    from amcl_jax import methods, optim
+    from amcl_jax import forms, methods, optim
     results = {}
     for enabled in (False, True):
-        config = tiny_config(**{"online_probe.enabled": enabled, "online_probe.num_classes": 3})
+        config = forms.resolve(
+            tiny_config(**{"online_probe.enabled": enabled, "online_probe.num_classes": 3}))
         method = methods.get_method("simclr")
         model = method.build_model(config)
         tx, schedule = optim.build_optimizer(config, 4)

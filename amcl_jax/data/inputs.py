@@ -18,7 +18,6 @@ import numpy as np
 from absl import logging
 
 from amcl_jax import data as data_lib
-from amcl_jax import forms
 from amcl_jax.data import device_augment
 from amcl_jax.workdir import CONFIG_FILE
 
@@ -71,7 +70,7 @@ def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bo
         config.online_probe.num_classes = int(num_classes)  # Recorded for load_pretrained.
         if is_chief:
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-                f.write(forms.resolved_config(config).to_json(indent=2))
+                f.write(config.to_json(indent=2))  # The run's config: forms resolved.
     logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps, views made on "
                  "the %s", len(train_images), len(bank_images), len(query_images), num_classes,
                  total_steps, augment_on)

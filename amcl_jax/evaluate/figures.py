@@ -26,18 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from amcl_jax import data as data_lib
-from amcl_jax import models, program
+from amcl_jax import methods, models, program
 from amcl_jax.checkpoints import load_pretrained
 from amcl_jax.evaluate import common
 from amcl_jax.methods.simclr import temperature_module
-
-PAIR_TEMPERATURE_METHODS = ("simclr", "moco")
 
 
 def constant_temperature(config) -> float | None:
     """The method's own global temperature without AMCL (SimCLR's `simclr.temperature`, MoCo's
     `moco.temperature`); None for the methods whose loss has none."""
-    if config.method not in PAIR_TEMPERATURE_METHODS:
+    if not methods.get_method(config.method).pair_temperatures:
         return None
     return float(config[config.method].temperature)
 
@@ -57,7 +55,7 @@ def _pair_statistics(config, model, variables, images, labels, *, batch_size: in
     params = variables["params"]
     # The (C, M, D) pair temperature network of the SimCLR-family losses (Eq. 2.1); other
     # methods' temperature modules (Barlow Twins' per-entry logits) are not drawn here.
-    amcl = "temperature_net" in params and config.method in PAIR_TEMPERATURE_METHODS
+    amcl = "temperature_net" in params and methods.get_method(config.method).pair_temperatures
     tau_net = None
     if amcl:
         tau_net = models.BoundTemperature(temperature_module(config), params["temperature_net"])

@@ -1,8 +1,10 @@
 """The registry of pretraining methods.
 
-A method knows how to build its Flax model from the config, which extra state it carries in the
-train state (a MoCo queue, EMA parameters...), and how to compute its loss from a batch of views.
-Its loss itself is a pure function in `amcl_jax.losses`.
+A method declares its settings (config sections and their checks, its values of the AMCL forms'
+fields, its scaled-down sizes: `base.Method`), builds its Flax model from the config, says which
+extra state it carries in the train state (a MoCo queue, EMA parameters...), and computes its loss
+from a batch of views. Its loss itself is a pure function in `amcl_jax.losses`. Adding a method:
+its module here and one entry in `_REGISTRY`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ from amcl_jax.methods.moco import MoCo
 from amcl_jax.methods.simclr import SimCLR
 from amcl_jax.methods.simsiam import SimSiam
 
+# In the order of their sections in the default config.
 _REGISTRY: dict[str, type[Method]] = {
-    method.name: method for method in (SimCLR, MoCo, SimSiam, BarlowTwins, BYOL)
+    method.name: method for method in (SimCLR, MoCo, BarlowTwins, BYOL, SimSiam)
 }
 
 
 def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
+
+
+def registered() -> tuple[Method, ...]:
+    """Every registered method, in registry order."""
+    return tuple(method() for method in _REGISTRY.values())
 
 
 def get_method(name: str) -> Method:
@@ -29,4 +37,4 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]()
 
 
-__all__ = ["Method", "MethodOutput", "available", "get_method"]
+__all__ = ["Method", "MethodOutput", "available", "get_method", "registered"]

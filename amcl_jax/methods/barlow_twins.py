@@ -28,15 +28,18 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import fail, one_of
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
+
+TEMPERATURES = ("channel_map", "low_rank")
 
 
 def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
     """`barlow_twins.temperatures`: "channel_map" (the authors') or "low_rank" (the project's)."""
-    bounds = tuple(forms.setting(config, "amcl.temperature_bounds"))
-    kind = forms.setting(config, "barlow_twins.temperatures")
+    bounds = tuple(config.amcl.temperature_bounds)
+    kind = config.barlow_twins.temperatures
     if kind == "channel_map":
         return models.ChannelTemperatures(
             num_heads=config.amcl.num_heads, batch_size=config.batch_size,
@@ -49,38 +52,58 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
                      "'channel_map', 'low_rank'")
 
 
-def omega_dim(config: ml_collections.ConfigDict) -> float:
-    """Omega's K for Eq. 2.3: D (authors) or 1 (project) unless `amcl.omega_dim` is set."""
-    return forms.setting(config, "amcl.omega_dim")
-
-
 class BarlowTwins(Method):
     name = "barlow_twins"
+    # Omega's K: D (the authors', the form's) or 1 (the project's); the degenerate Eq. 2.3 is
+    # bounded in the project's form (module docstring).
+    form_values = {
+        "authors": {"amcl.beta": 1e-6, "barlow_twins.temperatures": "channel_map"},
+        "project": {"amcl.temperature_bounds": (0.5, 2.0), "amcl.omega_dim": 1,
+                    "barlow_twins.temperatures": "low_rank"},
+    }
+    scaled_sizes = {"quickstart": {"projector.hidden_dim": 256, "projector.out_dim": 256}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        barlow_twins = ml_collections.ConfigDict()
+        barlow_twins.off_diagonal_weight = 5e-3  # lambda.
+        # AMCL's temperatures: "channel_map" (authors: the Eq. 3 map on the channel vectors, phi
+        # N -> hidden -> N, so batch_size is fixed by it) or "low_rank" (project: learned
+        # per-entry logits, rank barlow_twins.temperature_rank off the diagonal).
+        barlow_twins.temperatures = ml_collections.config_dict.placeholder(str)
+        barlow_twins.temperature_rank = 16
+        return {"barlow_twins": barlow_twins}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        one_of(config, "barlow_twins.temperatures", TEMPERATURES)
+        if config.barlow_twins.off_diagonal_weight < 0:
+            fail("barlow_twins.off_diagonal_weight", config.barlow_twins.off_diagonal_weight,
+                 "must be >= 0")
+        if config.barlow_twins.temperature_rank < 1:
+            fail("barlow_twins.temperature_rank", config.barlow_twins.temperature_rank,
+                 "must be >= 1")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config), common.projector(config, batch_norm=True),
             temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (_, projections), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            mutable=["batch_stats"])
-        z_a, z_b = common.split_views(projections)
+        projections, batch_stats = common.apply_to_views(model, params, batch_stats, views)
+        z_a, z_b = projections[:, 0], projections[:, 1]  # (C, N, D) each
         weight = config.barlow_twins.off_diagonal_weight
         if config.amcl.enabled:
             tau_diag, tau_off = temperature_module(config).apply(
                 {"params": params["temperature_net"]}, z_a, z_b)
             # The authors' cross-correlation divides by (std + 1e-9); lightly's by
             # sqrt(var + 1e-5), which the baseline and the project's form keep.
-            eps, standardisation = ((1e-9, "std_eps") if forms.form(config) == "authors"
+            eps, standardisation = ((1e-9, "std_eps") if config.amcl.form == "authors"
                                     else (1e-5, "variance_eps"))
             loss, metrics = losses.amcl_barlow_twins(
                 z_a, z_b, tau_diag, tau_off, off_diagonal_weight=weight,
-                beta=forms.setting(config, "amcl.beta"), omega_dim=omega_dim(config), eps=eps,
+                beta=config.amcl.beta, omega_dim=config.amcl.omega_dim, eps=eps,
                 standardisation=standardisation)
         else:
             loss, metrics = losses.barlow_twins_loss(z_a[0], z_b[0], off_diagonal_weight=weight)
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import losses
+from amcl_jax import losses, models
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
@@ -26,9 +26,21 @@ from amcl_jax.methods.base import Method, MethodOutput
 class BYOL(Method):
     name = "byol"
     supports_amcl = False
+    # The predictor is SimSiam's section (`predictor.hidden_dim`).
+    scaled_sizes = {"quickstart": {"predictor.hidden_dim": 128}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        byol = ml_collections.ConfigDict()
+        byol.momentum = 0.99  # EMA of the target encoder and projector.
+        byol.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
+        return {"byol": byol}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        common.check_momentum(config, "byol")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(common.build_encoder(config),
+        return models.SSLModel(common.build_encoder(config),
                                common.projector(config, batch_norm=True),
                                predictor=common.predictor(config))
 
@@ -38,16 +50,14 @@ class BYOL(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (_, predictions), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            method="forward", mutable=["batch_stats"])
-        targets, target_batch_stats = common.target_forward(model, extra, images)
-        p_a, p_b = common.split_views(predictions)
-        t_a, t_b = common.split_views(targets)
+        (_, predictions), batch_stats = common.apply_to_views(model, params, batch_stats, views,
+                                                              method="forward")
+        targets, target_batch_stats = common.target_forward(model, extra, views)
+        p_a, p_b = predictions[:, 0], predictions[:, 1]  # (C, N, D) each
+        t_a, t_b = targets[:, 0], targets[:, 1]
         loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], t_a[0], t_b[0])
         extra = dict(extra, target_batch_stats=target_batch_stats)
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)
 
     def update_extra(self, config, params, extra, step, total_steps):
         return common.update_target(config.byol, total_steps, params, extra, step)

@@ -1,4 +1,5 @@
-"""Pieces shared by MoCo, BYOL, SimSiam and Barlow Twins: the model, EMA targets, the queue.
+"""Pieces shared by the methods: the model's parts, one pass over the views, EMA targets, the
+MoCo queue.
 
 State that is not trained by the optimizer (momentum-network params and BatchNorm statistics, the
 MoCo queue and its pointer) lives in the method's `extra` pytree, so the trainer checkpoints and
@@ -16,51 +17,15 @@ import ml_collections
 import optax
 
 from amcl_jax import models
+from amcl_jax.config import fail, one_of
+from amcl_jax.models import SSLModel
 from amcl_jax.platform import cpu
-from amcl_jax.sharding import DATA_AXIS, data_shards, stack_views, unstack_views  # noqa: F401
+from amcl_jax.sharding import stack_views, unstack_views
 
 # The parts of the model a momentum (EMA) network copies; the predictor and the temperature
 # network exist only online.
 TARGET_MODULES = ("encoder", "projector")
 MOMENTUM_SCHEDULES = ("constant", "cosine")
-
-
-class SSLModel(nn.Module):
-    """Encoder -> C-head projector [-> C-head predictor]; owns the temperature network's params.
-
-    Attributes:
-      encoder: `(x, train) -> (B, F)`.
-      projector: `(features, train) -> (C, B, D)` (a `models.MultiHeadMLP`).
-      predictor: None or `(projections (C, B, D), train) -> (C, B, D)` (SimSiam, BYOL).
-      temperature_net: None or a module called as `temperature_net(z, z)` on (C, B, D) head
-        outputs; only called here at initialisation to create its params (the method applies it
-        on its own with `params["temperature_net"]`).
-    """
-
-    encoder: nn.Module
-    projector: nn.Module
-    predictor: nn.Module | None = None
-    temperature_net: nn.Module | None = None
-
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
-        features = self.encoder(x, train=train)
-        projections = self.projector(features, train=train)
-        if self.is_initializing():
-            if self.predictor is not None:
-                self.predictor(projections, train=train)
-            if self.temperature_net is not None:
-                self.temperature_net(projections, projections)
-        return features, projections
-
-    def forward(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x (B, H, W, 3) -> projections (C, B, D), predictions (C, B, D) (the online branch)."""
-        _, projections = self(x, train=train)
-        return projections, self.predictor(projections, train=train)
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """Backbone features (B, F) float32 in inference mode (kNN, probes)."""
-        return self.encoder(x, train=False)
 
 
 def batch_norm_layout(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -122,10 +87,25 @@ def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
 # --------------------------------------------------------------------------------------------
 # Views in, views out: one encoder pass over every view, each device on its own images
 # --------------------------------------------------------------------------------------------
-def split_views(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(C, 2N, ...) stacked by `stack_views` along axis 1 -> view a and view b, each (C, N, ...)."""
-    x = unstack_views(x, 2, axis=1)
-    return x[:, 0], x[:, 1]
+def apply_to_views(model: SSLModel, params, batch_stats, views: jax.Array, *,
+                   method: str = "projections", num_views: int | None = 2) -> tuple[Any, Any]:
+    """One training-mode pass of `model` over every view at once (BatchNorm on batch statistics).
+
+    Args:
+      views: (V, B, H, W, 3) float32; stacked by `stack_views` so that each device encodes its
+        own images of every view. `num_views`: the V required (None: any).
+      method: the `SSLModel` method applied, whose outputs are head outputs (C, V * B, D):
+        "projections", or "forward" (projections, predictions).
+
+    Returns:
+      the outputs unstacked, each (C, V, B, D) float32, and the updated batch statistics.
+    """
+    outputs, mutated = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        stack_views(views, num_views=num_views), train=True, method=method,
+        mutable=["batch_stats"])
+    outputs = jax.tree.map(lambda x: unstack_views(x, views.shape[0], axis=1), outputs)
+    return outputs, mutated.get("batch_stats", batch_stats)
 
 
 def mean_metrics(*metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -145,6 +125,13 @@ def target_copy(variables: dict) -> dict[str, Any]:
         "target_batch_stats": copy({k: batch_stats[k] for k in TARGET_MODULES
                                     if k in batch_stats}),
     }
+
+
+def check_momentum(config: ml_collections.ConfigDict, section: str) -> None:
+    """The EMA fields of `section` (MoCo's, BYOL's): momentum in [0, 1], a known schedule."""
+    if not 0 <= config[section].momentum <= 1:
+        fail(f"{section}.momentum", config[section].momentum, "must be in [0, 1]")
+    one_of(config, f"{section}.momentum_schedule", MOMENTUM_SCHEDULES)
 
 
 def ema_momentum(base: float, schedule: str, step: jax.Array, total_steps: int) -> jax.Array:
@@ -176,16 +163,15 @@ def update_target(config_section: ml_collections.ConfigDict, total_steps: int, p
     return dict(extra, target_params=ema_update(extra["target_params"], online, momentum))
 
 
-def target_forward(model: SSLModel, extra: dict, images: jax.Array) -> tuple[jax.Array, Any]:
-    """The momentum network's projections (C, B, D), gradient stopped, and its new batch stats.
+def target_forward(model: SSLModel, extra: dict, views: jax.Array) -> tuple[jax.Array, Any]:
+    """The momentum network's projections (C, V, B, D) of views (V, B, H, W, 3), gradient
+    stopped, and its new batch stats.
 
     It runs in training mode (batch statistics), as the key / target encoder of MoCo and BYOL.
     """
-    variables = {"params": extra["target_params"], "batch_stats": extra["target_batch_stats"]}
-    (_, projections), mutated = model.apply(variables, images, train=True,
-                                            mutable=["batch_stats"])
-    return (jax.lax.stop_gradient(projections),
-            mutated.get("batch_stats", extra["target_batch_stats"]))
+    projections, batch_stats = apply_to_views(model, extra["target_params"],
+                                              extra["target_batch_stats"], views, num_views=None)
+    return jax.lax.stop_gradient(projections), batch_stats
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,17 +26,56 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import fail, one_of, positive_integer
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
-from amcl_jax.methods.simclr import omega_dim, temperature_module
+from amcl_jax.methods.simclr import temperature_module
+
+DIRECTIONS = ("query_and_key", "views")
 
 
 class MoCo(Method):
     name = "moco"
+    pair_temperatures = True
+    form_values = {"authors": {"moco.directions": "query_and_key"},
+                   "project": {"moco.directions": "views"}}
+    # The quickstart's 1,493 digits x 2 views would be stale in a queue of 4096.
+    scaled_sizes = {"quickstart": {"moco.queue_size": 1024}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        moco = ml_collections.ConfigDict()  # MoCo v2.
+        moco.temperature = 0.1  # Used when amcl.enabled is False.
+        moco.queue_size = 4096  # Keys per head; >= 2 * batch_size (2N keys enqueued a step).
+        moco.momentum = 0.99  # EMA of the key encoder and projector.
+        moco.momentum_schedule = "constant"  # "cosine": ramp to 1 over the run.
+        # AMCL-MoCo's pairs. "query_and_key" (authors): queries from view 1, keys from view 2,
+        # the mean of the q -> k and k -> q directions against the queue. "views" (project): the
+        # symmetric (L(q_a, k_b) + L(q_b, k_a)) / 2 of MoCo v2. Plain MoCo always uses "views".
+        moco.directions = ml_collections.config_dict.placeholder(str)
+        return {"moco": moco}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        positive_integer(config, "moco.queue_size")
+        if config.moco.temperature <= 0:
+            fail("moco.temperature", config.moco.temperature, "must be > 0")
+        common.check_momentum(config, "moco")
+        one_of(config, "moco.directions", DIRECTIONS)
+
+    def check_run(self, config: ml_collections.ConfigDict) -> None:
+        keys_per_step = config.batch_size * (1 if self.query_and_key(config) else 2)
+        if config.moco.queue_size < keys_per_step:
+            fail("moco.queue_size", config.moco.queue_size,
+                 f"must be >= the {keys_per_step} keys enqueued per step")
+
+    @staticmethod
+    def query_and_key(config: ml_collections.ConfigDict) -> bool:
+        """The authors' pairs: queries from view a only, keys from view b only."""
+        return config.amcl.enabled and config.moco.directions == "query_and_key"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config), common.projector(config, batch_norm=False),
             temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
@@ -47,24 +86,20 @@ class MoCo(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        if config.amcl.enabled and forms.setting(config, "moco.directions") == "query_and_key":
-            # The authors' pairs: queries from view a only, keys from view b only.
-            query_images, key_images = views[0], views[1]
-        else:
-            query_images = key_images = common.stack_views(views)
-        (_, queries), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, query_images, train=True,
-            mutable=["batch_stats"])
-        keys, target_batch_stats = common.target_forward(model, extra, key_images)
+        query_and_key = self.query_and_key(config)
+        query_views, key_views = (views[:1], views[1:]) if query_and_key else (views, views)
+        queries, batch_stats = common.apply_to_views(model, params, batch_stats, query_views,
+                                                     num_views=None)  # (C, V, B, D)
+        keys, target_batch_stats = common.target_forward(model, extra, key_views)
         queue = jax.lax.stop_gradient(extra["queue"])
-        if query_images is not key_images:
+        if query_and_key:
             loss, metrics = losses.amcl_queue_contrastive(
-                queries, keys, queue, self.temperature_fn(config, params),
+                queries[:, 0], keys[:, 0], queue, self.temperature_fn(config, params),
                 directions="query_and_key", **self.loss_options(config))
-            new_keys = keys
+            new_keys = keys[:, 0]
         else:
-            q_a, q_b = common.split_views(queries)
-            k_a, k_b = common.split_views(keys)
+            q_a, q_b = queries[:, 0], queries[:, 1]
+            k_a, k_b = keys[:, 0], keys[:, 1]
             if config.amcl.enabled:
                 temperature_fn = self.temperature_fn(config, params)
                 pair_loss = lambda q, k: losses.amcl_queue_contrastive(
@@ -85,7 +120,7 @@ class MoCo(Method):
                                             losses.l2_normalize(new_keys))
         extra = dict(extra, queue=new_queue, queue_ptr=new_ptr,
                      target_batch_stats=target_batch_stats)
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)
 
     @staticmethod
     def temperature_fn(config, params) -> models.BoundTemperature:
@@ -93,9 +128,9 @@ class MoCo(Method):
 
     @staticmethod
     def loss_options(config) -> dict:
-        """`amcl_queue_contrastive`'s keyword arguments from the config (forms resolved)."""
-        return dict(beta=forms.setting(config, "amcl.beta"), omega_dim=omega_dim(config),
-                    negatives=forms.setting(config, "amcl.negatives"), topk=config.amcl.topk,
+        """`amcl_queue_contrastive`'s keyword arguments from the config."""
+        return dict(beta=config.amcl.beta, omega_dim=config.amcl.omega_dim,
+                    negatives=config.amcl.negatives, topk=config.amcl.topk,
                     infonce=config.amcl.infonce, chunk_size=config.amcl.chunk_size)
 
     def update_extra(self, config, params, extra, step, total_steps):

@@ -12,7 +12,6 @@ beta and its temperature reaches the lower bound).
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import flax.linen as nn
@@ -20,29 +19,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import fail
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
-
-
-class ContrastiveModel(nn.Module):
-    """Encoder -> C-head projector; optionally owns the temperature network's parameters."""
-
-    encoder: nn.Module
-    projector: nn.Module
-    temperature_net: nn.Module | None = None
-
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x (B, H, W, 3) -> features (B, F) float32, projections (C, B, D) float32."""
-        features = self.encoder(x, train=train)
-        projections = self.projector(features, train=train)
-        if self.temperature_net is not None and self.is_initializing():
-            self.temperature_net(projections, projections)  # Creates its parameters.
-        return features, projections
-
-    def features(self, x: jax.Array) -> jax.Array:
-        """Backbone features (B, F) float32 in inference mode (kNN, probes)."""
-        return self.encoder(x, train=False)
 
 
 def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
@@ -51,30 +31,15 @@ def temperature_module(config: ml_collections.ConfigDict) -> nn.Module:
     `amcl.temperature_net` "pair_score": the authors' Eq. 3 map (`models.PairScoreTemperature`);
     "concat_mlp": the project's MLP on [u; v] (`models.TemperatureNet`).
     """
-    setting = functools.partial(forms.setting, config)
-    kind = setting("amcl.temperature_net")
+    kind = config.amcl.temperature_net
     module = {"pair_score": models.PairScoreTemperature, "concat_mlp": models.TemperatureNet}
     if kind not in module:
         raise ValueError(f"config.amcl.temperature_net={kind!r} is invalid: allowed values are "
                          + ", ".join(repr(k) for k in module))
     return module[kind](num_heads=config.amcl.num_heads,
                         hidden_dim=config.amcl.temperature_hidden_dim,
-                        bounds=tuple(setting("amcl.temperature_bounds")),
-                        shared=setting("amcl.shared_temperature_net"))
-
-
-def build_contrastive_model(config: ml_collections.ConfigDict) -> ContrastiveModel:
-    encoder = common.build_encoder(config)
-    amcl = config.amcl.enabled
-    # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
-    # former SimCLR-only projector class, so earlier checkpoints still load.
-    projector = common.projector(config, batch_norm=False)
-    return ContrastiveModel(encoder, projector, temperature_module(config) if amcl else None)
-
-
-def omega_dim(config: ml_collections.ConfigDict) -> float:
-    """Omega's K: the head's output dimension unless set explicitly (forms.py)."""
-    return forms.setting(config, "amcl.omega_dim")
+                        bounds=tuple(config.amcl.temperature_bounds),
+                        shared=config.amcl.shared_temperature_net)
 
 
 def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Array,
@@ -86,8 +51,7 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         metrics = dict(metrics, tau_pos_mean=tau, tau_neg_mean=tau)
         return loss, metrics
     temperature_fn = models.BoundTemperature(temperature_module(config), params["temperature_net"])
-    beta = forms.setting(config, "amcl.beta")
-    negatives = forms.setting(config, "amcl.negatives")
+    beta, negatives, omega_dim = config.amcl.beta, config.amcl.negatives, config.amcl.omega_dim
     if config.amcl.loss == "released_code":
         # As the released code computes it (no epsilon, a division; not losses.l2_normalize).
         normalise = lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True)
@@ -95,8 +59,7 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
                                       normalise(z_b.astype(jnp.float32)))
         return losses.released_code_loss(z_a, z_b, temperatures, beta=beta)
     if config.amcl.infonce and negatives == "max":  # Eq. 2.4.
-        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=beta,
-                                       omega_dim=omega_dim(config))
+        return losses.amcl_infonce_max(z_a, z_b, temperature_fn, beta=beta, omega_dim=omega_dim)
     # The temperature ablation: the non-adaptive side at the global simclr.temperature.
     constant = losses.constant_temperature(config.simclr.temperature)
     negative_fn, positive_fn = {
@@ -106,29 +69,47 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
         "none": (constant, None),
     }[config.amcl.adaptive_temperature]
     return losses.amcl_contrastive(
-        z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim(config), negatives=negatives,
+        z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim, negatives=negatives,
         topk=config.amcl.topk, chunk_size=config.amcl.chunk_size,
         positive_temperature_fn=positive_fn)
 
 
 class SimCLR(Method):
     name = "simclr"
+    pair_temperatures = True
+    any_number_of_views = True
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        simclr = ml_collections.ConfigDict()
+        simclr.temperature = 0.5  # Used when amcl.enabled is False.
+        return {"simclr": simclr}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        if config.simclr.temperature <= 0:
+            fail("simclr.temperature", config.simclr.temperature, "must be > 0")
+
+    def offers_temperature_ablation(self, config: ml_collections.ConfigDict) -> bool:
+        """Eq. 2.1 only: not the released code's loss, nor Eq. 2.4."""
+        return config.amcl.loss == "paper" and not (config.amcl.infonce
+                                                    and config.amcl.negatives == "max")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return build_contrastive_model(config)
+        # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
+        # former SimCLR-only projector class, so earlier checkpoints still load.
+        return models.SSLModel(
+            common.build_encoder(config), common.projector(config, batch_norm=False),
+            temperature_net=temperature_module(config) if config.amcl.enabled else None)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        num_views = views.shape[0]
-        (_, projections), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            common.stack_views(views, num_views=None), train=True, mutable=["batch_stats"])
-        projections = common.unstack_views(projections, num_views, axis=1)  # (C, V, B, D)
+        projections, batch_stats = common.apply_to_views(model, params, batch_stats, views,
+                                                         num_views=None)  # (C, V, B, D)
         # With more than two views every pair of views contributes equally.
         pair_results = [
             contrastive_pair_loss(config, params, projections[:, i], projections[:, j])
-            for i, j in itertools.combinations(range(num_views), 2)
+            for i, j in itertools.combinations(range(views.shape[0]), 2)
         ]
         loss = sum(r[0] for r in pair_results) / len(pair_results)
-        metrics = jax.tree.map(lambda *m: sum(m) / len(m), *[r[1] for r in pair_results])
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        metrics = common.mean_metrics(*[r[1] for r in pair_results])
+        return MethodOutput(loss, metrics, batch_stats, extra)

@@ -24,17 +24,31 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import forms, losses, models
+from amcl_jax import losses, models
+from amcl_jax.config import positive_integer
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
-from amcl_jax.methods.simclr import omega_dim, temperature_module
+from amcl_jax.methods.simclr import temperature_module
 
 
 class SimSiam(Method):
     name = "simsiam"
+    # Eq. 2.2 degenerates near tau = 0 (module docstring): the project's form bounds it.
+    form_values = {"authors": {}, "project": {"amcl.temperature_bounds": (0.5, 2.0)}}
+    scaled_sizes = {"quickstart": {"predictor.hidden_dim": 32}}
+
+    @staticmethod
+    def config_sections() -> dict[str, ml_collections.ConfigDict]:
+        # The predictor of SimSiam, which BYOL takes too (`common.predictor`): D -> hidden -> D.
+        predictor = ml_collections.ConfigDict()
+        predictor.hidden_dim = 512
+        return {"predictor": predictor}
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        positive_integer(config, "predictor.hidden_dim")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return common.SSLModel(
+        return models.SSLModel(
             common.build_encoder(config),
             common.projector(config, batch_norm=True, last_batch_norm=True),
             predictor=common.predictor(config),
@@ -42,18 +56,16 @@ class SimSiam(Method):
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng
-        images = common.stack_views(views)
-        (projections, predictions), mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            method="forward", mutable=["batch_stats"])
-        z_a, z_b = common.split_views(projections)
-        p_a, p_b = common.split_views(predictions)
+        (projections, predictions), batch_stats = common.apply_to_views(
+            model, params, batch_stats, views, method="forward")  # (C, 2, N, D) each
+        z_a, z_b = projections[:, 0], projections[:, 1]
+        p_a, p_b = predictions[:, 0], predictions[:, 1]
         if config.amcl.enabled:
             temperature_fn = models.BoundTemperature(temperature_module(config),
                                                      params["temperature_net"])
             loss, metrics = losses.amcl_simsiam(
-                p_a, p_b, z_a, z_b, temperature_fn, beta=forms.setting(config, "amcl.beta"),
-                omega_dim=omega_dim(config))
+                p_a, p_b, z_a, z_b, temperature_fn, beta=config.amcl.beta,
+                omega_dim=config.amcl.omega_dim)
         else:
             loss, metrics = losses.symmetric_negative_cosine(p_a[0], p_b[0], z_a[0], z_b[0])
-        return MethodOutput(loss, metrics, mutated.get("batch_stats", batch_stats), extra)
+        return MethodOutput(loss, metrics, batch_stats, extra)

@@ -1,4 +1,5 @@
-"""Encoders, projection heads and the temperature network; `build_encoder` looks encoders up."""
+"""Encoders (`resnet`, `vit`), the projector (`projector`), the temperature networks
+(`temperature`) and the model they make (`ssl_model`); `build_encoder` looks encoders up."""
 
 from __future__ import annotations
 
@@ -8,13 +9,8 @@ from typing import Any
 
 import flax.linen as nn
 
-from amcl_jax.models.heads import (
-    BoundTemperature,
-    PairScoreTemperature,
-    TemperatureNet,
-    bounded_temperature,
-)
 from amcl_jax.models.norm import BatchNorm, make_norm
+from amcl_jax.models.projector import MultiHeadMLP
 from amcl_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -24,10 +20,14 @@ from amcl_jax.models.resnet import (
     ResNet50,
     feature_dim,
 )
-from amcl_jax.models.ssl_heads import (
+from amcl_jax.models.ssl_model import SSLModel
+from amcl_jax.models.temperature import (
+    BoundTemperature,
     ChannelTemperatures,
     CrossCorrelationTemperatures,
-    MultiHeadMLP,
+    PairScoreTemperature,
+    TemperatureNet,
+    bounded_temperature,
 )
 from amcl_jax.models.vit import ViT, vit_feature_dim
 
@@ -104,6 +104,7 @@ __all__ = [
     "ResNet18",
     "ResNet34",
     "ResNet50",
+    "SSLModel",
     "TemperatureNet",
     "ViT",
     "bounded_temperature",

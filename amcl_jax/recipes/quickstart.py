@@ -6,7 +6,8 @@
 
 Methods: simclr, moco, simsiam, barlow_twins (each with amcl=true|false) and byol (amcl=false
 only). Each starts from its own CIFAR-10 config (`recipes.method_config`: learning rate, number
-of layers, temperature bounds, method fields), scaled down here (`_method_sizes`).
+of layers, temperature bounds, method fields), scaled down here (with the method's own
+`scaled_sizes["quickstart"]`: `amcl_jax/methods/`).
 
 The digits ship inside scikit-learn, so this needs no download. A quarter-width ResNet-18 (CIFAR
 stem) pretrains on the 1,493 training digits at 16x16; kNN (k=50, T=0.1) on the 304 held-out
@@ -14,7 +15,8 @@ digits is reported at step 0 (the random-init reference) and at the end. About 3
 idle CPU cores; the README's measured figures come from exactly this command.
 """
 
-from amcl_jax import recipes
+from amcl_jax import methods, recipes
+from amcl_jax.config import set_field
 
 
 def _parse(arg: str) -> dict[str, str]:
@@ -32,8 +34,9 @@ def _parse(arg: str) -> dict[str, str]:
 def get_config(arg: str = ""):
     args = _parse(arg)
     method = args.get("method", "simclr")
-    # BYOL has no AMCL form (the paper gives no equation for it): plain by default.
-    amcl = args.get("amcl", "false" if method == "byol" else "true").lower()
+    # A method without an AMCL form (BYOL: the paper gives no equation for it): plain by default.
+    default = "true" if methods.get_method(method).supports_amcl else "false"
+    amcl = args.get("amcl", default).lower()
     if amcl not in ("true", "false"):
         raise ValueError(f"config argument amcl={amcl!r}: allowed values are true, false")
     config = recipes.method_config(method, amcl == "true")
@@ -55,18 +58,6 @@ def get_config(arg: str = ""):
     config.eval.every_steps = 125
     config.eval.knn_k = 50
     config.checkpoint.every_steps = 125
-    _method_sizes(config)
+    for field, value in methods.get_method(method).scaled_sizes.get("quickstart", {}).items():
+        set_field(config, field, value)
     return config
-
-
-def _method_sizes(config) -> None:
-    """Each method's heads (and MoCo's queue) scaled down like the rest of this file."""
-    if config.method == "moco":
-        config.moco.queue_size = 1024  # The 1,493 digits x 2 views would be stale in 4096.
-    elif config.method == "simsiam":
-        config.predictor.hidden_dim = 32
-    elif config.method == "barlow_twins":
-        config.projector.hidden_dim = 256
-        config.projector.out_dim = 256
-    elif config.method == "byol":
-        config.predictor.hidden_dim = 128
