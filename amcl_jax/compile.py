@@ -184,20 +184,58 @@ def _shape_bytes(text: str) -> int:
     return total
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
+_WHILE = re.compile(r" while\(.*condition=%([^,\s]+), body=%([^,\s]+)")
+_TRIP_BOUND = re.compile(r"s32\[\]\S* constant\((\d+)\)")
+
+
+def _loop_multipliers(hlo: str) -> dict[str, int]:
+    """{computation: how often one step runs it} for while bodies with a constant trip count
+    (a scanned stack of layers: ViT's `nn.scan`), nested loops multiplied; others run once."""
+    bodies, bounds, current = {}, {}, None
+    for line in hlo.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = header.group(1)
+            continue
+        loop = _WHILE.search(line)
+        if loop:
+            bodies[loop.group(2)] = (loop.group(1), current)
+        bound = _TRIP_BOUND.search(line)
+        if bound and current is not None:
+            bounds.setdefault(current, []).append(int(bound.group(1)))
+
+    def times(name: str, seen=()) -> int:
+        if name not in bodies or name in seen:
+            return 1
+        condition, parent = bodies[name]
+        trips = max(bounds.get(condition, [1]))  # `i < N` with i from 0: N iterations.
+        return trips * times(parent, (*seen, name))
+
+    return {name: times(name) for name in bodies}
+
+
 def collectives(hlo: str) -> dict[str, dict[str, int]]:
-    """{kind: {"count", "bytes"}} over the program's collectives (async pairs counted once)."""
+    """{kind: {"count", "bytes"}} over one step's collectives (async pairs counted once; an op
+    inside a loop body counted once per iteration)."""
     found = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
     pattern = re.compile(r"= (\(.*?\)|\S+) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
+    multipliers, current = _loop_multipliers(hlo), None
     for line in hlo.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = header.group(1)
+            continue
         match = pattern.search(line)
         if match:
+            times = multipliers.get(current, 1)
             kind = found[match.group(2)]
-            kind["count"] += 1
+            kind["count"] += times
             result = match.group(1)
             if match.group(3) and result.startswith("("):  # start ops return (operand, result).
                 parts = re.findall(r"\w+\[[\d,]*\]", result)
                 result = parts[-1] if parts else result
-            kind["bytes"] += _shape_bytes(result)
+            kind["bytes"] += times * _shape_bytes(result)
     return found
 
 

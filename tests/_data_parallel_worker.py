@@ -102,6 +102,10 @@ def fsdp_main():
         out[shard] = {
             "params": jax.device_get(state.params), "loss": float(metrics["loss"]),
             "argument_bytes": compile_lib.memory(compiled)["argument"],
+            "temp_bytes": compile_lib.memory(compiled)["temp"],
+            "flops": compile_lib.cost(compiled)["flops"],
+            "activation_collectives": compile_lib.activation_collectives(
+                compiled.as_text(), image_size=16),
             "sharded_leaves": sum(not leaf.sharding.is_fully_replicated
                                   for leaf in jax.tree.leaves(state.params)),
         }
@@ -116,6 +120,9 @@ def fsdp_main():
         "loss": [out[False]["loss"], out[True]["loss"]],
         "argument_bytes": [out[False]["argument_bytes"], out[True]["argument_bytes"]],
         "sharded_leaves": [out[False]["sharded_leaves"], out[True]["sharded_leaves"]],
+        "temp_bytes": [out[False]["temp_bytes"], out[True]["temp_bytes"]],
+        "flops": [out[False]["flops"], out[True]["flops"]],
+        "activation_collectives": out[True]["activation_collectives"],
     }))
 
 

@@ -2,13 +2,15 @@
 
 Every run uses one tiny configuration (quickstart on digits, ResNet-18 at width 0.125, 8x8 views,
 global batch 8, a checkpoint every step, constant learning rate so the step count does not
-change the compiled program) and one persistent XLA compilation cache per test session, so only
-the first run of each device layout pays for compilation.
+change the compiled program) and the test run's persistent XLA compilation cache (conftest.py),
+so only the first run of each device layout pays for compilation.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -41,9 +43,25 @@ TINY_FLAGS = [
 
 @functools.cache
 def session_dir() -> str:
-    folder = tempfile.mkdtemp(prefix="amcl_jax_runs_")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    """The test run's shared folder (conftest.py makes it; every xdist worker sees the same)."""
+    shared = os.environ.get("AMCL_JAX_TEST_SHARED_DIR")
+    if not shared:  # Imported without conftest.py: a folder of this process's own.
+        shared = tempfile.mkdtemp(prefix="amcl_jax_runs_")
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
+    folder = os.path.join(shared, "runs")
+    os.makedirs(folder, exist_ok=True)
     return folder
+
+
+@contextlib.contextmanager
+def exclusive(name: str):
+    """Holds the test run's lock `name` (one holder across all xdist workers at a time)."""
+    with open(os.path.join(session_dir(), f"{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def cpu_env(devices: int, **extra: str) -> dict[str, str]:
@@ -58,12 +76,14 @@ def cpu_env(devices: int, **extra: str) -> dict[str, str]:
 
 
 def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """`cpu_env` with most optimisations off and the session's compilation cache."""
+    """`cpu_env` with most optimisations off and the test run's compilation cache (the one the
+    test processes use, locked: several processes read and write it at once)."""
     return cpu_env(devices, **{
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(session_dir(), "xla_cache"),
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(session_dir()), "xla_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(16 * 1024**3),
         **extra})
 
 
@@ -159,9 +179,15 @@ def losses(workdir: str) -> dict[int, float]:
 
 @functools.cache
 def baseline() -> str:
-    """Workdir of an uninterrupted single-device run of TOTAL_STEPS (read-only: copy it)."""
+    """Workdir of an uninterrupted single-device run of TOTAL_STEPS (read-only: copy it), run
+    once per test run: the first xdist worker to ask runs it, the other waits and reads it."""
     workdir = os.path.join(session_dir(), "baseline")
-    Run(workdir, run_env(1)).check()
+    done = f"{workdir}.done"
+    with exclusive("baseline"):
+        if not os.path.exists(done):
+            shutil.rmtree(workdir, ignore_errors=True)  # What a failed try left.
+            Run(workdir, run_env(1)).check()
+            open(done, "w").close()
     return workdir
 
 

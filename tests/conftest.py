@@ -12,13 +12,70 @@ import jax  # noqa: E402
 
 # Tests use tiny shapes: compile time dominates, so skip most XLA optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
-# ... and compile each program once per test session: `train_and_evaluate` builds its jitted
+# ... and compile each program once per test run: `train_and_evaluate` builds its jitted
 # functions anew on every call, so a resumed or repeated run would otherwise compile them again.
-_CACHE_DIR = tempfile.mkdtemp(prefix="amcl_jax_tests_xla_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+# One folder for the whole run: the process that loads this file first (pytest itself, or the
+# xdist controller before it starts its workers) makes it and removes it at exit; the workers and
+# every subprocess the tests start inherit its name (tests/_runs.py passes it on), so whichever
+# process compiles a program first compiles it for all of them.
+SHARED_DIR_ENV = "AMCL_JAX_TEST_SHARED_DIR"
+if not os.environ.get(SHARED_DIR_ENV):
+    os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="amcl_jax_tests_")
+    atexit.register(shutil.rmtree, os.environ[SHARED_DIR_ENV], ignore_errors=True)
+XLA_CACHE_DIR = os.path.join(os.environ[SHARED_DIR_ENV], "xla_cache")
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# A size limit turns on JAX's file lock around each cache read and write: several processes
+# share the folder, and without the lock one could read an entry another is still writing.
+jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
+
+
+# The longest tests (subprocess runs, 8-device compiles, tf.data statistics), about longest
+# first. They start first, so each xdist worker ends on short tests and neither waits long for
+# the other at the end. A name is the start of a test id from its file name on (so a file may
+# move between folders); a whole file where its tests share a module fixture, kept together so
+# the fixture is made once per worker. A test missing here only loses its early start.
+LONG_FIRST = (
+    # xdist's first two workers start on tests 1 and 3 and take 2 and 4 next: the two longest
+    # are 1 and 3.
+    "test_data_parallel.py::test_every_method_splits_its_batch_over_8_cpu_devices",
+    "test_distributed.py::test_main_on_8_devices_",
+    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
+    "test_distributed.py::test_two_processes_",
+    "test_bench.py::test_run_end_to_end_",
+    "test_reliability.py::test_kill_9_",
+    "test_distributed.py::test_one_process_on_two_cpu_devices_",
+    "test_data_parallel.py::test_simclr_amcl_splits_its_batch_over_a_v5e_slice",
+    "test_data_parallel.py::test_sharded_parameters_",
+    "test_clean_failures.py::test_a_workdir_whose_checkpoints_are_all_damaged_",
+    "test_backbones.py::test_training_step[resnet50w4]",
+    "test_data_parallel.py::test_compile_command_writes_",
+    "test_packaging.py::",
+    "test_bench.py::test_loop_benchmark_",
+    "test_clean_failures.py::test_a_full_disk_",
+    "test_authors_form.py::test_a_baseline_is_the_same_run_in_either_form",
+    "test_export.py::",
+    "test_device_augment.py::test_all_letters_together",
+    "test_device_augment.py::test_8_devices_",
+)
+
+
+def pytest_configure(config):
+    # xdist's load scheduler hands each worker a quarter of its share of the tests at once (here
+    # the first worker would get every long test above): one at a time instead, unless asked
+    # otherwise, so the next test in line goes to whichever worker is free.
+    if getattr(config.option, "maxschedchunk", False) is None:
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return next((i for i, long in enumerate(LONG_FIRST) if name.startswith(long)),
+                    len(LONG_FIRST))
+
+    items.sort(key=rank)  # Stable: the rest keep their order.
 
 
 def tiny_config(**overrides):

@@ -1,4 +1,5 @@
-"""Tests for amcl_jax.losses against independent float64 NumPy loop references."""
+"""amcl_jax.losses.contrastive: NT-Xent and AMCL-SimCLR (the max, log-sum-exp and the authors'
+top-k negatives) against independent float64 NumPy loop references."""
 
 import functools
 
@@ -9,15 +10,21 @@ import pytest
 from _helpers import (
     MLPTemperature,
     MLPTemperatureNoGrid,
+    finite_differences,
     make_mlp_params,
+    normals,
     np_omega,
     np_params,
     np_tau,
+    np_topk_terms,
     np_unit,
+    pair_score_temperature,
+    random_views,
+    scalar,
 )
 from jax.flatten_util import ravel_pytree
 
-from amcl_jax import losses
+from amcl_jax import losses, models
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,34 +109,25 @@ def ref_amcl(z_a, z_b, tau_fn, beta, omega_dim, negatives, tau_pos_fn=None):
     return loss, metrics
 
 
-def ref_released(z_a, z_b, temperatures, beta):
-    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
-    temperatures = np.asarray(temperatures, np.float64)
-    num_heads, n, _ = z_a.shape
+def reference_simclr_topk(weights, z_a, z_b, beta, dim, k):
+    """(C, N, D) views -> the authors' SimCLR loss: mean over 2N anchors, sum over heads."""
     total = 0.0
-    for c in range(num_heads):
-        cos = [np_unit(z_a[c, b]) @ np_unit(z_b[c, b]) for b in range(n)]
-        head = 0.0
-        for a in range(n):
-            for b in range(n):
-                scaled = cos[b] / temperatures[c, a]
-                head += -np.log(np.exp(scaled) / (np.exp(scaled) + np.exp(-scaled)))
-        reg = np.mean([n / 2 * np.log(t) + 1 / t for t in temperatures[c]])
-        total += head / (n * n) + beta * reg
+    for head in range(z_a.shape[0]):
+        views = np_unit(np.concatenate([z_a[head], z_b[head]]))
+        n = z_a.shape[1]
+        terms = []
+        for i in range(2 * n):
+            positive = (i + n) % (2 * n)
+            others = [j for j in range(2 * n) if j not in (i, positive)]
+            terms.append(np_topk_terms(weights, views[i], views[positive], views[others],
+                                       beta, dim, min(k, 2 * n - 2)))
+        total += np.mean(terms)
     return total
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
 # ---------------------------------------------------------------------------------------------
-def random_views(seed, num_heads, n, dim, dtype=jnp.float32):
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    z_a = jax.random.normal(k1, (num_heads, n, dim))
-    # Correlated second view so positives are closer than negatives on average.
-    z_b = z_a + 0.7 * jax.random.normal(k2, (num_heads, n, dim))
-    return z_a.astype(dtype), z_b.astype(dtype)
-
-
 @functools.partial(
     jax.jit, static_argnames=("beta", "omega_dim", "negatives", "chunk_size", "with_grid")
 )
@@ -157,15 +155,8 @@ def assert_trees_close(a, b, rtol, atol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tests.
+# NT-Xent, and AMCL with the hard max or the log-sum-exp.
 # ---------------------------------------------------------------------------------------------
-def test_omega_closed_form():
-    tau = np.array([1e-3, 0.1, 0.5, 1.0, 2.0], dtype=np.float32)
-    got = losses.omega(jnp.asarray(tau), 128)
-    assert got.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(got), 64.0 * np.log(tau) + 1.0 / tau, rtol=1e-6)
-
-
 def test_nt_xent_matches_reference_and_is_scale_invariant():
     z_a, z_b = random_views(0, 1, 6, 5)
     nt_xent = jax.jit(losses.nt_xent, static_argnums=2)
@@ -322,30 +313,6 @@ def test_bfloat16_inputs_give_float32_loss():
         np.testing.assert_allclose(low, full, rtol=2e-2, atol=2e-2)
 
 
-def test_released_code_loss_matches_reference():
-    num_heads, n, dim = 3, 5, 4
-    z_a, z_b = random_views(12, num_heads, n, dim)
-    temperatures = jax.random.uniform(
-        jax.random.PRNGKey(13), (num_heads, n), minval=0.1, maxval=2.0
-    )
-    released = jax.jit(functools.partial(losses.released_code_loss, beta=0.1))
-    loss, metrics = released(z_a, z_b, temperatures)
-    assert loss.dtype == jnp.float32
-    np.testing.assert_allclose(loss, ref_released(z_a, z_b, temperatures, 0.1), rtol=1e-5)
-    np.testing.assert_allclose(metrics["tau_mean"], np.mean(temperatures, axis=1), rtol=1e-6)
-    low, _ = released(z_a.astype(jnp.bfloat16), z_b.astype(jnp.bfloat16), temperatures)
-    assert low.dtype == jnp.float32
-
-
-def test_constant_temperature_shapes():
-    tau_fn = losses.constant_temperature(0.5)
-    u, v = jnp.zeros((2, 3, 4)), jnp.zeros((2, 5, 4))
-    assert tau_fn(u, u).shape == (2, 3)
-    grid = tau_fn.pair_grid(u, v)
-    assert grid.shape == (2, 3, 5) and grid.dtype == jnp.float32
-    np.testing.assert_array_equal(grid, 0.5)
-
-
 def test_invalid_negatives_raises():
     z_a, z_b = random_views(14, 1, 3, 4)
     with pytest.raises(ValueError, match="negatives"):
@@ -354,36 +321,77 @@ def test_invalid_negatives_raises():
         )
 
 
-@pytest.mark.parametrize("chunk_size", [3, 8])
-def test_topk_in_chunks_equals_all_anchors_at_once(chunk_size):
-    """The authors' top-k form chunked over anchors (each chunk rematerialised, for memory) gives
-    the same loss, gradients and metrics as all anchors at once, for the SimCLR loss and the
-    MoCo queue; a chunk size that does not divide the anchors included."""
-    rng = np.random.default_rng(0)
-    z_a, z_b = (jnp.asarray(rng.normal(size=(2, 10, 6)), jnp.float32) for _ in range(2))
-    queue = jnp.asarray(rng.normal(size=(2, 12, 6)), jnp.float32)
-    weights = jnp.asarray(rng.normal(size=(6, 6)), jnp.float32)
+# ---------------------------------------------------------------------------------------------
+# The authors' form: Eq. 2.1 with Eq. 5's top-k negatives and the pair-score map.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3, 100])
+def test_topk_simclr_loss_and_gradient_match_the_numpy_loop(k):
+    fn, weights = pair_score_temperature(num_heads=2, dim=4)
+    z_a, z_b = normals((2, 4, 4), 5), normals((2, 4, 4), 6)
+    beta, dim = 0.05, 4.0
+    loss = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=beta, omega_dim=dim,
+                                          negatives="topk", topk=k))
+    expected = reference_simclr_topk(weights, z_a, z_b, beta, dim, k)
+    np.testing.assert_allclose(loss, expected, rtol=2e-5)
 
-    def temperature(u, v):  # Depends on both sides, so gathered negatives matter.
-        return 0.05 + jax.nn.sigmoid(jnp.sum((u @ weights) * v, axis=-1))
+    grad = jax.grad(lambda za: scalar(losses.amcl_contrastive(
+        za, z_b, fn, beta=beta, omega_dim=dim, negatives="topk", topk=k)))(z_a)
+    coords = [(0, 0, 0), (0, 2, 1), (1, 1, 3), (1, 3, 2)]
+    numeric = finite_differences(
+        lambda za: reference_simclr_topk(weights, za, z_b, beta, dim, k), z_a, coords)
+    np.testing.assert_allclose([grad[c] for c in coords], numeric, rtol=2e-3, atol=1e-4)
 
-    def contrastive(z_a, z_b, chunk):
-        return losses.amcl_contrastive(z_a, z_b, temperature, beta=0.1, omega_dim=6.0,
-                                       negatives="topk", topk=5, chunk_size=chunk)
 
-    def queued(z_a, z_b, chunk):
-        return losses.amcl_queue_contrastive(z_a, z_b, queue, temperature, beta=0.1,
-                                             omega_dim=6.0, negatives="topk", topk=5,
-                                             chunk_size=chunk)
+def test_topk_accepts_a_plain_temperature_function():
+    """Without `gathered` the loss gathers the pairs itself: same value as the module path."""
+    fn, weights = pair_score_temperature(num_heads=2, dim=4)
+    plain = lambda u, v: fn(u, v)  # Only __call__: the generic path.
+    z_a, z_b = normals((2, 5, 4), 7), normals((2, 5, 4), 8)
+    kwargs = dict(beta=0.1, omega_dim=4.0, negatives="topk", topk=3)
+    np.testing.assert_allclose(scalar(losses.amcl_contrastive(z_a, z_b, plain, **kwargs)),
+                               scalar(losses.amcl_contrastive(z_a, z_b, fn, **kwargs)), rtol=1e-6)
+    np.testing.assert_allclose(scalar(losses.amcl_contrastive(z_a, z_b, plain, **kwargs)),
+                               reference_simclr_topk(weights, z_a, z_b, 0.1, 4.0, 3), rtol=2e-5)
 
-    for loss_fn in (contrastive, queued):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            z_a, z_b, None)
-        (loss_c, metrics_c), grads_c = jax.value_and_grad(loss_fn, argnums=(0, 1),
-                                                          has_aux=True)(z_a, z_b, chunk_size)
-        np.testing.assert_allclose(loss_c, loss, rtol=1e-6)
-        for g_c, g in zip(grads_c, grads, strict=True):
-            np.testing.assert_allclose(g_c, g, rtol=1e-5, atol=1e-7)
-        assert metrics_c.keys() == metrics.keys()
-        for key in metrics:
-            np.testing.assert_allclose(metrics_c[key], metrics[key], rtol=1e-6, err_msg=key)
+
+def test_topk_with_k_1_and_beta_0_is_the_hard_max():
+    fn, _ = pair_score_temperature(num_heads=3, dim=6)
+    z_a, z_b = normals((3, 8, 6), 9), normals((3, 8, 6), 10)
+    topk = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=0.0, omega_dim=6.0,
+                                          negatives="topk", topk=1))
+    hard = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=0.0, omega_dim=6.0, negatives="max"))
+    np.testing.assert_allclose(topk, hard, rtol=1e-6)
+    # With every negative kept and a constant tau, the negative term is the mean cosine / tau.
+    constant = losses.constant_temperature(0.5)
+    everything = scalar(losses.amcl_contrastive(z_a[:1], z_b[:1], constant, beta=0.0,
+                                                omega_dim=6.0, negatives="topk", topk=10_000))
+    z = np_unit(np.concatenate([z_a[0], z_b[0]]))
+    cos = z @ z.T
+    n = 8
+    per_anchor = [(-cos[i, (i + n) % (2 * n)]
+                   + np.mean([cos[i, j] for j in range(2 * n) if j not in (i, (i + n) % (2 * n))]))
+                  / 0.5 for i in range(2 * n)]
+    np.testing.assert_allclose(everything, np.mean(per_anchor), rtol=1e-5)
+
+
+def test_topk_chooses_without_gradient_and_rejects_bad_k():
+    fn, _ = pair_score_temperature(num_heads=1, dim=3)
+    z_a, z_b = normals((1, 3, 3), 11), normals((1, 3, 3), 12)
+    with pytest.raises(ValueError, match="topk"):
+        losses.amcl_contrastive(z_a, z_b, fn, beta=0.1, omega_dim=3.0, negatives="topk", topk=0)
+    grad = jax.grad(lambda za: scalar(losses.amcl_contrastive(
+        za, z_b, fn, beta=0.1, omega_dim=3.0, negatives="topk", topk=2)))(z_a)
+    assert np.all(np.isfinite(grad))
+
+
+def test_the_temperature_network_gets_its_gradient_through_both_sides():
+    fn, _ = pair_score_temperature(num_heads=2, dim=4)
+    z_a, z_b = normals((2, 6, 4), 13), normals((2, 6, 4), 14)
+
+    def loss(params):
+        bound = models.BoundTemperature(fn.module, params)
+        return scalar(losses.amcl_contrastive(z_a, z_b, bound, beta=1e-4, omega_dim=4.0,
+                                              negatives="topk", topk=3))
+
+    grads = jax.grad(loss)(fn.params)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))

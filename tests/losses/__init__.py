@@ -1,0 +1,1 @@
+"""Tests of amcl_jax/losses/, a file per module, against float64 NumPy references."""
