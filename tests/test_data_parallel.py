@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from amcl_jax import compile as compile_lib
-from amcl_jax import sharding
+from amcl_jax import methods, sharding
 
 WORKER = "tests/_data_parallel_worker.py"
 
@@ -54,7 +54,7 @@ def test_every_method_splits_its_batch_over_8_cpu_devices():
     report = _worker("cpu", devices=8)
     assert report["devices"] == 8
     names = {case.split("/")[0] for case in report["cases"]}
-    assert names == {"simclr", "moco", "byol", "simsiam", "barlow_twins"}
+    assert names == set(methods.available())
     _check_weak_scaling(report)
     # The kNN monitor's and the evaluations' feature extractor: one share per device.
     assert report["features"]["encoder_images_per_device"] == 4

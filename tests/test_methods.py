@@ -323,7 +323,7 @@ def test_byol_with_amcl_is_refused():
 
 
 # ---------------------------------------------------------------------------------------------
-# End to end: 9 variants x 3 steps on mock CIFAR-10.
+# End to end: every variant (method x AMCL on/off), 3 steps on mock CIFAR-10.
 # ---------------------------------------------------------------------------------------------
 VARIANTS = [(method.name, amcl) for method in methods.registered()
             for amcl in ((False, True) if method.supports_amcl else (False,))]
@@ -365,6 +365,8 @@ def _e2e_config(method, amcl):
     })
     if method == "barlow_twins":
         config.projector.num_layers = 3
+    if method == "vicreg":  # Weights 25 / 25 / 1: at SGD's 0.05 its output scale overshoots and
+        config.optimizer.learning_rate = 0.01  # the covariance term grows by the third step.
     return config
 
 

@@ -83,8 +83,10 @@ def main() -> None:
         json.dump(digests, f, indent=2)
     if args.compare:
         before = json.load(open(args.compare))
-        changed = [k for k in digests if before.get(k) != digests[k]]
-        print("all equal" if not changed else f"CHANGED: {changed}")
+        changed = [k for k in digests if k in before and before[k] != digests[k]]
+        added = [k for k in digests if k not in before]  # A recipe added since: nothing to compare.
+        print("all equal" if not changed else f"CHANGED: {changed}",
+              f"(new, not compared: {added})" if added else "")
         sys.exit(1 if changed else 0)
 
 

@@ -6,6 +6,7 @@
 - `moco`: MoCo's InfoNCE and AMCL-MoCo against a queue of keys.
 - `siamese`: SimSiam's and BYOL's symmetric negative cosine, AMCL-SimSiam (Eq. 2.2).
 - `barlow_twins`: Barlow Twins and AMCL-Barlow Twins (Eq. 2.3).
+- `vicreg`: VICReg's variance, invariance and covariance terms (a baseline: no AMCL form).
 - `released_code`: the authors' released loss, for comparison only.
 - `hard_negatives`: the per-anchor top-k and hard-max terms the contrastive and MoCo losses
   share.
@@ -37,6 +38,7 @@ from amcl_jax.losses.regularisers import omega
 from amcl_jax.losses.released_code import released_code_loss
 from amcl_jax.losses.siamese import amcl_simsiam, symmetric_negative_cosine
 from amcl_jax.losses.temperatures import ConstantTemperature, TemperatureFn, constant_temperature
+from amcl_jax.losses.vicreg import vicreg_loss
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -61,4 +63,5 @@ __all__ = [
     "omega",
     "released_code_loss",
     "symmetric_negative_cosine",
+    "vicreg_loss",
 ]

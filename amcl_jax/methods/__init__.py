@@ -15,10 +15,11 @@ from amcl_jax.methods.byol import BYOL
 from amcl_jax.methods.moco import MoCo
 from amcl_jax.methods.simclr import SimCLR
 from amcl_jax.methods.simsiam import SimSiam
+from amcl_jax.methods.vicreg import VICReg
 
 # In the order of their sections in the default config.
 _REGISTRY: dict[str, type[Method]] = {
-    method.name: method for method in (SimCLR, MoCo, BarlowTwins, BYOL, SimSiam)
+    method.name: method for method in (SimCLR, MoCo, BarlowTwins, BYOL, SimSiam, VICReg)
 }
 
 

@@ -4,9 +4,10 @@
     python main.py --config=configs/quickstart.py:method=simclr,amcl=false --workdir=runs/qs_simclr
     python main.py --config=configs/quickstart.py:method=moco,amcl=true --workdir=runs/qs_amcl_moco
 
-Methods: simclr, moco, simsiam, barlow_twins (each with amcl=true|false) and byol (amcl=false
-only). Each starts from its own CIFAR-10 config (`recipes.method_config`: learning rate, number
-of layers, temperature bounds, method fields), scaled down here (with the method's own
+Methods: every registered one (`amcl_jax.methods.available()`), with amcl=true|false where it
+has an AMCL form (a baseline without one, as BYOL: amcl=false only). Each starts
+from its own CIFAR-10 config (`recipes.method_config`: learning rate, number of layers,
+temperature bounds, method fields), scaled down here (with the method's own
 `scaled_sizes["quickstart"]`: `amcl_jax/methods/`).
 
 The digits ship inside scikit-learn, so this needs no download. A quarter-width ResNet-18 (CIFAR
