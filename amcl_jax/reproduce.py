@@ -21,7 +21,7 @@ row's overrides. `reproduce` pretrains every (row, seed) in `<workdir>/runs/<row
 - per row, mean +- std (sample std, ddof=1) over seeds of the kNN top-1 (best over evaluations
   and final), optionally of a linear probe; written to `table.md`, `table.json` and `table.png`.
 
-Scales (`scale_config`):
+Scales (`scales.scale_config`):
   full   the paper's protocol, the method's config unchanged: CIFAR-10, ResNet-18 (CIFAR
          stem), batch 512, 800 epochs, kNN k=200 T=0.1 on the full train/test splits every 20
          epochs, the method's heads and learning rate of the released code.
