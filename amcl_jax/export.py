@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from amcl_jax import nested
 from amcl_jax.errors import UsageError
 
 FORMATS = ("npz", "msgpack", "torch", "safetensors")
@@ -66,28 +67,14 @@ _TORCH_RESNETS = {
 # --------------------------------------------------------------------------------------------
 # Flat names <-> nested variables
 # --------------------------------------------------------------------------------------------
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: dict[str, Any]) -> dict[str, np.ndarray]:
     """{"a/b/c": array} of a nested dict of arrays."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
+    return {name: np.asarray(value) for name, value in nested.flatten(tree, "/").items()}
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     """The nested dict of `flatten`'s output."""
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return tree
+    return nested.unflatten(flat, "/")
 
 
 def num_params(params: dict[str, Any]) -> int:

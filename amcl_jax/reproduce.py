@@ -21,7 +21,7 @@ row's overrides. `reproduce` pretrains every (row, seed) in `<workdir>/runs/<row
 - per row, mean +- std (sample std, ddof=1) over seeds of the kNN top-1 (best over evaluations
   and final), optionally of a linear probe; written to `table.md`, `table.json` and `table.png`.
 
-Scales (`scale_config`):
+Scales (`scales.scale_config`):
   full   the paper's protocol, the method's config unchanged: CIFAR-10, ResNet-18 (CIFAR
          stem), batch 512, 800 epochs, kNN k=200 T=0.1 on the full train/test splits every 20
          epochs, the method's heads and learning rate of the released code.
@@ -37,7 +37,6 @@ Scales (`scale_config`):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -47,191 +46,19 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from amcl_jax import recipes
 from amcl_jax.config import set_field
+from amcl_jax.scales import (
+    SCALES,
+    check_overrides,
+    probe_config_for_scale,
+    row_config,
+    scale_config,
+    select_rows,
+)
+from amcl_jax.table_outputs import protocol_text, write_outputs
+from amcl_jax.tables import Table, load_table
 
-SCALES = ("full", "cpu", "smoke")
 METRICS = ("knn_top1_best", "knn_top1")
-# What each scale changes in a method's config ("full" is the config itself); a method's own
-# fields add its `scaled_sizes[scale]` (amcl_jax/methods/).
-SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "full": {},
-    "cpu": {
-        "data.max_train_examples": 10_000, "model.width": 0.25,
-        "projector.hidden_dim": 128, "projector.out_dim": 64, "amcl.temperature_hidden_dim": 64,
-        "batch_size": 128, "total_steps": 300, "log_every_steps": 25, "eval.every_steps": 150,
-        "eval.max_query_examples": 2000, "checkpoint.every_steps": 50,
-    },
-    "smoke": {
-        "data.dataset": "digits", "data.image_size": 8, "data.load_size": 8,
-        "model.width": 0.125, "projector.hidden_dim": 16, "projector.out_dim": 8,
-        "predictor.hidden_dim": 16, "amcl.temperature_hidden_dim": 8, "batch_size": 16,
-        "total_steps": 4, "log_every_steps": 2, "eval.every_steps": 2, "eval.batch_size": 64,
-        "eval.knn_k": 5, "eval.max_bank_examples": 200, "eval.max_query_examples": 100,
-        "checkpoint.every_steps": 2,
-    },
-}
-UNAVAILABLE_METHOD = "method not available"
-UNAVAILABLE_FIELD = "config field not available"
-
-
-@dataclasses.dataclass(frozen=True)
-class Published:
-    """A number from the paper, in percent; `approximate` for values read off the poster's plots."""
-
-    mean: float
-    std: float | None = None
-    approximate: bool = False
-    source: str = ""
-    note: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One table row: a method, AMCL on/off and config overrides ("section.field": value)."""
-
-    method: str
-    amcl: bool
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    published: Published | None = None
-    label: str = ""  # Shown in the table; default: built from the overrides.
-
-    @property
-    def name(self) -> str:
-        parts = [self.method, "amcl" if self.amcl else "base"]
-        parts += [f"{key.split('.')[-1]}={value}" for key, value in self.overrides.items()]
-        return "-".join(str(p).replace(" ", "").replace("/", "_") for p in parts)
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    name: str
-    title: str
-    rows: tuple[Row, ...]
-    seeds: dict[str, tuple[int, ...]]  # Per scale.
-    columns: tuple[str, ...] = ()  # Override fields shown as columns (besides method, AMCL).
-    plot_x: str | None = None  # An override field for the x axis of table.png (else bars).
-    note: str = ""
-    # Per-scale config overrides applied to every row (e.g. a table at another dataset).
-    scale_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# Configs
-# --------------------------------------------------------------------------------------------
-def scale_config(scale: str, data_dir: str = "", *, method: str = "simclr",
-                 amcl: bool = False) -> ml_collections.ConfigDict:
-    """`method`'s own config (`recipes.method_config`) at `scale` (module docstring)."""
-    from amcl_jax import methods
-
-    if scale not in SCALES:
-        raise ValueError(f"--scale={scale!r}: allowed values are {', '.join(SCALES)}")
-    config = recipes.method_config(method, amcl)
-    sizes = methods.get_method(method).scaled_sizes.get(scale, {})
-    for key, value in {**SCALE_OVERRIDES[scale], **sizes}.items():
-        set_field(config, key, value)
-    if data_dir:
-        config.data.data_dir = data_dir
-    return config
-
-
-def probe_config_for_scale(scale: str) -> ml_collections.ConfigDict:
-    from amcl_jax.evaluate.linear_probe import default_probe_config
-
-    probe = default_probe_config()
-    probe.epochs = {"full": 100, "cpu": 30, "smoke": 2}[scale]
-    if scale == "smoke":
-        probe.batch_size = 64
-    return probe
-
-
-def _has_field(config: ml_collections.ConfigDict, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str = "",
-               overrides: dict[str, Any] | None = None
-               ) -> tuple[ml_collections.ConfigDict | None, str]:
-    """(config, "") for a runnable (row, seed), or (None, why not).
-
-    The row's method config at `scale`, then `overrides` (`--set`), the table's overrides for the
-    scale and the row's own.
-    """
-    from amcl_jax import methods
-
-    if row.method not in methods.available() or (
-            recipes.recipe_name(row.method, row.amcl) not in recipes.names()):
-        return None, UNAVAILABLE_METHOD
-    config = scale_config(scale, data_dir, method=row.method, amcl=row.amcl)
-    config.seed = seed
-    for key, value in {**(overrides or {}), **table.scale_overrides.get(scale, {}),
-                       **row.overrides}.items():
-        if not _has_field(config, key):
-            return None, f"{UNAVAILABLE_FIELD}: {key}"
-        set_field(config, key, value)
-    from amcl_jax.config import ConfigError, validate_config
-
-    try:
-        validate_config(config)
-    except ConfigError as error:
-        return None, f"invalid config: {error}"
-    return config, ""
-
-
-def select_rows(table: Table, methods: tuple[str, ...] | None = None,
-                rows: tuple[str, ...] | None = None) -> list[Row]:
-    """The rows of these methods (all when None) whose name contains one of `rows` (any when
-    None); ValueError when none is left."""
-    selected = [r for r in table.rows
-                if (not methods or r.method in methods)
-                and (not rows or any(s in r.name for s in rows))]
-    if not selected:
-        raise ValueError("no table row matches --methods/--rows")
-    return selected
-
-
-def check_overrides(scale: str, overrides: dict[str, Any] | None) -> None:
-    """ValueError naming the first `--set` field that no config has."""
-    base = scale_config(scale)
-    for key in overrides or {}:
-        if not _has_field(base, key):
-            raise ValueError(f"override {key!r} is not a config field")
-
-
-def load_table(path: str) -> Table:
-    """`get_table()` of a table spec: a file given by path, or a packaged table by name
-    (`amcl_jax/tables/<name>.py`, e.g. "heads"). `configs/paper/<name>.py` where no such file is
-    (an installed package run elsewhere) is the packaged table of that name, as that file is."""
-    from amcl_jax import tables
-
-    name = None
-    if not os.path.exists(path):
-        head, base = os.path.split(path)
-        if not head and not path.endswith(".py"):
-            name = path
-        elif os.path.normpath(head) == os.path.join("configs", "paper") and base.endswith(".py"):
-            name = base[:-3] if base[:-3] in tables.names() else None
-    if name is not None:
-        if name not in tables.names():
-            raise FileNotFoundError(f"--table={path!r}: no such file or packaged table; the "
-                                    f"tables: {', '.join(tables.names())}")
-        module = importlib.import_module(f"{tables.__name__}.{name}")
-    else:
-        try:
-            module = recipes.load_python_file(path, "amcl_table_")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"--table={path!r} is not a Python file") from None
-    table = module.get_table()
-    names = [row.name for row in table.rows]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"table {table.name!r} has duplicate rows: {duplicates}")
-    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,173 +228,6 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
     }
     write_outputs(document, table, workdir)
     return document
-
-
-# --------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------
-def protocol_text(config: ml_collections.ConfigDict, scale: str, linear_probe: bool) -> str:
-    cap = lambda n, what: f"all {what}" if n <= 0 else f"{n} {what}"  # noqa: E731
-    train_size = config.data.get("max_train_examples", -1)
-    bank = config.eval.max_bank_examples
-    if config.data.eval_train_split == config.data.train_split and train_size > 0:
-        # The trainer's bank is then the pretraining subset itself (train.py).
-        bank = train_size if bank <= 0 else min(bank, train_size)
-        bank_text = f"the {bank} pretraining images"
-    else:
-        bank_text = f"{cap(bank, 'images')} of `{config.data.eval_train_split}`"
-    epochs = (f"{config.num_epochs} epochs" if config.total_steps < 0
-              else f"{config.total_steps} steps")
-    text = (
-        f"Scale `{scale}`: pretraining on {config.data.dataset} "
-        f"({cap(train_size, 'training images')} of split `{config.data.train_split}`), "
-        f"{config.model.name} (width {config.model.width}, {config.model.stem} stem) at "
-        f"{config.data.image_size}x{config.data.image_size}, batch {config.batch_size}, {epochs}, "
-        f"{config.optimizer.name} with a {config.optimizer.schedule} schedule; every row "
-        f"starts from its method's own config (heads, learning rate of the released code). "
-        f"Metric: weighted kNN top-1 (%) with "
-        f"k={config.eval.knn_k}, T={config.eval.knn_temperature}, cosine similarity on "
-        f"L2-normalised backbone features, bank = {bank_text}, queries = "
-        f"{cap(config.eval.max_query_examples, 'images')} of `{config.data.eval_test_split}`, "
-        f"evaluated every {config.eval.every_steps} steps and at the end; 'best' is the best "
-        f"over those evaluations (the paper's protocol), 'final' the last. Mean +- sample std "
-        f"(ddof=1) over seeds. Published numbers: the paper's CIFAR-10, ResNet-18, 800-epoch "
-        f"results (~ marks values read off the poster's plots, +-0.2)."
-    )
-    if linear_probe:
-        text += (" Linear probe: frozen encoder (inference-mode BatchNorm), standardised "
-                 "un-augmented backbone features, SGD + cosine, top-1/top-5 on the test split.")
-    if scale != "full":
-        text += (f" The `{scale}` scale is far smaller than the paper's: compare rows with each "
-                 "other, not with the published column.")
-    return text
-
-
-def _fmt(stats: dict[str, Any] | None) -> str:
-    if stats is None:
-        return "-"
-    if stats["std"] is None:
-        return f"{stats['mean']:.2f} (1 seed)"
-    return f"{stats['mean']:.2f} +- {stats['std']:.2f}"
-
-
-def _fmt_published(published: dict[str, Any] | None) -> str:
-    if published is None:
-        return "-"
-    text = ("~" if published["approximate"] else "") + f"{published['mean']:.2f}"
-    if published["std"] is not None:
-        text += f" +- {published['std']:.2f}"
-    return text
-
-
-def _row_label(row: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
-    cells = [row["method"], "yes" if row["amcl"] else "no"]
-    cells += [str(row["overrides"].get(c, "")) for c in columns]
-    return cells
-
-
-def write_outputs(document: dict[str, Any], table: Table, workdir: str) -> None:
-    with open(os.path.join(workdir, "table.json"), "w") as f:
-        json.dump(document, f, indent=2)
-    columns = tuple(table.columns)
-    has_labels = any(r["label"] for r in document["rows"])
-    header = ["method", "AMCL", *[c.split(".")[-1] for c in columns], *["row"] * has_labels,
-              "kNN top-1 best (ours)", "kNN top-1 final (ours)", "published"]
-    has_probe = any(r["ours"] and "linear_probe_top1" in r["ours"] for r in document["rows"])
-    if has_probe:
-        header[-1:-1] = ["linear top-1 (ours)", "linear top-5 (ours)"]
-    lines = [f"# {document['title']}", "", document["protocol"], ""]
-    if document["note"]:
-        lines += [document["note"], ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in document["rows"]:
-        ours = row["ours"] or {}
-        cells = _row_label(row, columns) + [row["label"]] * has_labels
-        if row["status"] != "done":
-            cells += [row["status"], "-"]
-        else:
-            cells += [_fmt(ours["knn_top1_best"]), _fmt(ours["knn_top1"])]
-        if has_probe:
-            cells += [_fmt(ours.get("linear_probe_top1")), _fmt(ours.get("linear_probe_top5"))]
-        published = row["published"]
-        pub = _fmt_published(published)
-        if published and published.get("note"):
-            pub += f" ({published['note']})"
-        cells.append(pub)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `{document['command']}`", ""]
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write("\n".join(lines))
-    plot_table(document, table, os.path.join(workdir, "table.png"))
-
-
-def plot_table(document: dict[str, Any], table: Table, path: str) -> None:
-    """Ours (mean +- std, solid) vs published (hollow markers): a line per series over
-    `table.plot_x` values, or horizontal bars per row when the table has no x axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = document["rows"]
-    metric = "knn_top1_best"
-    if table.plot_x:
-        xs = list(dict.fromkeys(str(r["overrides"].get(table.plot_x)) for r in rows))
-        series: dict[str, list[dict]] = {}
-        for r in rows:
-            key = f"{r['method']}{' + AMCL' if r['amcl'] else ''}"
-            series.setdefault(key, []).append(r)
-        # Below full scale our numbers sit far under the paper's: separate panels keep both
-        # readable.
-        together = document["scale"] == "full"
-        fig, axes = plt.subplots(1, 1 if together else 2, figsize=(7.5 if together else 11, 4.5),
-                                 squeeze=False)
-        ax, ax_published = axes[0][0], axes[0][0 if together else 1]
-        for i, (key, members) in enumerate(series.items()):
-            color = f"C{i % 10}"
-            points = [(xs.index(str(r["overrides"].get(table.plot_x))), r) for r in members]
-            done = [(x, r["ours"][metric]) for x, r in points if r["ours"]]
-            if done:
-                ax.errorbar([x for x, _ in done], [s["mean"] for _, s in done],
-                            yerr=[s["std"] or 0.0 for _, s in done], color=color, marker="o",
-                            capsize=3, label=f"{key} (ours)")
-            published = [(x, r["published"]) for x, r in points if r["published"]]
-            if published:
-                ax_published.plot([x for x, _ in published], [p["mean"] for _, p in published],
-                                  color=color, marker="s", markerfacecolor="none",
-                                  linestyle="--", label=f"{key} (published)")
-        if not together:
-            ax_published.set_xticks(range(len(xs)), xs)
-            ax_published.set_xlabel(table.plot_x.split(".")[-1])
-            ax_published.set_title("published (the paper's protocol)", fontsize=9)
-            ax_published.set_ylabel("kNN top-1 (%)")
-            if ax_published.get_legend_handles_labels()[0]:
-                ax_published.legend(fontsize=7)
-        ax.set_xticks(range(len(xs)), xs)
-        ax.set_xlabel(table.plot_x.split(".")[-1])
-    else:
-        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5))
-        labels = [r["label"] or r["name"] for r in rows]
-        for y, r in enumerate(rows):
-            if r["ours"]:
-                s = r["ours"][metric]
-                ax.barh(y, s["mean"], xerr=s["std"] or 0.0, color="C0", capsize=3,
-                        label="ours" if y == 0 or "ours" not in
-                        ax.get_legend_handles_labels()[1] else None)
-            if r["published"]:
-                ax.plot(r["published"]["mean"], y, "s", color="C3", markerfacecolor="none",
-                        label="published" if "published" not in
-                        ax.get_legend_handles_labels()[1] else None)
-        ax.set_yticks(range(len(rows)), labels, fontsize=7)
-        ax.set_xlabel("")
-    ax.set_ylabel("kNN top-1 (%), best over evaluations") if table.plot_x else ax.set_xlabel(
-        "kNN top-1 (%), best over evaluations")
-    ax.set_title(f"{document['title']}\n(ours, scale: {document['scale']})", fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------

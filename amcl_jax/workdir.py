@@ -27,6 +27,7 @@ import ml_collections
 
 from amcl_jax import forms
 from amcl_jax.config import ConfigError, get_default_config
+from amcl_jax.nested import flatten, unflatten
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.json"
@@ -210,17 +211,6 @@ def read_recorded_config(workdir: str) -> dict[str, Any] | None:
     return recorded
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a.b": value} of a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def safe_on_resume(field: str) -> bool:
     return any(field == p or (p.endswith(".") and field.startswith(p)) for p in SAFE_ON_RESUME)
 
@@ -251,14 +241,7 @@ def _resolved(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
     flat = {**defaults, **flatten(recorded)}
     if "amcl.form" not in flatten(recorded):
         flat["amcl.form"] = forms.LEGACY_FORM
-    tree: dict[str, Any] = {}
-    for field, value in flat.items():
-        *sections, name = field.split(".")
-        node = tree
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    return json.loads(forms.resolve(ml_collections.ConfigDict(tree)).to_json())
+    return json.loads(forms.resolve(ml_collections.ConfigDict(unflatten(flat))).to_json())
 
 
 def has_checkpoints(workdir: str) -> bool:

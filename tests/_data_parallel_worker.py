@@ -14,6 +14,7 @@ from conftest import tiny_config
 
 from amcl_jax import compile as compile_lib
 from amcl_jax import forms, methods, program
+from amcl_jax import hlo as hlo_lib
 
 PER_DEVICE = 4  # Images per device per view.
 # One case per method (its AMCL form where it has one: the authors' top-k losses gather the most
@@ -48,8 +49,8 @@ def features_report(config, topology):
     programs = program.build(config, mesh, 1, backend=None if topology.chip is None else "tpu")
     batch = PER_DEVICE * len(topology.devices)
     hlo = programs.features.lower(*programs.abstract_feature_inputs(batch)).compile().as_text()
-    return {"encoder_images_per_device": max(compile_lib.encoder_batch_sizes(hlo), default=None),
-            "activation_collectives": compile_lib.activation_collectives(
+    return {"encoder_images_per_device": max(hlo_lib.encoder_batch_sizes(hlo), default=None),
+            "activation_collectives": hlo_lib.activation_collectives(
                 hlo, config.data.image_size)}
 
 
@@ -104,7 +105,7 @@ def fsdp_main():
             "argument_bytes": compile_lib.memory(compiled)["argument"],
             "temp_bytes": compile_lib.memory(compiled)["temp"],
             "flops": compile_lib.cost(compiled)["flops"],
-            "activation_collectives": compile_lib.activation_collectives(
+            "activation_collectives": hlo_lib.activation_collectives(
                 compiled.as_text(), image_size=16),
             "sharded_leaves": sum(not leaf.sharding.is_fully_replicated
                                   for leaf in jax.tree.leaves(state.params)),

@@ -15,9 +15,9 @@ from amcl_jax.data import (
     augment,
     dataset_stats,
     eval_iterator,
+    folders,
     load_split,
     make_view_fn,
-    sources,
     steps_per_epoch,
     train_iterator,
     validate_letters,
@@ -292,9 +292,9 @@ def test_image_folder_and_archive(tmp_path, monkeypatch):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="pets")  # wrapped in one top-level folder, as archives often are
     extractions = []
-    real_extract = sources._extract_into
+    real_extract = folders._extract_into
     monkeypatch.setattr(
-        sources, "_extract_into", lambda *a: (extractions.append(a), real_extract(*a))
+        folders, "_extract_into", lambda *a: (extractions.append(a), real_extract(*a))
     )
     cache = str(tmp_path / "cache")
     for _ in range(2):
@@ -306,7 +306,7 @@ def test_image_folder_and_archive(tmp_path, monkeypatch):
     test, _, _ = load_split("x", "test", data_dir=str(archive), cache_dir=cache, image_size=4)
     assert test.shape == (6, 4, 4, 3)
     assert len(extractions) == 1
-    assert [e for e in os.listdir(cache)] == [os.path.basename(sources.archive_cache_path(
+    assert [e for e in os.listdir(cache)] == [os.path.basename(folders.archive_cache_path(
         str(archive), cache))]
     with pytest.raises(ValueError, match="data.data_dir"):
         load_split("image_folder", "validation", data_dir=str(folder))

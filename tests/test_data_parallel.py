@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from amcl_jax import compile as compile_lib
+from amcl_jax import hlo as hlo_lib
 from amcl_jax import methods, sharding
 
 WORKER = "tests/_data_parallel_worker.py"
@@ -107,16 +108,16 @@ def test_collectives_and_activation_shapes_are_read_from_hlo_text():
         "%c = f32[32,16,16,8]{3,2,1,0} convolution(%a, %b), window={size=3x3}, "
         "dim_labels=b01f_01io->b01f, metadata={op_name=\"jvp(Model)/encoder/conv\"}",
     ])
-    found = compile_lib.collectives(hlo)
+    found = hlo_lib.collectives(hlo)
     assert found["all-gather"] == {"count": 3, "bytes": 2 * 64 * 32 * 32 * 3 * 4 + 8 * 128 * 4
                                    + 16 * 4 * 4}
     assert found["all-reduce"] == {"count": 1, "bytes": (3 * 3 * 3 * 8 + 8) * 4}
-    moving = compile_lib.activation_collectives(hlo, image_size=32)
+    moving = hlo_lib.activation_collectives(hlo, image_size=32)
     assert len(moving) == 1 and "f32[2,64,32,32,3]" in moving[0]  # Not the gradient reduction.
     # A feature map as the encoder's convolution makes it, gathered: found too.
     hlo += "\n%fm = f32[64,16,16,8]{3,2,1,0} all-gather(%c), channel_id=5"
-    assert len(compile_lib.activation_collectives(hlo, image_size=32)) == 2
-    assert compile_lib.encoder_batch_sizes(hlo) == [32]
+    assert len(hlo_lib.activation_collectives(hlo, image_size=32)) == 2
+    assert hlo_lib.encoder_batch_sizes(hlo) == [32]
 
 
 def test_collectives_inside_a_loop_count_once_per_iteration():
@@ -142,7 +143,7 @@ def test_collectives_inside_a_loop_count_once_per_iteration():
         "  %ar2 = f32[2]{0} all-reduce(%z), channel_id=3",
         "}",
     ])
-    found = compile_lib.collectives(hlo)
+    found = hlo_lib.collectives(hlo)
     assert found["all-reduce"] == {"count": 36 + 1, "bytes": 36 * 16 + 8}
     assert found["all-gather"] == {"count": 3, "bytes": 3 * 32}
 

@@ -5,13 +5,14 @@ import os
 
 import pytest
 
-from amcl_jax import methods, recipes, reproduce, train
+from amcl_jax import methods, recipes, reproduce, scales, train
+from amcl_jax.tables import Table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_TABLES = ("augmentations", "heads", "temperature", "amcl_choices")
 
 TINY_SPEC = '''
-from amcl_jax.reproduce import Published, Row, Table
+from amcl_jax.tables import Published, Row, Table
 
 
 def get_table():
@@ -60,8 +61,8 @@ def test_smoke_table_writes_files_skips_finished_and_resumes(tmp_path, monkeypat
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     rows = json.load(open(os.path.join(workdir, "table.json")))["rows"]
     assert [r["status"] for r in rows] == [
-        "done", reproduce.UNAVAILABLE_METHOD,
-        f"{reproduce.UNAVAILABLE_FIELD}: amcl.no_such_field"]
+        "done", scales.UNAVAILABLE_METHOD,
+        f"{scales.UNAVAILABLE_FIELD}: amcl.no_such_field"]
     done = rows[0]
     assert done["config"]["data"]["augmentations"] == "ae" and done["published"]["mean"] == 89.76
     assert 0.0 <= done["ours"]["knn_top1_best"]["mean"] <= 100.0
@@ -135,7 +136,7 @@ def test_aggregate_uses_sample_std_in_percent():
 
 
 METHOD_ROWS_SPEC = '''
-from amcl_jax.reproduce import Row, Table
+from amcl_jax.tables import Row, Table
 
 
 def get_table():
@@ -148,7 +149,7 @@ def get_table():
 '''
 
 
-def _table(tmp_path, text: str) -> reproduce.Table:
+def _table(tmp_path, text: str) -> Table:
     spec = tmp_path / "spec.py"
     spec.write_text(text)
     return reproduce.load_table(str(spec))
@@ -177,7 +178,7 @@ def test_full_scale_rows_are_their_methods_own_configs(tmp_path):
     assert moco.moco.temperature == own.moco.temperature and moco.model.width == 0.25
     # BYOL has no AMCL config: the row is reported, not run from another method's settings.
     assert reproduce.row_config(table, "full", table.rows[-1], 0) == (
-        None, reproduce.UNAVAILABLE_METHOD)
+        None, scales.UNAVAILABLE_METHOD)
 
 
 def test_method_config_names_a_missing_file():

@@ -412,7 +412,7 @@ def test_an_unwritable_cache_is_named_by_its_field_and_a_read_only_memo_is_skipp
 
     from PIL import Image
 
-    from amcl_jax.data import load_split, sources
+    from amcl_jax.data import folders, load_split
 
     for name, cls in (("a", 0), ("b", 1)):
         folder = tmp_path / "folder" / "train" / name
@@ -429,7 +429,7 @@ def test_an_unwritable_cache_is_named_by_its_field_and_a_read_only_memo_is_skipp
     assert code == errors.RUNTIME and line.startswith("data.cache_dir=") and "writable" in line
     # An extracted cache where the decoded images cannot be memoised still loads.
     cache = str(tmp_path / "cache")
-    root = sources.extract_archive(str(archive), cache_dir=cache)
+    root = folders.extract_archive(str(archive), cache_dir=cache)
     (Path(root) / ".amcl_jax").write_text("blocks the memo folder")
     images, labels, num_classes = load_split("image_folder", "train", data_dir=str(archive),
                                              cache_dir=cache)

@@ -2,6 +2,7 @@
 
     files.py           read_image, ImageFiles (a split kept as files: data.streaming)
     sources.py         load_split (digits, .npz, image folders/archives, TFDS), dataset_stats
+    folders.py         image folders and archives of one: listed, or decoded into memory
     augment.py         the paper's augmentation letters a..e as stateless TF ops, make_view_fn
     pipeline.py        train_iterator (resumable from any step), eval_iterator, steps_per_epoch
     shuffle.py         the training stream's example order without TensorFlow
@@ -25,12 +26,12 @@ from amcl_jax.data.augment import (
 )
 from amcl_jax.data.device_augment import DeviceViews
 from amcl_jax.data.files import ImageFiles, UnreadableImageError, read_image
+from amcl_jax.data.folders import extract_archive
 from amcl_jax.data.pipeline import eval_iterator, example_index, steps_per_epoch, train_iterator
 from amcl_jax.data.sources import (
     DATASET_STATS,
     dataset_stats,
     evaluates_with_centre_crop,
-    extract_archive,
     load_split,
 )
 

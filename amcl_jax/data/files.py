@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amcl_jax.data._tf import available as tensorflow_available
 from amcl_jax.data._tf import tf
 
 
@@ -167,3 +168,18 @@ def naming_unreadable_files(batches, files: ImageFiles, indices_of_batch, first_
 def _first_line(message: str) -> str:
     """A TF error's first line without its "{{function_node ...}}" prefix."""
     return re.sub(r"\{\{.*?\}\}\s*", "", message.strip().splitlines()[0]) if message else ""
+
+
+def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8, bilinear (antialiased when shrinking):
+    `files.resize_square` where TensorFlow is installed (the pixels every result so far was
+    measured on), else `files.resize_square_without_tensorflow` (within one grey level)."""
+    if tensorflow_available():
+        out = [resize_square(images[start : start + chunk], size).numpy()
+               for start in range(0, len(images), chunk)]
+    else:  # The same resize in JAX, within one grey level of TF's.
+        out = [resize_square_without_tensorflow(images[start : start + chunk], size)
+               for start in range(0, len(images), chunk)]
+    if not out:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.concatenate(out)

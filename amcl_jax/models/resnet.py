@@ -33,16 +33,31 @@ def _barrier(x: jax.Array, keep: jax.Array | None) -> jax.Array:
     return x if keep is None else cpu.fusion_barrier(x, keep)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; expansion 1.
-
-    x: (B, H, W, Cin) -> (B, H / stride, W / stride, filters).
-    """
+class _ResidualBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: their fields, and the end of the block (the shortcut,
+    a strided 1x1 projection where the shape changes, added to the residual branch)."""
 
     filters: int
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
+
+    expansion = 1
+
+    def _join(self, shortcut: jax.Array, y: jax.Array, keep: jax.Array | None) -> jax.Array:
+        """relu(shortcut + y), `shortcut` projected to y's shape (`conv_proj`, `norm_proj`)."""
+        if shortcut.shape != y.shape:
+            shortcut = self.conv(self.filters * self.expansion, (1, 1), self.strides,
+                                 padding="VALID", name="conv_proj")(shortcut)
+            shortcut = self.norm(name="norm_proj")(shortcut)
+        return _barrier(nn.relu(shortcut + y), keep)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; expansion 1.
+
+    x: (B, H, W, Cin) -> (B, H / stride, W / stride, filters).
+    """
 
     expansion = 1
 
@@ -53,24 +68,14 @@ class BasicBlock(nn.Module):
         y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
         y = _barrier(nn.relu(self.norm()(y)), keep)
         y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
-        y = self.norm()(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), self.strides, padding="VALID",
-                                 name="conv_proj")(residual)
-            residual = self.norm(name="norm_proj")(residual)
-        return _barrier(nn.relu(residual + y), keep)
+        return self._join(residual, self.norm()(y), keep)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (strided) -> 1x1 convs; expansion 4.
 
     x: (B, H, W, Cin) -> (B, H / stride, W / stride, 4 * filters).
     """
-
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    strides: int = 1
 
     expansion = 4
 
@@ -83,12 +88,7 @@ class Bottleneck(nn.Module):
         y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)
         y = _barrier(nn.relu(self.norm()(y)), keep)
         y = self.conv(self.filters * self.expansion, (1, 1), padding="VALID")(y)
-        y = self.norm()(y)
-        if residual.shape != y.shape:
-            residual = self.conv(self.filters * self.expansion, (1, 1), self.strides,
-                                 padding="VALID", name="conv_proj")(residual)
-            residual = self.norm(name="norm_proj")(residual)
-        return _barrier(nn.relu(residual + y), keep)
+        return self._join(residual, self.norm()(y), keep)
 
 
 def base_channels(width: float) -> int:

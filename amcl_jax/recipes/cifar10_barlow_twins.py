@@ -12,19 +12,14 @@ Expected: kNN top-1 (k=200, T=0.1) 86.91 +- 0.09 in the base repository at 800 e
 PNGs). Not run to completion here; cost: about configs/cifar10_simclr.py's.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "barlow_twins"
-    config.amcl.enabled = False
+    config = recipes.cifar10_config("barlow_twins")
     config.optimizer.learning_rate = 0.11
     config.projector.hidden_dim = 2048
     config.projector.out_dim = 2048
     config.projector.num_layers = 3
     config.barlow_twins.off_diagonal_weight = 5e-3
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

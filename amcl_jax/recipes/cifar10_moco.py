@@ -12,18 +12,13 @@ PNGs). Not run to completion here; cost: about 1.3x configs/cifar10_simclr.py (a
 gradient-free forward pass through the momentum network).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "moco"
-    config.amcl.enabled = False
+    config = recipes.cifar10_config("moco")
     config.optimizer.learning_rate = 0.08
     config.moco.temperature = 0.1
     config.moco.queue_size = 4096
     config.moco.momentum = 0.99
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

@@ -11,15 +11,10 @@ original PNGs; the JPEG re-encoding costs a little). Not run to completion here;
 configs/cifar10_amcl_simclr.py.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = False
+    config = recipes.cifar10_config("simclr")
     config.simclr.temperature = 0.5
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

@@ -11,17 +11,12 @@ Expected: kNN top-1 (k=200, T=0.1) 90.59 +- 0.11 in the base repository at 800 e
 PNGs). Not run to completion here; cost: about configs/cifar10_simclr.py's.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simsiam"
-    config.amcl.enabled = False
+    config = recipes.cifar10_config("simsiam")
     config.optimizer.learning_rate = 0.05
     config.projector.num_layers = 3
     config.predictor.hidden_dim = 64
-    config.data.dataset = "cifar10"
-    config.eval.every_steps = 1955  # Every 20 epochs at batch 512 (97.75 steps per epoch).
-    config.checkpoint.every_steps = 977
     return config

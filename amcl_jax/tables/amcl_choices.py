@@ -12,7 +12,7 @@ shared by the heads, and one head (C = 1).
 Runtime: 6 rows x 1 seed at cpu scale, about 5-10 minutes per run on 2 idle cores.
 """
 
-from amcl_jax.reproduce import Row, Table
+from amcl_jax.tables import Row, Table
 
 
 def get_table() -> Table:

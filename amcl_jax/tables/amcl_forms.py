@@ -13,7 +13,7 @@ Runtime: 6 rows x 3 seeds at cpu scale, about 5-10 minutes per run on 2 idle cor
 command resumes where it stopped, so the table can be filled over several sittings.
 """
 
-from amcl_jax.reproduce import Row, Table
+from amcl_jax.tables import Row, Table
 
 
 def get_table() -> Table:

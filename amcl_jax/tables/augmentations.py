@@ -23,7 +23,7 @@ any time to continue. smoke: ~10-20 s per run. full: 78,200 steps per run (rough
 hours each).
 """
 
-from amcl_jax.reproduce import Published, Row, Table
+from amcl_jax.tables import Published, Row, Table
 
 SOURCE = "base repository, kNN top-1, CIFAR-10, ResNet-18, 800 epochs, 3 runs"
 LETTERS = ("a", "ab", "abc", "abcd", "abcde")

@@ -14,7 +14,7 @@ Runtime: 5 rows x 2 seeds = 10 runs at cpu scale, about 5-10 minutes each on 2 i
 (~1.5 hours; 5 heads costs a little more than 1); full: 5 x 3 runs of 78,200 steps.
 """
 
-from amcl_jax.reproduce import Published, Row, Table
+from amcl_jax.tables import Published, Row, Table
 
 POSTER = "paper poster (read off a plot, +-0.2; setting not stated)"
 

@@ -18,7 +18,7 @@ Published (poster, read off a plot, +-0.2): global constant tau 81.4, fully adap
 Runtime: 5 rows x 2 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~1.5 hours).
 """
 
-from amcl_jax.reproduce import Published, Row, Table
+from amcl_jax.tables import Published, Row, Table
 
 POSTER = "paper poster (read off a plot, +-0.2)"
 
