@@ -22,13 +22,11 @@ cost: about configs/cifar10_barlow_twins.py's per step (the same network and pro
 its steps (batch 256).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax.recipes import cifar10_config
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "vicreg"
-    config.amcl.enabled = False
+    config = cifar10_config("vicreg")
     config.batch_size = 256
     config.num_epochs = 1000
     config.optimizer.name = "lars"
@@ -42,7 +40,6 @@ def get_config():
     config.vicreg.invariance_weight = 25.0
     config.vicreg.variance_weight = 25.0
     config.vicreg.covariance_weight = 1.0
-    config.data.dataset = "cifar10"
     config.data.augmentations = "acde"
     config.data.solarize_p = (0.1, 0.1)
     config.eval.every_steps = 3906  # Every 20 epochs at batch 256.
