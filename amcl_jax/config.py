@@ -10,11 +10,14 @@ field and what is allowed; `main.py` prints that line and exits without a traceb
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ml_collections
 
 from amcl_jax import forms
+
+# The checks' building blocks live below every module that uses them (methods declare their own
+# checks with them); re-exported here, where callers have always found them.
+from amcl_jax.fields import ConfigError, fail, get_field, one_of, positive_integer, set_field  # noqa: F401
 
 NEGATIVES = ("topk", "max", "logsumexp")
 TEMPERATURE_NETS = ("pair_score", "concat_mlp")
@@ -28,10 +31,6 @@ CORRUPT_IMAGES = ("skip", "fail")
 AUGMENT_ON = ("host", "device", "auto")  # as data.device_augment.AUGMENT_ON
 AUGMENTATION_LETTERS = "abcde"
 WANDB_MODES = ("online", "offline", "disabled")
-
-
-class ConfigError(ValueError):
-    """An invalid config value; the message is one line naming the field and what is allowed."""
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -191,39 +190,6 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.logging.wandb.name = ""  # "": the workdir's folder name.
     config.logging.wandb.mode = "online"  # "online", "offline" or "disabled".
     return config
-
-
-def get_field(config: ml_collections.ConfigDict, field: str) -> Any:
-    """The value of `field` ("section.name", or a top-level name)."""
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    return value
-
-
-def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
-    *sections, name = field.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[name] = value
-
-
-def fail(field: str, value, allowed: str) -> None:
-    """Raises the one-line ConfigError of an invalid `field`."""
-    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
-
-
-def one_of(config: ml_collections.ConfigDict, field: str, allowed) -> None:
-    value = get_field(config, field)
-    if value not in allowed:
-        fail(field, value, "allowed values are " + ", ".join(repr(a) for a in allowed))
-
-
-def positive_integer(config: ml_collections.ConfigDict, field: str) -> None:
-    value = get_field(config, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        fail(field, value, "must be an integer >= 1")
 
 
 def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:

@@ -87,7 +87,7 @@ def _first_line(text: str) -> str:
 
 def describe(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an exception that reached the command line."""
-    from amcl_jax.config import ConfigError
+    from amcl_jax.fields import ConfigError
 
     if isinstance(error, (UsageError, ConfigError)):
         return " ".join(str(error).split()), USAGE

@@ -32,6 +32,8 @@ from typing import Any
 
 import ml_collections
 
+from amcl_jax.fields import get_field, set_field
+
 FORMS = ("authors", "project")
 # An old workdir's config.json has no amcl.form: it was the project's form.
 LEGACY_FORM = "project"
@@ -96,7 +98,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     runs had; `optimizer.grad_clip_norm` unset is 0 (off) whenever AMCL is off. Resolving a
     resolved config changes nothing. Sections absent from an old config stay absent.
     """
-    from amcl_jax.config import get_field, set_field
 
     resolved = copy.deepcopy(config)
     values = _values(form(config), config.get("method", ""))
@@ -123,7 +124,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def check_resolved(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the form-dependent fields `config` leaves unset (None)."""
-    from amcl_jax.config import get_field
 
     unset = [field for field in fields()
              if field.split(".")[0] in config and get_field(config, field) is None]

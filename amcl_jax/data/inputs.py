@@ -63,7 +63,7 @@ def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bo
             config.data.get("augment_on", "host"), train_images, jax.devices()[0],
             tensorflow_available=data_lib.tensorflow_available())
     except ValueError as e:
-        from amcl_jax.config import ConfigError
+        from amcl_jax.fields import ConfigError
 
         raise ConfigError(str(e)) from None
     if config.online_probe.enabled and config.online_probe.num_classes == -1:
@@ -126,7 +126,7 @@ def check_data_sizes(config: ml_collections.ConfigDict, *, num_train: int,
                      bank_labels: np.ndarray, num_queries: int) -> None:
     """Raises ConfigError when the loaded data cannot give what the config asks: a batch larger
     than the training set, k larger than the kNN bank, a bank of fewer than 2 classes."""
-    from amcl_jax.config import ConfigError
+    from amcl_jax.fields import ConfigError
 
     if config.batch_size > num_train:
         raise ConfigError(
@@ -162,7 +162,7 @@ def check_state_fits(config: ml_collections.ConfigDict, state_shapes) -> None:
     """Raises ConfigError, with an estimate, when the train state (parameters, optimizer and
     method state) plus gradients and updates cannot fit in one device's memory: a failed
     allocation of that size can leave the runtime waiting forever instead of failing."""
-    from amcl_jax.config import ConfigError
+    from amcl_jax.fields import ConfigError
 
     nbytes = lambda tree: sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                               for x in jax.tree.leaves(tree))

@@ -29,7 +29,7 @@ import flax.linen as nn
 import ml_collections
 
 from amcl_jax import losses, models
-from amcl_jax.config import fail, one_of
+from amcl_jax.fields import fail, one_of
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 
 from amcl_jax import models
-from amcl_jax.config import fail, one_of
+from amcl_jax.fields import fail, one_of
 from amcl_jax.models import SSLModel
 from amcl_jax.platform import cpu
 from amcl_jax.sharding import stack_views, unstack_views

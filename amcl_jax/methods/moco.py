@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from amcl_jax import losses, models
-from amcl_jax.config import fail, one_of, positive_integer
+from amcl_jax.fields import fail, one_of, positive_integer
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 from amcl_jax.methods.simclr import temperature_module

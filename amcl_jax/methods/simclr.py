@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from amcl_jax import losses, models
-from amcl_jax.config import fail
+from amcl_jax.fields import fail
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 

@@ -25,7 +25,7 @@ import flax.linen as nn
 import ml_collections
 
 from amcl_jax import losses, models
-from amcl_jax.config import positive_integer
+from amcl_jax.fields import positive_integer
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 from amcl_jax.methods.simclr import temperature_module
