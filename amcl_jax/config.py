@@ -22,6 +22,7 @@ from amcl_jax.fields import ConfigError, fail, get_field, one_of, positive_integ
 NEGATIVES = ("topk", "max", "logsumexp")
 TEMPERATURE_NETS = ("pair_score", "concat_mlp")
 AMCL_LOSSES = ("paper", "released_code")
+TEMPERATURE_OBJECTIVES = ("contrast", "likelihood")
 ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
@@ -46,7 +47,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.amcl = ml_collections.ConfigDict()
     config.amcl.enabled = True
     config.amcl.num_heads = 3
-    # "project" (amcl-jax's reading of the paper) or "authors" (their AMCL v2.0 code): the
+    # "project" (amcl-jax's reading of the paper), "authors" (their AMCL v2.0 code) or
+    # "likelihood" (the project's with temperatures fit by likelihood alone; SimCLR): the
     # settings of the placeholders below (None) come from the form for the method
     # (amcl_jax/forms.py, resolved where a run starts); set one to override the form for that
     # field alone. "project" by
@@ -77,6 +79,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # Eq. 2.4 (SimCLR, MoCo): the positive joins the hard max over negatives. Only changes
     # negatives="max": the log-sum-exp always has the positive in it (the soft Eq. 2.4).
     config.amcl.infonce = False
+    # What the temperatures learn from: "contrast" (the whole loss, Eq. 2.1; authors, project) or
+    # "likelihood" (each pair's Gaussian likelihood alone; the likelihood form, SimCLR's
+    # log-sum-exp only).
+    config.amcl.temperature_objective = placeholder(str)
 
     # The methods' own sections (simclr, moco, barlow_twins, byol, predictor), from the registry.
     from amcl_jax import methods  # The registry imports the models: late, to keep this light.
@@ -213,6 +219,19 @@ def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
         fail("optimizer.grad_clip_norm", clip, "must be >= 0 (0 turns clipping off)")
     if not isinstance(config.amcl.topk, int) or config.amcl.topk < 1:
         fail("amcl.topk", config.amcl.topk, "must be an integer >= 1")
+    one_of(config, "amcl.temperature_objective", TEMPERATURE_OBJECTIVES)
+
+
+def _check_likelihood_objective(config: ml_collections.ConfigDict, method) -> None:
+    """temperature_objective="likelihood" exists for SimCLR's Eq. 2.1 with the log-sum-exp."""
+    field, value = "amcl.temperature_objective", "likelihood"
+    if not method.likelihood_temperatures:
+        fail(field, value, f"is SimCLR's only (method {config.method!r}); use 'contrast' or "
+             "amcl.form='project' / 'authors'")
+    if config.amcl.negatives != "logsumexp":
+        fail(field, value, f"needs amcl.negatives='logsumexp', not {config.amcl.negatives!r}")
+    if config.amcl.loss != "paper" or config.amcl.adaptive_temperature != "both":
+        fail(field, value, "needs amcl.loss='paper' and amcl.adaptive_temperature='both'")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
@@ -243,6 +262,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
              "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
              "both")
+    if config.amcl.enabled and config.amcl.temperature_objective == "likelihood":
+        _check_likelihood_objective(config, method)
     one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.data.get("streaming", False), bool):
         fail("data.streaming", config.data.streaming, "must be true or false")

@@ -1,6 +1,6 @@
-"""The two forms of AMCL, and the settings a config leaves to them.
+"""The forms of AMCL, and the settings a config leaves to them.
 
-`amcl.form` chooses the whole recipe of one of two readings of the paper in one flag:
+`amcl.form` chooses the whole recipe of one reading of the paper in one flag:
 
 - `"authors"`: the authors' rewritten reference code ("AMCL v2.0"). Temperatures
   from the Eq. 3 pair-score map tau = lower + (upper - lower) sigmoid(-<phi(u), phi(v)>), one phi
@@ -9,6 +9,10 @@
   (Barlow Twins 1e-6); bounds (1e-5, 2.0) for every method; global gradient-norm clipping at
   1.0; MoCo with queries from the first view and keys from the second, both directions against
   the queue; Barlow Twins' temperatures from a map on the channel vectors.
+- `"likelihood"`: the project's form, but each temperature learns only from its pair's Gaussian
+  likelihood (Omega(tau) - s / tau with s fixed, minimised inside the bounds at
+  tau = 2 (1 - s) / K) and the features only from the contrast at fixed temperatures; beta 1.
+  SimCLR's log-sum-exp only.
 - `"project"` (the default, by measurement: docs/amcl.md): amcl-jax's reading of the paper's
   table and of the authors' 2024 code.
   An MLP on the concatenated pair [u; v] (2D -> hidden -> 1), one per head; the log-sum-exp
@@ -34,7 +38,7 @@ import ml_collections
 
 from amcl_jax.fields import get_field, set_field
 
-FORMS = ("authors", "project")
+FORMS = ("authors", "project", "likelihood")
 # An old workdir's config.json has no amcl.form: it was the project's form.
 LEGACY_FORM = "project"
 OUT_DIM = "out_dim"  # A value: the head's output dimension, projector.out_dim.
@@ -48,6 +52,7 @@ FORM_VALUES: dict[str, dict[str, Any]] = {
         "amcl.beta": 1e-4,
         "amcl.temperature_bounds": (1e-5, 2.0),
         "amcl.omega_dim": OUT_DIM,  # Omega's K: the head's output dimension D.
+        "amcl.temperature_objective": "contrast",
         "optimizer.grad_clip_norm": 1.0,
     },
     "project": {
@@ -57,13 +62,20 @@ FORM_VALUES: dict[str, dict[str, Any]] = {
         "amcl.beta": 0.1,
         "amcl.temperature_bounds": (1e-5, 2.0),
         "amcl.omega_dim": OUT_DIM,
+        "amcl.temperature_objective": "contrast",
         "optimizer.grad_clip_norm": 0.0,
     },
 }
+# The project's form with the temperatures fit by each pair's Gaussian likelihood alone (weight
+# 1, the likelihood's own) and the contrast at fixed temperatures: no term drives a temperature
+# to its bound (docs/amcl.md). SimCLR's only; a method's sections take their project values.
+FORM_VALUES["likelihood"] = dict(FORM_VALUES["project"], **{
+    "amcl.beta": 1.0, "amcl.temperature_objective": "likelihood"})
+BASE_FORM = {"likelihood": "project"}  # Whose method values a derived form takes.
 
 
 def form(config: ml_collections.ConfigDict) -> str:
-    """The config's AMCL form ("authors" or "project")."""
+    """The config's AMCL form (one of `FORMS`)."""
     return config.amcl.get("form", LEGACY_FORM)
 
 
@@ -77,11 +89,16 @@ def _values(chosen: str, method_name: str) -> dict[str, Any]:
     values = dict(FORM_VALUES[chosen])
     for method in methods.registered():  # Each method's own sections, whatever the run's.
         sections = method.config_sections()
-        values.update({field: value for field, value in method.form_values.get(chosen, {}).items()
+        values.update({field: value for field, value in _method_values(method, chosen).items()
                        if field.split(".")[0] in sections})
     if method_name in methods.available():  # The run's method, on the amcl.* fields too.
-        values.update(methods.get_method(method_name).form_values.get(chosen, {}))
+        values.update(_method_values(methods.get_method(method_name), chosen))
     return values
+
+
+def _method_values(method, chosen: str) -> dict[str, Any]:
+    """`method`'s own values in form `chosen` (a derived form's: its base form's)."""
+    return method.form_values.get(chosen, method.form_values.get(BASE_FORM.get(chosen), {}))
 
 
 def fields() -> tuple[str, ...]:

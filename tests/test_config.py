@@ -37,6 +37,7 @@ BAD_VALUES = [
     ("data.augmentations", "aab"),
     ("eval.knn_k", 0),
     ("simclr.temperature", 0.0),
+    ("amcl.temperature_objective", "both"),
 ]
 
 
@@ -103,6 +104,26 @@ def test_temperature_ablation_is_refused_where_the_loss_has_no_such_split():
     with pytest.raises(ConfigError, match="config.amcl.adaptive_temperature='positive'"):
         validate_config(config)
     config.method = "simclr"
+    validate_config(config)
+
+
+def test_the_likelihood_form_is_simclrs_with_the_log_sum_exp_only():
+    config = get_default_config()
+    config.amcl.form = "likelihood"
+    validate_config(config)
+    config.amcl.negatives = "topk"
+    with pytest.raises(ConfigError, match="config.amcl.temperature_objective='likelihood' is "
+                       "invalid: needs amcl.negatives='logsumexp', not 'topk'"):
+        validate_config(config)
+    config.amcl.negatives, config.amcl.adaptive_temperature = None, "positive"
+    with pytest.raises(ConfigError, match="amcl.adaptive_temperature='both'"):
+        validate_config(config)
+    config.amcl.adaptive_temperature = "both"
+    for method in ("moco", "simsiam", "barlow_twins"):
+        config.method = method
+        with pytest.raises(ConfigError, match=f"SimCLR's only \\(method '{method}'\\)"):
+            validate_config(config)
+    config.amcl.enabled = False  # A baseline: the form's temperatures are not used.
     validate_config(config)
 
 

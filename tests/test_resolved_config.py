@@ -25,7 +25,7 @@ def _as_recorded(config):
 
 
 @pytest.mark.parametrize("method", [m.name for m in methods.registered() if m.supports_amcl])
-@pytest.mark.parametrize("form", ["authors", "project"])
+@pytest.mark.parametrize("form", forms.FORMS)
 def test_resolve_fills_every_form_field_and_is_idempotent(method, form):
     config = recipes.method_config(method, True)
     config.amcl.form = form

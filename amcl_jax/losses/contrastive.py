@@ -19,6 +19,10 @@ from amcl_jax.losses.regularisers import omega
 from amcl_jax.losses.temperatures import TemperatureFn, _pair_grid_temperatures, _temperatures
 
 NEGATIVES_CHOICES = ("topk", "max", "logsumexp")
+# What the temperatures learn from: "contrast", the whole loss (the paper's Eq. 2.1); or
+# "likelihood", each pair's Gaussian likelihood alone, while the similarities learn from the
+# contrast at fixed temperatures (the likelihood form: docs/amcl.md).
+TEMPERATURE_OBJECTIVES = ("contrast", "likelihood")
 DEFAULT_CHUNK_SIZE = 32
 
 
@@ -121,8 +125,10 @@ def _amcl_logsumexp(
     omega_dim: float,
     chunk_size: int | None,
     positive_temperature_fn: TemperatureFn | None = None,
+    temperature_objective: str = "contrast",
 ) -> tuple[jax.Array, Metrics]:
     """Eq. 2.1 with a log-sum-exp over views, chunked over anchors. z: (C, 2N, D) float32."""
+    likelihood = temperature_objective == "likelihood"
     num_heads, num_views, dim = z.shape
     n = num_views // 2
     if chunk_size is None:
@@ -148,12 +154,14 @@ def _amcl_logsumexp(
         is_neg = ~(is_self | is_pos)
 
         cos = jnp.einsum("ckd,cjd->ckj", z_chunk, z_all)  # (C, K, 2N)
+        if likelihood:  # The temperature network sees the features but moves none of them.
+            z_chunk, z_all = jax.lax.stop_gradient(z_chunk), jax.lax.stop_gradient(z_all)
         tau = _pair_grid_temperatures(temperature_fn, z_chunk, z_all)  # (C, K, 2N)
         if positive_temperature_fn is not None:
             z_positive = jnp.take(z_all, positive, axis=1)  # (C, K, D)
             tau_positive = _temperatures(positive_temperature_fn, z_chunk, z_positive)
             tau = jnp.where(is_pos, tau_positive[:, :, None], tau)
-        logits = cos / tau
+        logits = cos / (jax.lax.stop_gradient(tau) if likelihood else tau)
         lse = jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, logits), axis=-1)
         pos_logit = jnp.sum(jnp.where(is_pos, logits, 0.0), axis=-1)
         tau_pos = jnp.sum(jnp.where(is_pos, tau, 0.0), axis=-1)
@@ -161,8 +169,16 @@ def _amcl_logsumexp(
         weights = jax.nn.softmax(
             jnp.where(is_neg, jax.lax.stop_gradient(logits), -jnp.inf), axis=-1
         )
-        omega_neg = jnp.sum(weights * jnp.where(is_neg, omega(tau, omega_dim), 0.0), axis=-1)
-        per_anchor = -pos_logit + lse + beta * omega(tau_pos, omega_dim) - beta * omega_neg
+        if likelihood:
+            # Every pair's Gaussian negative log-likelihood, Omega(tau) - s / tau with s fixed:
+            # the positive's, plus the mean over the negatives'. Minimised at tau = 2 (1 - s) / K.
+            nll = omega(tau, omega_dim) - jax.lax.stop_gradient(cos) / tau
+            fit = (jnp.sum(jnp.where(is_pos, nll, 0.0), axis=-1)
+                   + jnp.sum(jnp.where(is_neg, nll, 0.0), axis=-1) / (num_views - 2))
+            per_anchor = -pos_logit + lse + beta * fit
+        else:
+            omega_neg = jnp.sum(weights * jnp.where(is_neg, omega(tau, omega_dim), 0.0), axis=-1)
+            per_anchor = -pos_logit + lse + beta * omega(tau_pos, omega_dim) - beta * omega_neg
 
         cos_sg = jax.lax.stop_gradient(cos)
         tau_sg = jax.lax.stop_gradient(tau)
@@ -213,6 +229,7 @@ def amcl_contrastive(
     chunk_size: int | None = None,
     positive_temperature_fn: TemperatureFn | Callable[[jax.Array, jax.Array], jax.Array]
     | None = None,
+    temperature_objective: str = "contrast",
 ) -> tuple[jax.Array, Metrics]:
     """AMCL loss for SimCLR / MoCo-style methods (the paper's Eq. 2.1), summed over heads.
 
@@ -237,7 +254,15 @@ def amcl_contrastive(
       w_ij = softmax over negatives of s_ij / tau_ij, held fixed by a stop-gradient. The weights
       are the soft analogue of selecting n*: replacing them by the one-hot argmax (and the
       log-sum-exp by the max) gives back the "max" variant, where n* also carries no gradient.
-      With C = 1, a constant tau and beta = 0 this is exactly `nt_xent`. Temperatures are needed
+      With C = 1, a constant tau and beta = 0 this is exactly `nt_xent`.
+      With `temperature_objective="likelihood"` (log-sum-exp only) the regulariser is replaced by
+      each pair's Gaussian negative log-likelihood, nll(tau, s) = Omega(tau) - s / tau =
+      (1 - s) / tau + (K / 2) log tau, minimised at tau = 2 (1 - s) / K:
+        -s+/[tau+] + logsumexp_{j != i}(s_ij / [tau_ij])
+        + beta * (nll(tau+, [s+]) + mean_{j negative} nll(tau_ij, [s_ij])),
+      [.] a stop-gradient, and the temperature network applied to stop-gradient features: the
+      features learn from the contrast at fixed temperatures, the temperatures from the
+      likelihood alone, so no term can drive a temperature to its bound. Temperatures are needed
       for every (anchor, view) pair: anchors are processed `chunk_size` rows at a time under
       `jax.lax.map`, each chunk rematerialised (`jax.checkpoint`) in the backward pass, and
       `temperature_fn.pair_grid` is used when present so no (rows, 2N, 2D) tensor is built.
@@ -256,6 +281,7 @@ def amcl_contrastive(
       positive_temperature_fn: None (default): `temperature_fn` gives every temperature. Else it
         gives the positive pairs' tau+ and `temperature_fn` only the negatives' (the temperature
         ablation: e.g. a constant for one side, the network for the other). O(N) extra calls.
+      temperature_objective: "contrast" (the paper's) or "likelihood" (with "logsumexp" only).
 
     Returns:
       loss: float32 scalar, mean over the 2N anchors, summed over the C heads.
@@ -266,6 +292,12 @@ def amcl_contrastive(
     """
     if negatives not in NEGATIVES_CHOICES:
         raise ValueError(f"negatives must be one of {NEGATIVES_CHOICES}, got {negatives!r}")
+    if temperature_objective not in TEMPERATURE_OBJECTIVES:
+        raise ValueError(f"temperature_objective must be one of {TEMPERATURE_OBJECTIVES}, got "
+                         f"{temperature_objective!r}")
+    if temperature_objective == "likelihood" and negatives != "logsumexp":
+        raise ValueError("temperature_objective='likelihood' needs negatives='logsumexp', got "
+                         f"{negatives!r}")
     if z_a.ndim != 3 or z_a.shape != z_b.shape:
         raise ValueError(
             f"z_a and z_b must both have shape (C, N, D); got {z_a.shape} and {z_b.shape}"
@@ -291,7 +323,7 @@ def amcl_contrastive(
     if negatives == "max":
         return _amcl_max(z, temperature_fn, beta, omega_dim, positive_temperature_fn)
     return _amcl_logsumexp(z, temperature_fn, beta, omega_dim, chunk_size,
-                           positive_temperature_fn)
+                           positive_temperature_fn, temperature_objective)
 
 
 def amcl_infonce_max(

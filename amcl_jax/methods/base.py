@@ -37,6 +37,8 @@ class Method(abc.ABC):
     # global temperature, `config[name].temperature`.
     pair_temperatures: bool = False
     any_number_of_views: bool = False  # False: data.num_views must be 2.
+    # True: amcl.temperature_objective="likelihood" (the likelihood form) is implemented.
+    likelihood_temperatures: bool = False
     # {form: {"section.field": value}}: this method's values of form-dependent fields, over the
     # form's own (forms.py): the placeholders of its sections, and the amcl.* fields where it
     # departs from the form (those only for runs of this method).

@@ -4,10 +4,12 @@ Without AMCL: one projection head and NT-Xent with a global temperature (`simclr
 With AMCL: `amcl.num_heads` heads and a temperature for every (head, pair), trained through the
 loss and its regulariser Omega. In the authors' form (`amcl.form="authors"`, forms.py) the
 temperatures come from the Eq. 3 pair-score map and the negatives are Eq. 5's top-k; in the
-project's form from an MLP on [u; v] with a log-sum-exp over negatives. `amcl.infonce=True` with
-`amcl.negatives="max"` is the InfoNCE form (Eq. 2.4): the positive joins the hard max, which
-bounds the loss below (Eq. 2.1's hard max is unbounded below once a positive's cosine exceeds
-beta and its temperature reaches the lower bound).
+project's form from an MLP on [u; v] with a log-sum-exp over negatives; the likelihood form
+(`amcl.form="likelihood"`) is the project's with each temperature fit by its pair's Gaussian
+likelihood alone and the features trained by the contrast at fixed temperatures.
+`amcl.infonce=True` with `amcl.negatives="max"` is the InfoNCE form (Eq. 2.4): the positive
+joins the hard max, which bounds the loss below (Eq. 2.1's hard max is unbounded below once a
+positive's cosine exceeds beta and its temperature reaches the lower bound).
 """
 
 from __future__ import annotations
@@ -71,13 +73,15 @@ def contrastive_pair_loss(config: ml_collections.ConfigDict, params, z_a: jax.Ar
     return losses.amcl_contrastive(
         z_a, z_b, negative_fn, beta=beta, omega_dim=omega_dim, negatives=negatives,
         topk=config.amcl.topk, chunk_size=config.amcl.chunk_size,
-        positive_temperature_fn=positive_fn)
+        positive_temperature_fn=positive_fn,
+        temperature_objective=config.amcl.temperature_objective)
 
 
 class SimCLR(Method):
     name = "simclr"
     pair_temperatures = True
     any_number_of_views = True
+    likelihood_temperatures = True
 
     @staticmethod
     def config_sections() -> dict[str, ml_collections.ConfigDict]:

@@ -4,13 +4,15 @@ default `amcl.form`. Not a table of the paper.
 Rows: SimCLR (NT-Xent, tau 0.5); AMCL-SimCLR in the authors' form (Eq. 3 pair-score map, Eq. 5
 top-k negatives, beta 1e-4, gradient clipping 1.0) and in the project's form (concatenated-pair
 MLP per head, log-sum-exp negatives, beta 0.1: the default, chosen by this table, docs/amcl.md);
-MoCo (InfoNCE, tau 0.1); and AMCL-MoCo in both forms (MoCo's recipe takes the authors' form).
+in the likelihood form (the project's with each temperature fit by its pair's Gaussian
+likelihood alone, the contrast at fixed temperatures); MoCo (InfoNCE, tau 0.1); and AMCL-MoCo
+in both forms (MoCo's recipe takes the authors' form).
 
     python -m amcl_jax.reproduce --table=configs/paper/amcl_forms.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu
 
-Runtime: 6 rows x 3 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~2 hours); the
-command resumes where it stopped, so the table can be filled over several sittings.
+Runtime: 7 rows x 3 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~2.5 hours);
+the command resumes where it stopped, so the table can be filled over several sittings.
 """
 
 from amcl_jax.tables import Row, Table
@@ -24,6 +26,8 @@ def get_table() -> Table:
             label="AMCL-SimCLR, authors' form (top-k, pair score)"),
         Row(method="simclr", amcl=True, overrides=project,
             label="AMCL-SimCLR, project's form (log-sum-exp, [u; v] MLP)"),
+        Row(method="simclr", amcl=True, overrides={"amcl.form": "likelihood"},
+            label="AMCL-SimCLR, likelihood form (temperatures fit by likelihood)"),
         Row(method="moco", amcl=False, label="MoCo (InfoNCE, tau 0.1)"),
         Row(method="moco", amcl=True, overrides=authors,
             label="AMCL-MoCo, authors' form (both directions, top-k)"),
