@@ -22,7 +22,7 @@ from amcl_jax.fields import ConfigError, fail, get_field, one_of, positive_integ
 NEGATIVES = ("topk", "max", "logsumexp")
 TEMPERATURE_NETS = ("pair_score", "concat_mlp")
 AMCL_LOSSES = ("paper", "released_code")
-TEMPERATURE_OBJECTIVES = ("contrast", "likelihood")
+TEMPERATURE_OBJECTIVES = ("contrast", "likelihood", "row_likelihood")
 ADAPTIVE_TEMPERATURES = ("both", "positive", "negative", "none")
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("cosine", "constant")
@@ -79,9 +79,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # Eq. 2.4 (SimCLR, MoCo): the positive joins the hard max over negatives. Only changes
     # negatives="max": the log-sum-exp always has the positive in it (the soft Eq. 2.4).
     config.amcl.infonce = False
-    # What the temperatures learn from: "contrast" (the whole loss, Eq. 2.1; authors, project) or
-    # "likelihood" (each pair's Gaussian likelihood alone; the likelihood form, SimCLR's
-    # log-sum-exp only).
+    # What the temperatures learn from: "contrast" (the whole loss, Eq. 2.1; authors, project),
+    # "likelihood" (each pair's Gaussian likelihood alone) or "row_likelihood" (one temperature
+    # per anchor, its positive's, fit by its likelihood; the likelihood form). The last two:
+    # SimCLR's log-sum-exp only, the features learning from the contrast at fixed temperatures.
     config.amcl.temperature_objective = placeholder(str)
 
     # The methods' own sections (simclr, moco, barlow_twins, byol, predictor), from the registry.
@@ -223,8 +224,8 @@ def _validate_amcl_form(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_likelihood_objective(config: ml_collections.ConfigDict, method) -> None:
-    """temperature_objective="likelihood" exists for SimCLR's Eq. 2.1 with the log-sum-exp."""
-    field, value = "amcl.temperature_objective", "likelihood"
+    """The likelihood objectives exist for SimCLR's Eq. 2.1 with the log-sum-exp."""
+    field, value = "amcl.temperature_objective", config.amcl.temperature_objective
     if not method.likelihood_temperatures:
         fail(field, value, f"is SimCLR's only (method {config.method!r}); use 'contrast' or "
              "amcl.form='project' / 'authors'")
@@ -262,7 +263,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         fail("amcl.adaptive_temperature", config.amcl.adaptive_temperature,
              "only SimCLR's Eq. 2.1 (amcl.loss=paper, not Eq. 2.4) offers a value other than "
              "both")
-    if config.amcl.enabled and config.amcl.temperature_objective == "likelihood":
+    if config.amcl.enabled and config.amcl.temperature_objective != "contrast":
         _check_likelihood_objective(config, method)
     one_of(config, "data.corrupt_images", CORRUPT_IMAGES)
     if not isinstance(config.data.get("streaming", False), bool):

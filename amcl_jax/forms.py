@@ -9,10 +9,10 @@
   (Barlow Twins 1e-6); bounds (1e-5, 2.0) for every method; global gradient-norm clipping at
   1.0; MoCo with queries from the first view and keys from the second, both directions against
   the queue; Barlow Twins' temperatures from a map on the channel vectors.
-- `"likelihood"`: the project's form, but each temperature learns only from its pair's Gaussian
-  likelihood (Omega(tau) - s / tau with s fixed, minimised inside the bounds at
-  tau = 2 (1 - s) / K) and the features only from the contrast at fixed temperatures; beta 1.
-  SimCLR's log-sum-exp only.
+- `"likelihood"`: the project's form, but one temperature per anchor, its positive pair's, which
+  learns only from that pair's Gaussian likelihood (Omega_1(tau) - s / tau with s fixed,
+  minimised inside the bounds at tau = 2 (1 - s)), and the features only from the contrast at
+  fixed temperatures; beta 1. SimCLR's log-sum-exp only.
 - `"project"` (the default, by measurement: docs/amcl.md): amcl-jax's reading of the paper's
   table and of the authors' 2024 code.
   An MLP on the concatenated pair [u; v] (2D -> hidden -> 1), one per head; the log-sum-exp
@@ -66,11 +66,13 @@ FORM_VALUES: dict[str, dict[str, Any]] = {
         "optimizer.grad_clip_norm": 0.0,
     },
 }
-# The project's form with the temperatures fit by each pair's Gaussian likelihood alone (weight
-# 1, the likelihood's own) and the contrast at fixed temperatures: no term drives a temperature
-# to its bound (docs/amcl.md). SimCLR's only; a method's sections take their project values.
+# The project's form with one temperature per anchor, its positive pair's, fit by that pair's
+# Gaussian likelihood alone (Omega's K = 1, weight 1: the likelihood's own) while the features
+# learn from the contrast at fixed temperatures: no term drives a temperature to its bound, and
+# a direction shared by all features feels no force (docs/amcl.md). SimCLR's only; a method's
+# sections take their project values.
 FORM_VALUES["likelihood"] = dict(FORM_VALUES["project"], **{
-    "amcl.beta": 1.0, "amcl.temperature_objective": "likelihood"})
+    "amcl.beta": 1.0, "amcl.omega_dim": 1, "amcl.temperature_objective": "row_likelihood"})
 BASE_FORM = {"likelihood": "project"}  # Whose method values a derived form takes.
 
 

@@ -21,8 +21,9 @@ from amcl_jax.losses.temperatures import TemperatureFn, _pair_grid_temperatures,
 NEGATIVES_CHOICES = ("topk", "max", "logsumexp")
 # What the temperatures learn from: "contrast", the whole loss (the paper's Eq. 2.1); or
 # "likelihood", each pair's Gaussian likelihood alone, while the similarities learn from the
-# contrast at fixed temperatures (the likelihood form: docs/amcl.md).
-TEMPERATURE_OBJECTIVES = ("contrast", "likelihood")
+# contrast at fixed temperatures; or "row_likelihood", the same with one temperature per anchor,
+# its positive pair's, for the anchor's whole row (the likelihood form: docs/amcl.md).
+TEMPERATURE_OBJECTIVES = ("contrast", "likelihood", "row_likelihood")
 DEFAULT_CHUNK_SIZE = 32
 
 
@@ -128,7 +129,8 @@ def _amcl_logsumexp(
     temperature_objective: str = "contrast",
 ) -> tuple[jax.Array, Metrics]:
     """Eq. 2.1 with a log-sum-exp over views, chunked over anchors. z: (C, 2N, D) float32."""
-    likelihood = temperature_objective == "likelihood"
+    likelihood = temperature_objective in ("likelihood", "row_likelihood")
+    row = temperature_objective == "row_likelihood"
     num_heads, num_views, dim = z.shape
     n = num_views // 2
     if chunk_size is None:
@@ -156,8 +158,13 @@ def _amcl_logsumexp(
         cos = jnp.einsum("ckd,cjd->ckj", z_chunk, z_all)  # (C, K, 2N)
         if likelihood:  # The temperature network sees the features but moves none of them.
             z_chunk, z_all = jax.lax.stop_gradient(z_chunk), jax.lax.stop_gradient(z_all)
-        tau = _pair_grid_temperatures(temperature_fn, z_chunk, z_all)  # (C, K, 2N)
-        if positive_temperature_fn is not None:
+        if row:  # The positive pair's temperature for the whole row: O(K) evaluations.
+            z_positive = jnp.take(z_all, positive, axis=1)  # (C, K, D)
+            tau_row = _temperatures(temperature_fn, z_chunk, z_positive)  # (C, K)
+            tau = jnp.broadcast_to(tau_row[:, :, None], cos.shape)
+        else:
+            tau = _pair_grid_temperatures(temperature_fn, z_chunk, z_all)  # (C, K, 2N)
+        if positive_temperature_fn is not None and not row:
             z_positive = jnp.take(z_all, positive, axis=1)  # (C, K, D)
             tau_positive = _temperatures(positive_temperature_fn, z_chunk, z_positive)
             tau = jnp.where(is_pos, tau_positive[:, :, None], tau)
@@ -172,9 +179,11 @@ def _amcl_logsumexp(
         if likelihood:
             # Every pair's Gaussian negative log-likelihood, Omega(tau) - s / tau with s fixed:
             # the positive's, plus the mean over the negatives'. Minimised at tau = 2 (1 - s) / K.
+            # With one temperature per row, the positive's alone.
             nll = omega(tau, omega_dim) - jax.lax.stop_gradient(cos) / tau
-            fit = (jnp.sum(jnp.where(is_pos, nll, 0.0), axis=-1)
-                   + jnp.sum(jnp.where(is_neg, nll, 0.0), axis=-1) / (num_views - 2))
+            fit = jnp.sum(jnp.where(is_pos, nll, 0.0), axis=-1)
+            if not row:
+                fit += jnp.sum(jnp.where(is_neg, nll, 0.0), axis=-1) / (num_views - 2)
             per_anchor = -pos_logit + lse + beta * fit
         else:
             omega_neg = jnp.sum(weights * jnp.where(is_neg, omega(tau, omega_dim), 0.0), axis=-1)
@@ -262,7 +271,11 @@ def amcl_contrastive(
         + beta * (nll(tau+, [s+]) + mean_{j negative} nll(tau_ij, [s_ij])),
       [.] a stop-gradient, and the temperature network applied to stop-gradient features: the
       features learn from the contrast at fixed temperatures, the temperatures from the
-      likelihood alone, so no term can drive a temperature to its bound. Temperatures are needed
+      likelihood alone, so no term can drive a temperature to its bound.
+      `temperature_objective="row_likelihood"`: the same with tau_ij = tau+ for every j of
+      anchor i's row and only the positive's nll: one temperature per anchor, so a direction
+      shared by all features feels no force (it does when tau+ < tau-: docs/amcl.md).
+      Temperatures are needed
       for every (anchor, view) pair: anchors are processed `chunk_size` rows at a time under
       `jax.lax.map`, each chunk rematerialised (`jax.checkpoint`) in the backward pass, and
       `temperature_fn.pair_grid` is used when present so no (rows, 2N, 2D) tensor is built.
@@ -281,7 +294,8 @@ def amcl_contrastive(
       positive_temperature_fn: None (default): `temperature_fn` gives every temperature. Else it
         gives the positive pairs' tau+ and `temperature_fn` only the negatives' (the temperature
         ablation: e.g. a constant for one side, the network for the other). O(N) extra calls.
-      temperature_objective: "contrast" (the paper's) or "likelihood" (with "logsumexp" only).
+      temperature_objective: "contrast" (the paper's), "likelihood" or "row_likelihood" (these
+        two with "logsumexp" only, and without `positive_temperature_fn`).
 
     Returns:
       loss: float32 scalar, mean over the 2N anchors, summed over the C heads.
@@ -295,9 +309,9 @@ def amcl_contrastive(
     if temperature_objective not in TEMPERATURE_OBJECTIVES:
         raise ValueError(f"temperature_objective must be one of {TEMPERATURE_OBJECTIVES}, got "
                          f"{temperature_objective!r}")
-    if temperature_objective == "likelihood" and negatives != "logsumexp":
-        raise ValueError("temperature_objective='likelihood' needs negatives='logsumexp', got "
-                         f"{negatives!r}")
+    if temperature_objective != "contrast" and negatives != "logsumexp":
+        raise ValueError(f"temperature_objective={temperature_objective!r} needs "
+                         f"negatives='logsumexp', got {negatives!r}")
     if z_a.ndim != 3 or z_a.shape != z_b.shape:
         raise ValueError(
             f"z_a and z_b must both have shape (C, N, D); got {z_a.shape} and {z_b.shape}"
