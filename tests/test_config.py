@@ -112,8 +112,8 @@ def test_the_likelihood_form_is_simclrs_with_the_log_sum_exp_only():
     config.amcl.form = "likelihood"
     validate_config(config)
     config.amcl.negatives = "topk"
-    with pytest.raises(ConfigError, match="config.amcl.temperature_objective='likelihood' is "
-                       "invalid: needs amcl.negatives='logsumexp', not 'topk'"):
+    with pytest.raises(ConfigError, match="config.amcl.temperature_objective='row_likelihood' "
+                       "is invalid: needs amcl.negatives='logsumexp', not 'topk'"):
         validate_config(config)
     config.amcl.negatives, config.amcl.adaptive_temperature = None, "positive"
     with pytest.raises(ConfigError, match="amcl.adaptive_temperature='both'"):

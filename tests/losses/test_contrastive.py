@@ -401,11 +401,13 @@ def test_the_temperature_network_gets_its_gradient_through_both_sides():
 # The likelihood form: temperatures fit by each pair's Gaussian likelihood, the contrast at
 # fixed temperatures.
 # ---------------------------------------------------------------------------------------------
-def ref_likelihood_terms(z_a, z_b, tau_fn, omega_dim, *, fixed_taus=None, fixed_cos=None):
+def ref_likelihood_terms(z_a, z_b, tau_fn, omega_dim, *, row=False, fixed_taus=None,
+                         fixed_cos=None):
     """Float64 loop: (contrast, fit), each a mean over the 2N anchors summed over heads.
 
     contrast = -s+/tau+ + log sum_{j != i} exp(s_ij / tau_ij); fit = nll(tau+, s+) + mean over
-    negatives of nll(tau_ij, s_ij), nll(tau, s) = (1 - s) / tau + (K / 2) log tau. Given
+    negatives of nll(tau_ij, s_ij), nll(tau, s) = (1 - s) / tau + (K / 2) log tau. `row`: every
+    tau_ij of anchor i is its positive's tau+, and the fit is nll(tau+, s+) alone. Given
     `fixed_taus` (head, i, j) -> tau the contrast uses them; given `fixed_cos` the fit does."""
     contrast_total, fit_total = 0.0, 0.0
     for c, views in enumerate(np_views(z_a, z_b)):
@@ -416,27 +418,29 @@ def ref_likelihood_terms(z_a, z_b, tau_fn, omega_dim, *, fixed_taus=None, fixed_
             others = [j for j in range(two_n) if j != i]
             negs = [j for j in others if j != pos]
             cos = {j: views[i] @ views[j] for j in others}
-            tau = {j: tau_fn(c, views[i], views[j]) for j in others}
+            tau = {j: tau_fn(c, views[i], views[pos if row else j]) for j in others}
             contrast_tau = fixed_taus[c, i] if fixed_taus is not None else tau
             fit_cos = fixed_cos[c, i] if fixed_cos is not None else cos
             logits = {j: cos[j] / contrast_tau[j] for j in others}
             contrast += -logits[pos] + np.log(sum(np.exp(logits[j]) for j in others))
             nll = {j: (1 - fit_cos[j]) / tau[j] + omega_dim / 2 * np.log(tau[j]) for j in others}
-            fit += nll[pos] + np.mean([nll[j] for j in negs])
+            fit += nll[pos] + (0.0 if row else np.mean([nll[j] for j in negs]))
         contrast_total += contrast / two_n
         fit_total += fit / two_n
     return contrast_total, fit_total
 
 
-def test_likelihood_objective_matches_the_loop_and_each_side_learns_from_its_own_term():
+@pytest.mark.parametrize("objective", ["likelihood", "row_likelihood"])
+def test_likelihood_objective_matches_the_loop_and_each_side_learns_from_its_own_term(objective):
     num_heads, n, dim, beta, omega_dim = 2, 4, 3, 0.7, 3.0
+    row = objective == "row_likelihood"
     z_a, z_b = random_views(11, num_heads, n, dim)
     params = make_mlp_params(jax.random.PRNGKey(12), num_heads, dim)
     kwargs = dict(beta=beta, omega_dim=omega_dim, negatives="logsumexp", chunk_size=3,
-                  temperature_objective="likelihood")
+                  temperature_objective=objective)
     tau_fn = functools.partial(np_tau, np_params(params))
 
-    contrast, fit = ref_likelihood_terms(z_a, z_b, tau_fn, omega_dim)
+    contrast, fit = ref_likelihood_terms(z_a, z_b, tau_fn, omega_dim, row=row)
     for tau_cls in (MLPTemperature, MLPTemperatureNoGrid):
         loss, _ = losses.amcl_contrastive(z_a, z_b, tau_cls(params), **kwargs)
         np.testing.assert_allclose(loss, contrast + beta * fit, rtol=1e-5, atol=1e-5)
@@ -448,10 +452,11 @@ def test_likelihood_objective_matches_the_loop_and_each_side_learns_from_its_own
 
     # The features: the gradient of the contrast alone, at the temperatures of the given views.
     views = np_views(z_a, z_b)
-    taus = np.array([[[tau_fn(c, views[c][i], views[c][j]) if j != i else 1.0
+    partner = lambda i, j: (i + n) % (2 * n) if row else j
+    taus = np.array([[[tau_fn(c, views[c][i], views[c][partner(i, j)]) if j != i else 1.0
                        for j in range(2 * n)] for i in range(2 * n)] for c in range(num_heads)])
     both = np.concatenate([np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)], axis=1)
-    contrast_of = lambda x: ref_likelihood_terms(x[:, :n], x[:, n:], tau_fn, omega_dim,
+    contrast_of = lambda x: ref_likelihood_terms(x[:, :n], x[:, n:], tau_fn, omega_dim, row=row,
                                                  fixed_taus=taus)[0]
     coords = [(0, 0, 0), (1, 2, 1), (0, 5, 2), (1, 7, 0), (0, 3, 1)]
     numeric = finite_differences(contrast_of, both, coords)
@@ -464,7 +469,7 @@ def test_likelihood_objective_matches_the_loop_and_each_side_learns_from_its_own
     flat, unravel = ravel_pytree(params)
     fit_of = lambda x: ref_likelihood_terms(
         z_a, z_b, functools.partial(np_tau, np_params(unravel(jnp.asarray(x, jnp.float32)))),
-        omega_dim, fixed_cos=cosines)[1]
+        omega_dim, row=row, fixed_cos=cosines)[1]
     flat_grad, _ = ravel_pytree(grad_params)
     picked = [(i,) for i in range(0, flat.size, max(1, flat.size // 6))]
     numeric = finite_differences(fit_of, np.asarray(flat, np.float64), picked, eps=1e-3)
