@@ -43,7 +43,7 @@ def test_gpu_check_runs_every_phase_without_tensorflow_and_reports_them(tmp_path
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, WRAPPER, "tools/gpu_check.py", "--out", str(out), "--toy",
-         "--data_dir", archive, "--train_seconds", "3"],
+         "--data_dir", archive, "--train_seconds", "3", "--dtypes", "float32"],
         cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout[-3000:], _runs.stderr_excerpt(result.stderr))
     blocked = json.loads(result.stderr.strip().splitlines()[-1])
@@ -61,8 +61,10 @@ def test_gpu_check_runs_every_phase_without_tensorflow_and_reports_them(tmp_path
         assert phases[name]["status"] == "ok", (name, phases[name])
         assert phases[name]["seconds"] > 0
 
+    # One dtype: the phase's loop over dtypes is the same for each (bfloat16's own numbers are
+    # tested with the models); two would double the test's compilations.
     steps = phases["steps"]["by_dtype"]
-    assert sorted(steps) == ["bfloat16", "float32"]
+    assert sorted(steps) == ["float32"]
     for result_ in steps.values():
         for name in ("simclr", "amcl"):
             step = result_["steps"][name]
