@@ -46,8 +46,13 @@ def main(steps: int) -> list[float]:
                                                   bounds=(0.05, 1.0))
     key = jax.random.PRNGKey(0)
     dummy = jnp.zeros((NUM_HEADS, 2, DIM))
-    params = {"encoder": encoder.init(key, jnp.zeros((2, 8, 8, 3)))["params"],
-              "temperature": temperature_net.init(key, dummy, dummy)["params"]}
+
+    @jax.jit  # Compiled once rather than run op by op: jit whatever runs more than a few ops.
+    def init(key):
+        return {"encoder": encoder.init(key, jnp.zeros((2, 8, 8, 3)))["params"],
+                "temperature": temperature_net.init(key, dummy, dummy)["params"]}
+
+    params = init(key)
     tx = optax.adamw(1e-3)
     opt_state = tx.init(params)
 
@@ -76,11 +81,15 @@ def main(steps: int) -> list[float]:
                   f"{[round(float(t), 3) for t in metrics['tau_pos_mean']]}")
 
     # The SimCLR baseline's loss on the first head, for comparison: one fixed temperature.
-    view_a, view_b = random_views(key)
-    z_a = encoder.apply({"params": params["encoder"]}, view_a)
-    z_b = encoder.apply({"params": params["encoder"]}, view_b)
+    @jax.jit
+    def nt_xent_of_head_0(params, key):
+        view_a, view_b = random_views(key)
+        z_a = encoder.apply({"params": params["encoder"]}, view_a)
+        z_b = encoder.apply({"params": params["encoder"]}, view_b)
+        return losses.nt_xent(z_a[0], z_b[0], 0.2)[0]
+
     print(f"NT-Xent (T=0.2) of head 0 after training: "
-          f"{float(losses.nt_xent(z_a[0], z_b[0], 0.2)[0]):.4f}")
+          f"{float(nt_xent_of_head_0(params, key)):.4f}")
     return history
 
 

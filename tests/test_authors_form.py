@@ -177,13 +177,16 @@ def _tiny(method, **overrides):
                           "predictor.hidden_dim": 8, "moco.queue_size": 16, **overrides})
 
 
-def _loss_and_grads(config):
-    """One step's loss through the real model: (initial variables, loss, output, gradient)."""
+def _loss_and_grads(config, then=None):
+    """One step's loss through the real model: (initial variables, loss, output, gradient), and
+    `then(params, gradient)` in the same compiled program where given (appended)."""
     validate_config(config)
     config = forms.resolve(config)
     impl = methods.get_method(config.method)
     model = impl.build_model(config)
-    variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+    # Jitted: the model's init and the step dispatched op by op take far longer than compiling.
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((2, 8, 8, 3)), train=False))(
+        jax.random.key(0))
     extra = impl.init_extra(config, variables, jax.random.key(1))
     views = jax.random.normal(jax.random.key(2), (2, 8, 8, 8, 3))
 
@@ -192,8 +195,11 @@ def _loss_and_grads(config):
                               jax.random.key(3))
         return out.loss, out
 
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    return variables, loss, out, grads
+    def step(params):
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return (loss, out, grads) + (() if then is None else (then(params, grads),))
+
+    return variables, *jax.jit(step)(variables["params"])
 
 
 @pytest.mark.parametrize("method", AMCL_METHODS)
@@ -224,10 +230,13 @@ def test_a_baseline_is_the_same_run_in_either_form(method):
     results = []
     for form in forms.FORMS:
         config = _tiny(method, **{"amcl.enabled": False, "amcl.form": form})
-        variables, loss, out, grads = _loss_and_grads(config)
-        grads = jax.tree.map(lambda g: g * 1e3, grads)  # Large enough that clipping would show.
         tx, _ = optim.build_optimizer(forms.resolve(config), total_steps=10)
-        updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
+
+        def update(params, grads, tx=tx):
+            grads = jax.tree.map(lambda g: g * 1e3, grads)  # Large enough that clipping shows.
+            return grads, tx.update(grads, tx.init(params), params)[0]
+
+        variables, loss, out, _, (grads, updates) = _loss_and_grads(config, then=update)
         results.append((variables["params"], loss, grads, out.extra, updates))
     assert "temperature_net" not in results[0][0]
     for other in results[1:]:

@@ -374,8 +374,8 @@ def test_per_device_batch_norm_keeps_the_parameter_tree():
     assert jax.tree.map(jnp.shape, _init_shapes(plain, x)) == jax.tree.map(
         jnp.shape, _init_shapes(grouped, x))
     variables = _init(grouped, x)
-    _, updated = grouped.apply(variables, jax.random.normal(jax.random.key(2), (8, 8, 8, 3)),
-                               train=True, mutable=["batch_stats"])
+    _, updated = jax.jit(lambda v, x: grouped.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, jax.random.normal(jax.random.key(2), (8, 8, 8, 3)))
     assert jax.tree.structure(updated["batch_stats"]) == jax.tree.structure(
         variables["batch_stats"])
 
@@ -411,16 +411,19 @@ def test_remat_keeps_the_parameters_and_the_numbers(name):
                                  cpu_fusion_barriers=False)
     remat = models.build_encoder(name, width=width, stem="cifar", dtype=jnp.float32,
                                  cpu_fusion_barriers=False, remat=True)
-    variables = plain.init(jax.random.PRNGKey(1), x, train=False)
-    assert (jax.tree.structure(remat.init(jax.random.PRNGKey(1), x, train=False))
-            == jax.tree.structure(variables))
+    variables = jax.jit(lambda x: plain.init(jax.random.PRNGKey(1), x, train=False))(x)
+    assert (jax.tree.structure(_init_shapes(remat, x)) == jax.tree.structure(variables))
 
     def loss(params, model):
         out, _ = model.apply({**variables, "params": params}, x, train=True,
                              mutable=["batch_stats"])
         return jnp.sum(jnp.sin(out))
 
-    value, grads = jax.value_and_grad(loss)(variables["params"], plain)
-    value_remat, grads_remat = jax.value_and_grad(loss)(variables["params"], remat)
+    # Jitted: remat's checkpoints dispatched op by op take far longer than one compile.
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    value, grads = value_and_grad(variables["params"], plain)
+    value_remat, grads_remat = value_and_grad(variables["params"], remat)
     np.testing.assert_allclose(value_remat, value, rtol=1e-5)
-    chex.assert_trees_all_close(grads_remat, grads, rtol=1e-4, atol=1e-6)
+    # atol: float32 rounding of gradients up to ~10 (compiled, either program sums in its own
+    # order: ~1e-6 apart on entries near 0); a remat bug moves them by far more.
+    chex.assert_trees_all_close(grads_remat, grads, rtol=1e-4, atol=1e-5)

@@ -329,13 +329,13 @@ def test_topk_simclr_loss_and_gradient_match_the_numpy_loop(k):
     fn, weights = pair_score_temperature(num_heads=2, dim=4)
     z_a, z_b = normals((2, 4, 4), 5), normals((2, 4, 4), 6)
     beta, dim = 0.05, 4.0
-    loss = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=beta, omega_dim=dim,
-                                          negatives="topk", topk=k))
+    loss_of = lambda za: scalar(losses.amcl_contrastive(za, z_b, fn, beta=beta, omega_dim=dim,
+                                                        negatives="topk", topk=k))
+    loss = jax.jit(loss_of)(z_a)
     expected = reference_simclr_topk(weights, z_a, z_b, beta, dim, k)
     np.testing.assert_allclose(loss, expected, rtol=2e-5)
 
-    grad = jax.grad(lambda za: scalar(losses.amcl_contrastive(
-        za, z_b, fn, beta=beta, omega_dim=dim, negatives="topk", topk=k)))(z_a)
+    grad = jax.jit(jax.grad(loss_of))(z_a)
     coords = [(0, 0, 0), (0, 2, 1), (1, 1, 3), (1, 3, 2)]
     numeric = finite_differences(
         lambda za: reference_simclr_topk(weights, za, z_b, beta, dim, k), z_a, coords)
@@ -348,23 +348,27 @@ def test_topk_accepts_a_plain_temperature_function():
     plain = lambda u, v: fn(u, v)  # Only __call__: the generic path.
     z_a, z_b = normals((2, 5, 4), 7), normals((2, 5, 4), 8)
     kwargs = dict(beta=0.1, omega_dim=4.0, negatives="topk", topk=3)
-    np.testing.assert_allclose(scalar(losses.amcl_contrastive(z_a, z_b, plain, **kwargs)),
-                               scalar(losses.amcl_contrastive(z_a, z_b, fn, **kwargs)), rtol=1e-6)
-    np.testing.assert_allclose(scalar(losses.amcl_contrastive(z_a, z_b, plain, **kwargs)),
-                               reference_simclr_topk(weights, z_a, z_b, 0.1, 4.0, 3), rtol=2e-5)
+    loss = lambda tau_fn: jax.jit(lambda za, zb: scalar(losses.amcl_contrastive(
+        za, zb, tau_fn, **kwargs)))(z_a, z_b)
+    generic = loss(plain)
+    np.testing.assert_allclose(generic, loss(fn), rtol=1e-6)
+    np.testing.assert_allclose(generic, reference_simclr_topk(weights, z_a, z_b, 0.1, 4.0, 3),
+                               rtol=2e-5)
 
 
 def test_topk_with_k_1_and_beta_0_is_the_hard_max():
     fn, _ = pair_score_temperature(num_heads=3, dim=6)
     z_a, z_b = normals((3, 8, 6), 9), normals((3, 8, 6), 10)
-    topk = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=0.0, omega_dim=6.0,
-                                          negatives="topk", topk=1))
-    hard = scalar(losses.amcl_contrastive(z_a, z_b, fn, beta=0.0, omega_dim=6.0, negatives="max"))
+    # Jitted per setting: the losses dispatched op by op are slow.
+    loss = jax.jit(lambda za, zb, tau_fn, **kwargs: scalar(losses.amcl_contrastive(
+        za, zb, tau_fn, beta=0.0, omega_dim=6.0, **kwargs)),
+        static_argnames=("tau_fn", "negatives", "topk"))
+    topk = loss(z_a, z_b, fn, negatives="topk", topk=1)
+    hard = loss(z_a, z_b, fn, negatives="max")
     np.testing.assert_allclose(topk, hard, rtol=1e-6)
     # With every negative kept and a constant tau, the negative term is the mean cosine / tau.
     constant = losses.constant_temperature(0.5)
-    everything = scalar(losses.amcl_contrastive(z_a[:1], z_b[:1], constant, beta=0.0,
-                                                omega_dim=6.0, negatives="topk", topk=10_000))
+    everything = loss(z_a[:1], z_b[:1], constant, negatives="topk", topk=10_000)
     z = np_unit(np.concatenate([z_a[0], z_b[0]]))
     cos = z @ z.T
     n = 8
@@ -379,8 +383,8 @@ def test_topk_chooses_without_gradient_and_rejects_bad_k():
     z_a, z_b = normals((1, 3, 3), 11), normals((1, 3, 3), 12)
     with pytest.raises(ValueError, match="topk"):
         losses.amcl_contrastive(z_a, z_b, fn, beta=0.1, omega_dim=3.0, negatives="topk", topk=0)
-    grad = jax.grad(lambda za: scalar(losses.amcl_contrastive(
-        za, z_b, fn, beta=0.1, omega_dim=3.0, negatives="topk", topk=2)))(z_a)
+    grad = jax.jit(jax.grad(lambda za: scalar(losses.amcl_contrastive(
+        za, z_b, fn, beta=0.1, omega_dim=3.0, negatives="topk", topk=2))))(z_a)
     assert np.all(np.isfinite(grad))
 
 
@@ -393,7 +397,7 @@ def test_the_temperature_network_gets_its_gradient_through_both_sides():
         return scalar(losses.amcl_contrastive(z_a, z_b, bound, beta=1e-4, omega_dim=4.0,
                                               negatives="topk", topk=3))
 
-    grads = jax.grad(loss)(fn.params)
+    grads = jax.jit(jax.grad(loss))(fn.params)
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 

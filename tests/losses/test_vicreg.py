@@ -77,8 +77,8 @@ def test_vicreg_loss_and_terms_match_the_numpy_loop(num, dim, seed):
 @pytest.mark.parametrize("num,dim,seed", [(8, 4, 0), (13, 7, 10)])
 def test_vicreg_gradient_matches_finite_differences_of_the_loop(num, dim, seed):
     z_a, z_b = _views(num, dim, seed)
-    grad_a, grad_b = jax.grad(lambda a, b: scalar(losses.vicreg_loss(a, b, **WEIGHTS)),
-                              argnums=(0, 1))(z_a, z_b)
+    grad_a, grad_b = jax.jit(jax.grad(lambda a, b: scalar(losses.vicreg_loss(a, b, **WEIGHTS)),
+                                      argnums=(0, 1)))(z_a, z_b)
     coords = [(0, 0), (num - 1, dim - 1), (num // 2, 1), (3, dim // 2)]
     numeric_a = finite_differences(lambda za: reference_loss(za, z_b, **WEIGHTS), z_a, coords)
     numeric_b = finite_differences(lambda zb: reference_loss(z_a, zb, **WEIGHTS), z_b, coords)
@@ -112,7 +112,8 @@ def test_vicreg_method_trains_one_finite_step_with_its_three_layer_projector():
     method = methods.get_method("vicreg")
     assert not method.supports_amcl
     model = method.build_model(config)
-    variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((2, 8, 8, 3)), train=False))(
+        jax.random.key(0))
     heads = variables["params"]["projector"]["heads"]
     assert sorted(heads) == ["bn_0", "bn_1", "dense_0", "dense_1", "dense_2"]  # BN: hidden only.
     assert sorted(variables["batch_stats"]["projector"]["heads"]) == ["bn_0", "bn_1"]
