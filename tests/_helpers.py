@@ -1,6 +1,7 @@
-"""Test helpers shared by the loss, method and authors'-form tests: a small per-head temperature
-MLP, the authors' pair-score and channel temperature maps, random inputs, and float64 NumPy
-references of their pieces (test modules import these, never each other)."""
+"""Test helpers shared by the loss, method, model and authors'-form tests: a small per-head
+temperature MLP, the authors' pair-score and channel temperature maps, random inputs, jitted
+calls and model initialisation, and float64 NumPy references of their pieces (test modules import
+these, never each other)."""
 
 import itertools
 
@@ -181,3 +182,35 @@ def channel_map(num_heads, batch, hidden=5):
     weights = tuple(np.asarray(params[name], np.float64) for name in (
         "dense_0_kernel", "dense_0_bias", "dense_1_kernel", "dense_1_bias"))
     return module, params, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted calls and model initialisation (one compile beats op-by-op dispatch).
+# ---------------------------------------------------------------------------------------------
+def jit_call(fn, *args, **kwargs):
+    """fn(*args, **kwargs) under one jit (one compile beats op-by-op dispatch); the array
+    arguments are traced, the others (temperature functions, floats) closed over."""
+    is_array = [isinstance(a, jax.Array) for a in args]
+    arrays = [a for a, flag in zip(args, is_array, strict=True) if flag]
+
+    def call(*traced):
+        it = iter(traced)
+        return fn(*[next(it) if flag else a for a, flag in zip(args, is_array, strict=True)],
+                  **kwargs)
+
+    return jax.jit(call)(*arrays)
+
+
+def randn(seed, *shape):
+    """Standard normal float32 samples of `shape` (a JAX array, so `jit_call` traces it)."""
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def jit_init(model, x):
+    """Variables of `model` for input `x`; jitted (one compile beats op-by-op dispatch)."""
+    return jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+
+
+def init_shapes(model, x):
+    """The shapes and dtypes of `model`'s variables for input `x` (nothing is computed)."""
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
