@@ -11,6 +11,7 @@ from _helpers import (
     MLPTemperature,
     MLPTemperatureNoGrid,
     finite_differences,
+    jit_call,
     make_mlp_params,
     normals,
     np_omega,
@@ -19,12 +20,22 @@ from _helpers import (
     np_topk_terms,
     np_unit,
     pair_score_temperature,
+    randn,
     random_views,
     scalar,
 )
 from jax.flatten_util import ravel_pytree
 
 from amcl_jax import losses, models
+
+C, N, D = 2, 3, 4
+BETA, OMEGA_DIM = 0.3, 4.0
+
+
+@pytest.fixture(scope="module")
+def tau_setup():
+    params = make_mlp_params(jax.random.key(7), C, D)
+    return MLPTemperature(params), np_params(params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,3 +506,31 @@ def test_likelihood_objective_needs_the_log_sum_exp():
         losses.amcl_contrastive(z_a, z_b, losses.constant_temperature(0.5), beta=1.0,
                                 omega_dim=2.0, negatives="max",
                                 temperature_objective="likelihood")
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 2.4's InfoNCE form with the hardest candidate (amcl_infonce_max)
+# ---------------------------------------------------------------------------------------------
+def test_amcl_infonce_max_matches_loop_and_is_bounded(tau_setup):
+    tau_fn, tau_np = tau_setup
+    z_a, z_b = randn(9, C, N, D), randn(10, C, N, D)
+    z_b = z_b.at[1, 2].set(z_a[1, 2])
+    loss, _ = jit_call(losses.amcl_infonce_max, z_a, z_b, tau_fn, beta=BETA, omega_dim=OMEGA_DIM)
+    a, b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    total = 0.0
+    for c in range(C):
+        views = [np_unit(x) for x in list(a[c]) + list(b[c])]
+        for i in range(2 * N):
+            pos = (i + N) % (2 * N)
+            cands = [j for j in range(2 * N) if j != i]  # Negatives and the positive.
+            sims = [views[i] @ views[j] for j in cands]
+            best = max(range(len(cands)), key=lambda idx: (sims[idx], cands[idx] == pos))
+            j = cands[best]
+            tau_pos, tau_max = (np_tau(tau_np, c, views[i], views[x]) for x in (pos, j))
+            total += (-views[i] @ views[pos] / tau_pos + sims[best] / tau_max
+                      + BETA * np_omega(tau_pos, OMEGA_DIM) - BETA * np_omega(tau_max, OMEGA_DIM))
+    np.testing.assert_allclose(loss, total / (2 * N), rtol=1e-4)
+    # Identical views: the positive wins every max, so the loss is 0 even at a tiny temperature.
+    zero, _ = jit_call(losses.amcl_infonce_max, z_a, z_a, losses.constant_temperature(1e-5),
+                       beta=BETA, omega_dim=OMEGA_DIM)
+    np.testing.assert_allclose(zero, 0.0, atol=1e-6)

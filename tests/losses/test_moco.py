@@ -1,19 +1,35 @@
-"""amcl_jax.losses.moco: AMCL-MoCo in the authors' form (both directions against the queue)
-against a float64 NumPy loop reference."""
+"""amcl_jax.losses.moco: MoCo's InfoNCE, and AMCL-MoCo with max and log-sum-exp negatives and in
+the authors' form (both directions against the queue), against float64 NumPy loop references."""
 
 import jax
 import numpy as np
 import pytest
 from _helpers import (
+    MLPTemperature,
     finite_differences,
+    jit_call,
+    make_mlp_params,
     normals,
+    np_omega,
+    np_params,
+    np_tau,
     np_topk_terms,
     np_unit,
     pair_score_temperature,
+    randn,
     scalar,
 )
 
 from amcl_jax import losses
+
+C, N, D, K = 2, 3, 4, 5
+BETA, OMEGA_DIM = 0.3, 4.0
+
+
+@pytest.fixture(scope="module")
+def tau_setup():
+    params = make_mlp_params(jax.random.key(7), C, D)
+    return MLPTemperature(params), np_params(params)
 
 
 def reference_moco_topk(weights, q, k_, queue, beta, dim, k):
@@ -65,3 +81,72 @@ def test_queue_directions_and_their_defaults():
     assert lse == lse_one
     with pytest.raises(ValueError, match="directions"):
         losses.amcl_queue_contrastive(q, k, queue, fn, directions="both", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCo's InfoNCE, and AMCL-MoCo's max and log-sum-exp negatives
+# ---------------------------------------------------------------------------------------------
+def ref_moco(q, k, queue, temperature):
+    total = 0.0
+    for i in range(len(q)):
+        u = np_unit(q[i])
+        logits = [u @ np_unit(k[i]) / temperature] + [u @ np_unit(x) / temperature
+                                                      for x in queue]
+        total += np.log(np.sum(np.exp(logits))) - logits[0]
+    return total / len(q)
+
+
+def test_moco_infonce_matches_loop():
+    q, k, queue = randn(0, N, D), randn(1, N, D), randn(2, K, D)
+    loss, metrics = jit_call(losses.moco_infonce, q, k, queue, 0.1)
+    np.testing.assert_allclose(loss, ref_moco(np.asarray(q), np.asarray(k), np.asarray(queue),
+                                              0.1), rtol=1e-5)
+    assert set(metrics) == {"pos_sim", "neg_sim", "hard_neg_sim"}
+
+
+def ref_amcl_queue(q, k, queue, tau_np, negatives, infonce):
+    total = 0.0
+    for c in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            u, pos = np_unit(q[c, i]), np_unit(k[c, i])
+            bank = [np_unit(x) for x in queue[c]]
+            s_pos, tau_pos = u @ pos, np_tau(tau_np, c, u, pos)
+            cos = np.array([u @ x for x in bank])
+            taus = np.array([np_tau(tau_np, c, u, x) for x in bank])
+            if negatives == "max":
+                n_star = int(np.argmax(cos))
+                s_max, tau_max = cos[n_star], taus[n_star]
+                if infonce and s_pos >= s_max:
+                    s_max, tau_max = s_pos, tau_pos
+                term = -s_pos / tau_pos + s_max / tau_max - BETA * np_omega(tau_max, OMEGA_DIM)
+            else:
+                logits = np.concatenate([[s_pos / tau_pos], cos / taus])
+                weights = np.exp(cos / taus) / np.sum(np.exp(cos / taus))
+                term = (-s_pos / tau_pos + np.log(np.sum(np.exp(logits)))
+                        - BETA * np.sum(weights * np_omega(taus, OMEGA_DIM)))
+            total += term + BETA * np_omega(tau_pos, OMEGA_DIM)
+    return total / q.shape[1]
+
+
+@pytest.mark.parametrize("negatives,infonce",
+                         [("max", False), ("max", True), ("logsumexp", False)])
+def test_amcl_queue_contrastive_matches_loop(tau_setup, negatives, infonce):
+    tau_fn, tau_np = tau_setup
+    q, k, queue = randn(3, C, N, D), randn(4, C, N, D), randn(5, C, K, D)
+    k = k.at[0, 0].set(q[0, 0])  # One positive certainly beats every negative (Eq. 2.4 branch).
+    loss, metrics = jit_call(
+        losses.amcl_queue_contrastive, q, k, queue, tau_fn, beta=BETA, omega_dim=OMEGA_DIM,
+        negatives=negatives, infonce=infonce, chunk_size=2)  # 2 does not divide N = 3: padding.
+    expected = ref_amcl_queue(*(np.asarray(x, np.float64) for x in (q, k, queue)), tau_np,
+                              negatives, infonce)
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+    assert metrics["tau_pos_mean"].shape == (C,)
+
+
+def test_amcl_moco_reduces_to_moco():
+    q, k, queue = randn(6, 1, N, D), randn(7, 1, N, D), randn(8, 1, K, D)
+    loss, _ = jit_call(losses.amcl_queue_contrastive, q, k, queue,
+                       losses.constant_temperature(0.1), beta=0.0, omega_dim=D,
+                       negatives="logsumexp")
+    expected, _ = jit_call(losses.moco_infonce, q[0], k[0], queue[0], 0.1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
