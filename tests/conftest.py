@@ -49,7 +49,7 @@ LONG_FIRST = (
     "test_data_parallel.py::test_simclr_amcl_splits_its_batch_over_a_v5e_slice",
     "test_data_parallel.py::test_sharded_parameters_",
     "test_clean_failures.py::test_a_workdir_whose_checkpoints_are_all_damaged_",
-    "test_backbones.py::test_training_step[resnet50w4]",
+    "test_registry.py::test_training_step[resnet50w4]",
     "test_data_parallel.py::test_compile_command_writes_",
     "test_packaging.py::",
     "test_bench.py::test_loop_benchmark_",
