@@ -32,12 +32,6 @@ C, N, D = 2, 3, 4
 BETA, OMEGA_DIM = 0.3, 4.0
 
 
-@pytest.fixture(scope="module")
-def tau_setup():
-    params = make_mlp_params(jax.random.key(7), C, D)
-    return MLPTemperature(params), np_params(params)
-
-
 # ---------------------------------------------------------------------------------------------
 # Float64 NumPy loop references of the losses.
 # ---------------------------------------------------------------------------------------------

@@ -5,13 +5,10 @@ import jax
 import numpy as np
 import pytest
 from _helpers import (
-    MLPTemperature,
     finite_differences,
     jit_call,
-    make_mlp_params,
     normals,
     np_omega,
-    np_params,
     np_tau,
     np_topk_terms,
     np_unit,
@@ -24,12 +21,6 @@ from amcl_jax import losses
 
 C, N, D, K = 2, 3, 4, 5
 BETA, OMEGA_DIM = 0.3, 4.0
-
-
-@pytest.fixture(scope="module")
-def tau_setup():
-    params = make_mlp_params(jax.random.key(7), C, D)
-    return MLPTemperature(params), np_params(params)
 
 
 def reference_moco_topk(weights, q, k_, queue, beta, dim, k):

@@ -4,15 +4,11 @@ references."""
 
 import jax
 import numpy as np
-import pytest
 from _helpers import (
-    MLPTemperature,
     jit_call,
-    make_mlp_params,
     normals,
     np_omega,
     np_pair_tau,
-    np_params,
     np_tau,
     np_unit,
     pair_score_temperature,
@@ -24,12 +20,6 @@ from amcl_jax import losses
 
 C, N, D = 2, 3, 4
 BETA, OMEGA_DIM = 0.3, 4.0
-
-
-@pytest.fixture(scope="module")
-def tau_setup():
-    params = make_mlp_params(jax.random.key(7), C, D)
-    return MLPTemperature(params), np_params(params)
 
 
 def reference_simsiam(weights, p_a, p_b, z_a, z_b, beta, dim):
