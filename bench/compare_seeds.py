@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args(argv)
     summary = compare(per_seed(args.tables, args.metric), args.reference, args.rows)
-    text = markdown(summary, args.reference, args.metric)
-    write_json(f"{args.output}.json", {"command": command_line(__file__, argv),
+    command = command_line(__file__, argv)
+    text = markdown(summary, args.reference, args.metric) + f"\nCommand: `{command}`\n"
+    write_json(f"{args.output}.json", {"command": command,
                                        "tables": args.tables, "metric": args.metric,
                                        "reference": args.reference, "rows": summary})
     with open(f"{args.output}.md", "w") as f:
