@@ -274,11 +274,12 @@ def amcl_contrastive(
       likelihood alone, so no term can drive a temperature to its bound.
       `temperature_objective="row_likelihood"`: the same with tau_ij = tau+ for every j of
       anchor i's row and only the positive's nll: one temperature per anchor, so a direction
-      shared by all features feels no force (it does when tau+ < tau-: docs/amcl.md).
-      Temperatures are needed
-      for every (anchor, view) pair: anchors are processed `chunk_size` rows at a time under
-      `jax.lax.map`, each chunk rematerialised (`jax.checkpoint`) in the backward pass, and
-      `temperature_fn.pair_grid` is used when present so no (rows, 2N, 2D) tensor is built.
+      shared by all features feels no force (it does when tau+ < tau-: docs/amcl.md); only
+      the positive pairs' temperatures are evaluated.
+      Otherwise temperatures are needed for every (anchor, view) pair: anchors are processed
+      `chunk_size` rows at a time under `jax.lax.map`, each chunk rematerialised
+      (`jax.checkpoint`) in the backward pass, and `temperature_fn.pair_grid` is used when
+      present so no (rows, 2N, 2D) tensor is built.
 
     Args:
       z_a, z_b: (C, N, D) per-head projections of the two views, any float dtype; cast to
