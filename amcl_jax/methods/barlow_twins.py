@@ -84,9 +84,7 @@ class BarlowTwins(Method):
                  "must be >= 1")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return models.SSLModel(
-            common.build_encoder(config), common.projector(config, batch_norm=True),
-            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+        return common.ssl_model(config, batch_norm=True, temperature=temperature_module)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng

@@ -18,7 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import losses
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
 
@@ -40,9 +40,7 @@ class BYOL(Method):
         common.check_momentum(config, "byol")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return models.SSLModel(common.build_encoder(config),
-                               common.projector(config, batch_norm=True),
-                               predictor=common.predictor(config))
+        return common.ssl_model(config, batch_norm=True, with_predictor=True)
 
     def init_extra(self, config, variables, rng):
         del config, rng

@@ -8,6 +8,7 @@ restores it with the rest of the train state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -82,6 +83,21 @@ def predictor(config: ml_collections.ConfigDict) -> models.MultiHeadMLP:
         num_heads=num_heads(config), hidden_dim=config.predictor.hidden_dim,
         out_dim=config.projector.out_dim, num_layers=2, batch_norm=True, last_batch_norm=False,
         shared_input=False, dtype=jnp.dtype(config.model.dtype), **batch_norm_layout(config))
+
+
+def ssl_model(config: ml_collections.ConfigDict, *, batch_norm: bool,
+              last_batch_norm: bool = False, with_predictor: bool = False,
+              temperature: Callable[[ml_collections.ConfigDict], nn.Module] | None = None
+              ) -> SSLModel:
+    """The method's model: the encoder, its projector (`batch_norm`, `last_batch_norm` as in
+    `projector`), the predictor if `with_predictor`, and `temperature(config)`'s network when
+    AMCL is on."""
+    return SSLModel(
+        build_encoder(config),
+        projector(config, batch_norm=batch_norm, last_batch_norm=last_batch_norm),
+        predictor=predictor(config) if with_predictor else None,
+        temperature_net=(temperature(config) if temperature is not None and config.amcl.enabled
+                         else None))
 
 
 # --------------------------------------------------------------------------------------------

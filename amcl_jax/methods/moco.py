@@ -75,9 +75,7 @@ class MoCo(Method):
         return config.amcl.enabled and config.moco.directions == "query_and_key"
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return models.SSLModel(
-            common.build_encoder(config), common.projector(config, batch_norm=False),
-            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+        return common.ssl_model(config, batch_norm=False, temperature=temperature_module)
 
     def init_extra(self, config, variables, rng):
         return dict(common.target_copy(variables),

@@ -101,9 +101,7 @@ class SimCLR(Method):
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
         # Dense - ReLU - Dense per head, with biases: the same parameter names and values as the
         # former SimCLR-only projector class, so earlier checkpoints still load.
-        return models.SSLModel(
-            common.build_encoder(config), common.projector(config, batch_norm=False),
-            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+        return common.ssl_model(config, batch_norm=False, temperature=temperature_module)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng

@@ -48,11 +48,8 @@ class SimSiam(Method):
         positive_integer(config, "predictor.hidden_dim")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return models.SSLModel(
-            common.build_encoder(config),
-            common.projector(config, batch_norm=True, last_batch_norm=True),
-            predictor=common.predictor(config),
-            temperature_net=temperature_module(config) if config.amcl.enabled else None)
+        return common.ssl_model(config, batch_norm=True, last_batch_norm=True,
+                                with_predictor=True, temperature=temperature_module)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng

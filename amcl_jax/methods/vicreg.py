@@ -17,7 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from amcl_jax import losses, models
+from amcl_jax import losses
 from amcl_jax.fields import fail
 from amcl_jax.methods import common
 from amcl_jax.methods.base import Method, MethodOutput
@@ -50,8 +50,7 @@ class VICReg(Method):
             fail("batch_size", config.batch_size, "must be >= 2 for VICReg's variance")
 
     def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-        return models.SSLModel(common.build_encoder(config),
-                               common.projector(config, batch_norm=True))
+        return common.ssl_model(config, batch_norm=True)
 
     def apply_loss(self, model, config, params, batch_stats, extra, views, rng) -> MethodOutput:
         del rng

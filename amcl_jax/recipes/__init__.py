@@ -83,3 +83,20 @@ def cifar10_config(method: str) -> ml_collections.ConfigDict:
     config.eval.every_steps = 1955
     config.checkpoint.every_steps = 977
     return config
+
+
+def amcl_simclr_config(dataset: str, **data) -> ml_collections.ConfigDict:
+    """AMCL-SimCLR with the default settings on `dataset`, which the recipes of other datasets
+    start from; `data` sets other `config.data` fields (`train_split`, `download`, ...). The
+    default splits: pretraining and the kNN bank on "train", queries on "test"."""
+    from amcl_jax.config import get_default_config
+
+    config = get_default_config()
+    config.method = "simclr"
+    config.amcl.enabled = True
+    config.data.dataset = dataset
+    for field, value in data.items():
+        if field not in config.data:
+            raise ValueError(f"config.data has no field {field!r}")
+        config.data[field] = value
+    return config

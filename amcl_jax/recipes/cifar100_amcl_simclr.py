@@ -11,17 +11,11 @@ TFDS `cifar100` (downloads on a connected machine; offline, pass a TFDS data_dir
 Not run here; cost as configs/cifar10_amcl_simclr.py (78,200 steps).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = True
-    config.data.dataset = "cifar100"
-    config.data.train_split = "train"
-    config.data.eval_train_split = "train"
-    config.data.eval_test_split = "test"
+    config = recipes.amcl_simclr_config("cifar100")
     config.eval.every_steps = 1955  # Every 20 epochs at batch 512.
     config.checkpoint.every_steps = 977
     return config

@@ -25,18 +25,12 @@ epochs, weight decay 1e-4.
 Not run here (~99,000 steps: a few GPU-days at 224).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = True
-    config.data.dataset = "imagenet100"
-    config.data.download = False  # imagenet2012 is a manual download.
-    config.data.train_split = "train"
-    config.data.eval_train_split = "train"
-    config.data.eval_test_split = "val"  # TFDS: "validation" (mapped automatically).
+    # imagenet2012 is a manual download; "val" is TFDS's "validation" (mapped automatically).
+    config = recipes.amcl_simclr_config("imagenet100", download=False, eval_test_split="val")
     config.data.load_size = 160
     config.data.image_size = 224
     config.data.blur_p = (0.5, 0.5)

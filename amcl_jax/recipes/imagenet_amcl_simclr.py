@@ -18,18 +18,12 @@ needs it, and the views cropped from the whole photos:
 Not run here.
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = True
-    config.data.dataset = "imagenet2012"
-    config.data.download = False
-    config.data.train_split = "train"
-    config.data.eval_train_split = "train"
-    config.data.eval_test_split = "validation"
+    config = recipes.amcl_simclr_config("imagenet2012", download=False,
+                                        eval_test_split="validation")
     config.data.load_size = 128
     config.data.image_size = 224
     config.model.name = "resnet50"

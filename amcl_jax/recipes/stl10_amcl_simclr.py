@@ -15,17 +15,11 @@ TFDS `stl10` (2.6 GB download on a connected machine; in memory as uint8: ~3 GB)
 400 epochs of 105,000 images at batch 256 = 164,000 steps (about a GPU-day).
 """
 
-from amcl_jax.config import get_default_config
+from amcl_jax import recipes
 
 
 def get_config():
-    config = get_default_config()
-    config.method = "simclr"
-    config.amcl.enabled = True
-    config.data.dataset = "stl10"
-    config.data.train_split = "train+unlabelled"
-    config.data.eval_train_split = "train"
-    config.data.eval_test_split = "test"
+    config = recipes.amcl_simclr_config("stl10", train_split="train+unlabelled")
     config.data.image_size = 96
     config.model.stem = "imagenet"
     config.batch_size = 256
