@@ -39,14 +39,16 @@ jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
 LONG_FIRST = (
     # xdist's first two workers start on tests 1 and 3 and take 2 and 4 next: the two longest
     # are 1 and 3.
-    "test_data_parallel.py::test_every_method_splits_its_batch_over_8_cpu_devices",
-    "test_distributed.py::test_main_on_8_devices_",
-    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
     "test_distributed.py::test_two_processes_",
+    "test_distributed.py::test_main_on_8_devices_",
+    "test_gpu_check.py::test_gpu_check_runs_every_phase_",
+    "test_distributed.py::test_every_method_on_8_devices_equals_1_device",
+    "test_distributed.py::test_one_process_on_two_cpu_devices_",
     "test_bench.py::test_run_end_to_end_",
     "test_reliability.py::test_kill_9_",
-    "test_distributed.py::test_one_process_on_two_cpu_devices_",
+    "test_train.py::test_end_to_end_on_mock_data_then_resume",
     "test_data_parallel.py::test_simclr_amcl_splits_its_batch_over_a_v5e_slice",
+    "test_data_parallel.py::test_every_method_splits_its_batch_over_8_cpu_devices",
     "test_data_parallel.py::test_sharded_parameters_",
     "test_clean_failures.py::test_a_workdir_whose_checkpoints_are_all_damaged_",
     "test_registry.py::test_training_step[resnet50w4]",
