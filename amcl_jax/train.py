@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from amcl_jax import data as data_lib
 from amcl_jax import forms, program
+from amcl_jax import workdir as workdir_lib
 from amcl_jax.checkpoints import Checkpointer
 from amcl_jax.config import validate_config
 from amcl_jax.data import device_augment
@@ -37,7 +38,6 @@ from amcl_jax.evaluate.monitor import KnnMonitor, comparable_evaluations
 from amcl_jax.metric_writers import with_wandb
 from amcl_jax.platform import machine
 from amcl_jax.state import params_sha256
-from amcl_jax.workdir import CONFIG_FILE
 
 
 class Preemption:
@@ -61,7 +61,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     (`workdir.check_resume`: otherwise ResumeRefusedError, and nothing is written).
     The run works on its own copy of `config`: the caller's is never written.
     """
-    from amcl_jax import workdir as workdir_lib
     from amcl_jax.errors import terminate_on_sigterm
 
     validate_config(config, num_devices=jax.device_count())
@@ -75,8 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if accepted and is_chief:
             print(workdir_lib.describe_accepted(accepted), flush=True)
         if is_chief:
-            workdir_lib.atomic_write_text(os.path.join(workdir, CONFIG_FILE),  # Form resolved.
-                                          config.to_json(indent=2))
+            workdir_lib.record_config(workdir, config)
         return _train_and_evaluate(config, workdir)
 
 
@@ -93,7 +91,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     # ----------------------------------------------------------------------------------------
     # Input.
     # ----------------------------------------------------------------------------------------
-    inputs = load_inputs(config, workdir, is_chief=is_chief)
+    probe_classes_from_data = (config.online_probe.enabled
+                               and config.online_probe.num_classes == -1)
+    inputs = load_inputs(config)
+    if probe_classes_from_data and is_chief:  # Recorded for load_pretrained.
+        workdir_lib.record_config(workdir, config)
     total_steps = inputs.total_steps
     mean, std = data_lib.dataset_stats(config.data.dataset)
 

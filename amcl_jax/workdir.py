@@ -193,6 +193,12 @@ class WorkdirLock:
 # --------------------------------------------------------------------------------------------
 # Resume only what can be honoured
 # --------------------------------------------------------------------------------------------
+def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes the run's config (its AMCL form resolved) to the workdir's config.json, whole or
+    not at all."""
+    atomic_write_text(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
+
+
 def read_recorded_config(workdir: str) -> dict[str, Any] | None:
     """The workdir's config.json as a dict, None if absent; RecordedConfigError names the file
     if it cannot be read (truncated, not JSON)."""

@@ -44,6 +44,9 @@ def test_end_to_end_on_mock_data_then_resume(tmp_path, amcl, negatives):
     if probe:
         assert 0.0 <= summary["online_probe_top1"] <= 1.0
         assert all("online_probe_top1" in e for e in summary["knn_history"])
+        # The probe's class count, -1 in the config, is the data's, and config.json records it.
+        recorded = json.load(open(os.path.join(workdir, "config.json")))
+        assert recorded["online_probe"]["num_classes"] == 10
     assert summary["steps"] == 4 and summary["amcl"] is amcl and summary["method"] == "simclr"
     assert summary["num_devices"] >= 1 and len(summary["params_sha256"]) == 64
     assert 0.0 <= summary["knn_top1"] <= 1.0 and summary["knn_top1_init"] is not None

@@ -19,7 +19,6 @@ from absl import logging
 
 from amcl_jax import data as data_lib
 from amcl_jax.data import device_augment
-from amcl_jax.workdir import CONFIG_FILE
 
 
 @dataclasses.dataclass
@@ -38,9 +37,10 @@ class Inputs:
     augment_on: str  # Where the views are made: "host" (tf.data) or "device" (jitted).
 
 
-def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bool) -> Inputs:
+def load_inputs(config: ml_collections.ConfigDict) -> Inputs:
     """Loads the splits `config.data` names, applies the subset caps and resolves the run length
-    and `data.augment_on`; records `online_probe.num_classes` = -1 as the data's class count."""
+    and `data.augment_on`; sets `online_probe.num_classes` = -1 to the data's class count (the
+    caller records it)."""
     train_images, train_labels, num_classes = load_data(config, config.data.train_split)
     train_images, train_labels = fixed_subset(train_images, train_labels,
                                               config.data.get("max_train_examples", -1))
@@ -67,10 +67,7 @@ def load_inputs(config: ml_collections.ConfigDict, workdir: str, *, is_chief: bo
 
         raise ConfigError(str(e)) from None
     if config.online_probe.enabled and config.online_probe.num_classes == -1:
-        config.online_probe.num_classes = int(num_classes)  # Recorded for load_pretrained.
-        if is_chief:
-            with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-                f.write(config.to_json(indent=2))  # The run's config: forms resolved.
+        config.online_probe.num_classes = int(num_classes)
     logging.info("train examples %d, bank %d, queries %d, %d classes, %d steps, views made on "
                  "the %s", len(train_images), len(bank_images), len(query_images), num_classes,
                  total_steps, augment_on)
