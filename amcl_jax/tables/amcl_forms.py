@@ -5,13 +5,14 @@ Rows: SimCLR (NT-Xent, tau 0.5); AMCL-SimCLR in the authors' form (Eq. 3 pair-sc
 top-k negatives, beta 1e-4, gradient clipping 1.0) and in the project's form (concatenated-pair
 MLP per head, log-sum-exp negatives, beta 0.1: the default, chosen by this table, docs/amcl.md);
 in the likelihood form (the project's with each temperature fit by its pair's Gaussian
-likelihood alone, the contrast at fixed temperatures); MoCo (InfoNCE, tau 0.1); and AMCL-MoCo
-in both forms (MoCo's recipe takes the authors' form).
+likelihood alone, the contrast at fixed temperatures); MoCo (InfoNCE, tau 0.1) and AMCL-MoCo
+in both forms (MoCo's recipe takes the authors' form); SimSiam and Barlow Twins, each with
+AMCL in both forms; VICReg, which has no AMCL form, as a baseline.
 
     python -m amcl_jax.reproduce --table=configs/paper/amcl_forms.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu
 
-Runtime: 7 rows x 3 seeds at cpu scale, about 5-10 minutes per run on 2 idle cores (~2.5 hours);
+Runtime: 14 rows x 3 seeds at cpu scale, about 5-15 minutes per run on 2 idle cores (~6 hours);
 the command resumes where it stopped, so the table can be filled over several sittings.
 """
 
@@ -33,6 +34,17 @@ def get_table() -> Table:
             label="AMCL-MoCo, authors' form (both directions, top-k)"),
         Row(method="moco", amcl=True, overrides=project,
             label="AMCL-MoCo, project's form (log-sum-exp)"),
+        Row(method="simsiam", amcl=False, label="SimSiam (stop-gradient, predictor)"),
+        Row(method="simsiam", amcl=True, overrides=authors,
+            label="AMCL-SimSiam, authors' form (pair score)"),
+        Row(method="simsiam", amcl=True, overrides=project,
+            label="AMCL-SimSiam, project's form ([u; v] MLP)"),
+        Row(method="barlow_twins", amcl=False, label="Barlow Twins (lambda 5e-3)"),
+        Row(method="barlow_twins", amcl=True, overrides=authors,
+            label="AMCL-Barlow Twins, authors' form (channel map)"),
+        Row(method="barlow_twins", amcl=True, overrides=project,
+            label="AMCL-Barlow Twins, project's form (low-rank logits)"),
+        Row(method="vicreg", amcl=False, label="VICReg (25 / 25 / 1; no AMCL equation)"),
     )
     return Table(
         name="amcl_forms",
