@@ -24,10 +24,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from amcl_jax import methods  # noqa: E402
 from bench.common import write_json  # noqa: E402
 
 VARIANTS = {
-    "simclr": ["--config=configs/quickstart.py:method=simclr,amcl=false"],
+    # Every registered method without AMCL ("simclr", "moco", ..., "vicreg") ...
+    **{name: [f"--config=configs/quickstart.py:method={name},amcl=false"]
+       for name in methods.available()},
+    # ... and AMCL-SimCLR's forms.
     "amcl_authors": ["--config=configs/quickstart.py", "--config.amcl.form=authors"],
     "amcl_project": ["--config=configs/quickstart.py", "--config.amcl.form=project"],
     "amcl_project_max": ["--config=configs/quickstart.py", "--config.amcl.form=project",
