@@ -224,6 +224,16 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+@pytest.mark.parametrize("method", methods.available())
+def test_every_method_ends_its_warm_up_early_in_a_cpu_scale_run(method):
+    """A recipe's warm-up counted in its own epochs (VICReg: 1,953 steps) must not outlast the
+    `cpu` scale's 300 steps: the table would compare a method that never reached its rate."""
+    for amcl in {False, methods.get_method(method).supports_amcl}:
+        config = scales.scale_config("cpu", method=method, amcl=amcl)
+        assert config.optimizer.warmup_steps <= 0.1 * config.total_steps, (
+            method, amcl, config.optimizer.warmup_steps)
+
+
 @pytest.mark.parametrize("method,amcl", [
     (method.name, method.supports_amcl) for method in methods.registered()])
 def test_quickstart_takes_each_methods_settings_from_its_config(method, amcl):
