@@ -31,6 +31,8 @@ Scales (`scales.scale_config`):
          of the subset), kNN on that 10,000-image bank and 2,000 test queries at steps 0, 150
          and 300; about 5-10 minutes per run on 2 idle cores (estimated from CPU time, ~3 CPU-s per
          step; far below the paper's accuracy, meant to compare rows with each other).
+  cpu_long  the `cpu` scale at 3,000 steps (~38 epochs of the subset), kNN every 300 steps;
+         about 1-2 hours per run on 2 cores.
   smoke  seconds per run (tests): digits at 8x8, ResNet-18 at width 0.125, 4 steps.
 """
 
@@ -54,6 +56,7 @@ from amcl_jax.scales import (
     row_config,
     scale_config,
     select_rows,
+    table_seeds,
 )
 from amcl_jax.table_outputs import protocol_text, write_outputs
 from amcl_jax.tables import Table, load_table
@@ -168,7 +171,7 @@ def reproduce(table: Table, scale: str, workdir: str, *, data_dir: str = "",
     base = scale_config(scale, data_dir)  # The protocol text's.
     for key, value in (overrides or {}).items():
         set_field(base, key, value)
-    seeds = tuple(seeds) if seeds else tuple(table.seeds[scale])
+    seeds = tuple(seeds) if seeds else table_seeds(table, scale)
     selected = select_rows(table, methods, rows)
     os.makedirs(workdir, exist_ok=True)
     probe_config = probe_config_for_scale(scale) if linear_probe else None
@@ -273,13 +276,15 @@ def main(argv=None) -> int:
     seeds = usage_call("--seeds", lambda: tuple(int(s) for s in _split(args.seeds) or ()) or None)
     usage_call("--set", check_overrides, args.scale, overrides)
     usage_call("--methods/--rows", select_rows, table, _split(args.methods), _split(args.rows))
+    if not seeds:
+        usage_call("--seeds", table_seeds, table, args.scale)
     if args.dry_run:
         check_overrides(args.scale, overrides)
         for row in select_rows(table, _split(args.methods), _split(args.rows)):
             config, why_not = row_config(table, args.scale, row, 0, data_dir=args.data_dir,
                                          overrides=overrides)
             print(f"{row.name}: {why_not or 'runs'} x seeds "
-                  f"{list(seeds or table.seeds[args.scale])}")
+                  f"{list(seeds or table_seeds(table, args.scale))}")
         return 0
     try:
         reproduce(table, args.scale, args.workdir, data_dir=args.data_dir, seeds=seeds,

@@ -11,7 +11,7 @@ from amcl_jax import recipes
 from amcl_jax.config import set_field
 from amcl_jax.tables import Row, Table
 
-SCALES = ("full", "cpu", "smoke")
+SCALES = ("full", "cpu", "cpu_long", "smoke")
 # What each scale changes in a method's config ("full" is the config itself); a method's own
 # fields add its `scaled_sizes[scale]` (amcl_jax/methods/).
 SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -22,6 +22,8 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
         "batch_size": 128, "total_steps": 300, "log_every_steps": 25, "eval.every_steps": 150,
         "eval.max_query_examples": 2000, "checkpoint.every_steps": 50,
     },
+    # The `cpu` scale ten times longer (38 epochs of the subset), kNN every 300 steps.
+    "cpu_long": {},  # Filled below from "cpu".
     "smoke": {
         "data.dataset": "digits", "data.image_size": 8, "data.load_size": 8,
         "model.width": 0.125, "projector.hidden_dim": 16, "projector.out_dim": 8,
@@ -31,6 +33,11 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
         "checkpoint.every_steps": 2,
     },
 }
+SCALE_OVERRIDES["cpu_long"] = {**SCALE_OVERRIDES["cpu"], "total_steps": 3000,
+                               "eval.every_steps": 300, "checkpoint.every_steps": 300,
+                               "log_every_steps": 50}
+# The scale whose `scaled_sizes` a method uses at each scale (its own name where not listed).
+SIZES_OF = {"cpu_long": "cpu"}
 UNAVAILABLE_METHOD = "method not available"
 UNAVAILABLE_FIELD = "config field not available"
 
@@ -43,7 +50,7 @@ def scale_config(scale: str, data_dir: str = "", *, method: str = "simclr",
     if scale not in SCALES:
         raise ValueError(f"--scale={scale!r}: allowed values are {', '.join(SCALES)}")
     config = recipes.method_config(method, amcl)
-    sizes = methods.get_method(method).scaled_sizes.get(scale, {})
+    sizes = methods.get_method(method).scaled_sizes.get(SIZES_OF.get(scale, scale), {})
     for key, value in {**SCALE_OVERRIDES[scale], **sizes}.items():
         set_field(config, key, value)
     if data_dir:
@@ -55,7 +62,7 @@ def probe_config_for_scale(scale: str) -> ml_collections.ConfigDict:
     from amcl_jax.evaluate.linear_probe import default_probe_config
 
     probe = default_probe_config()
-    probe.epochs = {"full": 100, "cpu": 30, "smoke": 2}[scale]
+    probe.epochs = {"full": 100, "cpu": 30, "cpu_long": 30, "smoke": 2}[scale]
     if scale == "smoke":
         probe.batch_size = 64
     return probe
@@ -97,6 +104,14 @@ def row_config(table: Table, scale: str, row: Row, seed: int, *, data_dir: str =
     except ConfigError as error:
         return None, f"invalid config: {error}"
     return config, ""
+
+
+def table_seeds(table: Table, scale: str) -> tuple[int, ...]:
+    """The table's seeds at `scale`; ValueError when it names none for that scale."""
+    if scale not in table.seeds:
+        raise ValueError(f"table {table.name!r} names no seeds for --scale={scale} (it has "
+                         f"{', '.join(table.seeds)}): pass --seeds")
+    return tuple(table.seeds[scale])
 
 
 def select_rows(table: Table, methods: tuple[str, ...] | None = None,

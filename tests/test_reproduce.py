@@ -33,7 +33,11 @@ def get_table():
 def test_paper_tables_expand_to_valid_configs(name):
     table = reproduce.load_table(os.path.join(ROOT, "configs", "paper", f"{name}.py"))
     for scale in reproduce.SCALES:
-        assert len(table.seeds[scale]) >= 1
+        if scale in table.seeds:
+            assert len(scales.table_seeds(table, scale)) >= 1
+        else:  # A scale the table names no seeds for: --seeds, said in one line.
+            with pytest.raises(ValueError, match=f"no seeds for --scale={scale} .*pass --seeds"):
+                scales.table_seeds(table, scale)
         runnable = []
         for row in table.rows:
             config, why_not = reproduce.row_config(table, scale, row, 0)
@@ -222,6 +226,16 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             out[prefix + key] = value
     return out
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_cpu_long_is_the_cpu_scale_ten_times_longer(method):
+    amcl = methods.get_method(method).supports_amcl
+    short, long = (_flat(scales.scale_config(s, method=method, amcl=amcl).to_dict())
+                   for s in ("cpu", "cpu_long"))
+    differ = {key: (short[key], long[key]) for key in short if short[key] != long[key]}
+    assert differ == {"total_steps": (300, 3000), "eval.every_steps": (150, 300),
+                      "checkpoint.every_steps": (50, 300), "log_every_steps": (25, 50)}
 
 
 @pytest.mark.parametrize("method", methods.available())

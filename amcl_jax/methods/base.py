@@ -44,7 +44,8 @@ class Method(abc.ABC):
     # departs from the form (those only for runs of this method).
     form_values: ClassVar[dict[str, dict[str, Any]]] = {}
     # {scale: {"section.field": value}}: its fields scaled down with the rest of a config
-    # ("quickstart": recipes/quickstart.py; "cpu", "smoke": reproduce's scales).
+    # ("quickstart": recipes/quickstart.py; "cpu", "smoke": reproduce's scales; "cpu_long"
+    # takes the "cpu" sizes).
     scaled_sizes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @staticmethod

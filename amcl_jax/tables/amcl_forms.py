@@ -11,6 +11,9 @@ AMCL in both forms; VICReg, which has no AMCL form, as a baseline.
 
     python -m amcl_jax.reproduce --table=configs/paper/amcl_forms.py --scale=cpu \
         --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu
+    python -m amcl_jax.reproduce --table=amcl_forms --scale=cpu_long \
+        --rows=simclr-base,simclr-amcl-form=project \
+        --data_dir=/data/cifar10-jpeg.tar.gz --workdir=runs/amcl_forms_cpu_long
 
 Runtime: 14 rows x 3 seeds at cpu scale, about 5-15 minutes per run on 2 idle cores (~6 hours);
 the command resumes where it stopped, so the table can be filled over several sittings.
@@ -50,5 +53,5 @@ def get_table() -> Table:
         name="amcl_forms",
         title="kNN top-1 (%): AMCL's two forms against their baselines (abcde)",
         rows=rows,
-        seeds={"full": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0,)},
+        seeds={"full": (0, 1, 2), "cpu": (0, 1, 2), "cpu_long": (0, 1), "smoke": (0,)},
     )
