@@ -55,15 +55,13 @@ import numpy as np
 
 
 def tiny_config():
-    from amcl_jax.config import get_default_config
+    """tests/conftest.py's tiny_config with AMCL: its sizes, set through the field names."""
+    from amcl_jax.config import get_default_config, set_field
     config = get_default_config()
-    config.data.image_size = 8
-    config.model.width = 0.125
-    config.projector.hidden_dim = 16
-    config.projector.out_dim = 8
-    config.amcl.temperature_hidden_dim = 8
-    config.batch_size = 8
-    config.amcl.enabled = True
+    sizes = {"data.image_size": 8, "model.width": 0.125, "projector.hidden_dim": 16,
+             "projector.out_dim": 8, "amcl.temperature_hidden_dim": 8, "batch_size": 8}
+    for field, value in {**sizes, "amcl.enabled": True}.items():
+        set_field(config, field, value)
     return config
 
 

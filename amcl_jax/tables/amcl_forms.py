@@ -22,31 +22,27 @@ the command resumes where it stopped, so the table can be filled over several si
 from amcl_jax.tables import Row, Table
 
 
+def _method_rows(method: str, name: str, base: str, authors: str, project: str) -> tuple:
+    """The method without AMCL (`base`), then AMCL in the authors' and the project's form."""
+    return (Row(method=method, amcl=False, label=f"{name} ({base})"),
+            Row(method=method, amcl=True, overrides={"amcl.form": "authors"},
+                label=f"AMCL-{name}, authors' form ({authors})"),
+            Row(method=method, amcl=True, overrides={"amcl.form": "project"},
+                label=f"AMCL-{name}, project's form ({project})"))
+
+
 def get_table() -> Table:
-    authors, project = {"amcl.form": "authors"}, {"amcl.form": "project"}
     rows = (
-        Row(method="simclr", amcl=False, label="SimCLR (NT-Xent, tau 0.5)"),
-        Row(method="simclr", amcl=True, overrides=authors,
-            label="AMCL-SimCLR, authors' form (top-k, pair score)"),
-        Row(method="simclr", amcl=True, overrides=project,
-            label="AMCL-SimCLR, project's form (log-sum-exp, [u; v] MLP)"),
+        *_method_rows("simclr", "SimCLR", "NT-Xent, tau 0.5", "top-k, pair score",
+                      "log-sum-exp, [u; v] MLP"),
         Row(method="simclr", amcl=True, overrides={"amcl.form": "likelihood"},
             label="AMCL-SimCLR, likelihood form (temperatures fit by likelihood)"),
-        Row(method="moco", amcl=False, label="MoCo (InfoNCE, tau 0.1)"),
-        Row(method="moco", amcl=True, overrides=authors,
-            label="AMCL-MoCo, authors' form (both directions, top-k)"),
-        Row(method="moco", amcl=True, overrides=project,
-            label="AMCL-MoCo, project's form (log-sum-exp)"),
-        Row(method="simsiam", amcl=False, label="SimSiam (stop-gradient, predictor)"),
-        Row(method="simsiam", amcl=True, overrides=authors,
-            label="AMCL-SimSiam, authors' form (pair score)"),
-        Row(method="simsiam", amcl=True, overrides=project,
-            label="AMCL-SimSiam, project's form ([u; v] MLP)"),
-        Row(method="barlow_twins", amcl=False, label="Barlow Twins (lambda 5e-3)"),
-        Row(method="barlow_twins", amcl=True, overrides=authors,
-            label="AMCL-Barlow Twins, authors' form (channel map)"),
-        Row(method="barlow_twins", amcl=True, overrides=project,
-            label="AMCL-Barlow Twins, project's form (low-rank logits)"),
+        *_method_rows("moco", "MoCo", "InfoNCE, tau 0.1", "both directions, top-k",
+                      "log-sum-exp"),
+        *_method_rows("simsiam", "SimSiam", "stop-gradient, predictor", "pair score",
+                      "[u; v] MLP"),
+        *_method_rows("barlow_twins", "Barlow Twins", "lambda 5e-3", "channel map",
+                      "low-rank logits"),
         Row(method="vicreg", amcl=False, label="VICReg (25 / 25 / 1; no AMCL equation)"),
     )
     return Table(
