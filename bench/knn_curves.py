@@ -5,9 +5,9 @@ figure.
     python bench/knn_curves.py runs/amcl_forms_cpu_long --reference simclr-base \
         --rows simclr-amcl-form=project --output docs/results/amcl_forms_cpu_long/knn_curves
 
-Reads `<workdir>/runs/<row>/seed<N>/summary.json` (its `knn_history`), finished or not: a run
-still going contributes the evaluations it has reached, and each step's mean is over the seeds
-that reached it (the count is written beside it). Writes OUTPUT.json, OUTPUT.md and OUTPUT.png.
+Reads `<workdir>/runs/<row>/seed<N>/summary.json` (its `knn_history`), which a run writes when
+it ends: a run still going is left out. Each step's mean is over the seeds whose history has it
+(they are listed beside it). Writes OUTPUT.json, OUTPUT.md and OUTPUT.png.
 """
 
 from __future__ import annotations

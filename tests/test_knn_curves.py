@@ -20,8 +20,8 @@ def test_curves_and_paired_gaps_follow_the_seeds_that_reached_each_step(tmp_path
     _run(tmp_path, "base", 0, {0: 29.0, 300: 40.0, 600: 45.0})
     _run(tmp_path, "base", 1, {0: 30.0, 300: 38.0, 600: 47.0})
     _run(tmp_path, "amcl", 0, {0: 29.0, 300: 41.0, 600: 48.0})
-    _run(tmp_path, "amcl", 1, {0: 30.0, 300: 40.0})  # Still going: two evaluations so far.
-    os.makedirs(tmp_path / "runs" / "amcl" / "seed2")  # Started, no summary yet: not counted.
+    _run(tmp_path, "amcl", 1, {0: 30.0, 300: 40.0})  # A shorter history: two evaluations.
+    os.makedirs(tmp_path / "runs" / "amcl" / "seed2")  # Still going, no summary: not counted.
     out = str(tmp_path / "out" / "curves")
     report = knn_curves.main([str(tmp_path), "--reference", "base", "--rows", "amcl",
                               "--output", out])
