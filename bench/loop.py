@@ -61,13 +61,13 @@ def write_image_folder(root: str, *, num_train: int, num_test: int, size: int = 
 
 
 def loop_config(*, batch_per_view: int, steps: int, data_dir: str, width: float = 1.0,
-                dtype: str = "float32", eval_examples: int = 256, augment_on: str = "host"
-                ) -> ml_collections.ConfigDict:
+                dtype: str = "float32", eval_examples: int = 256, augment_on: str = "host",
+                model: str = "resnet18") -> ml_collections.ConfigDict:
     """The benchmark's SimCLR config, run by `train_and_evaluate` on an image folder for 2 x
     `steps` updates, logged every `steps`, views made where `augment_on` says; kNN and
     checkpoints only at the end."""
     config = make_config(batch_per_view=batch_per_view, overrides={"amcl.enabled": False},
-                         width=width, dtype=dtype)
+                         model=model, width=width, dtype=dtype)
     config.data.dataset = "image_folder"
     config.data.data_dir = data_dir
     config.data.augment_on = augment_on
@@ -85,12 +85,13 @@ def loop_config(*, batch_per_view: int, steps: int, data_dir: str, width: float 
 
 def measure_loop(*, batch_per_view: int, steps: int, rounds: int, width: float = 1.0,
                  dtype: str = "float32", num_train: int = 2048, workdir: str | None = None,
-                 augment_on: str = "host") -> dict:
+                 augment_on: str = "host", model: str = "resnet18") -> dict:
     """Loop (views made where `augment_on` says, run in `workdir`) and bare step of the same
     SimCLR config, in this process, as one flat dict; see the module doc."""
     report = measure_loops(batch_per_view=batch_per_view, steps=steps, rounds=rounds,
                            width=width, dtype=dtype, num_train=num_train,
-                           augment_on=(augment_on,), workdirs={augment_on: workdir})
+                           augment_on=(augment_on,), workdirs={augment_on: workdir},
+                           model=model)
     return {**{k: v for k, v in report.items() if k != "by_augment_on"},
             **report["by_augment_on"][augment_on]}
 
@@ -98,7 +99,8 @@ def measure_loop(*, batch_per_view: int, steps: int, rounds: int, width: float =
 def measure_loops(*, batch_per_view: int, steps: int, rounds: int, width: float = 1.0,
                   dtype: str = "float32", num_train: int = 2048,
                   augment_on: Sequence[str] = ("host", "device"),
-                  workdirs: dict[str, str | None] | None = None) -> dict:
+                  workdirs: dict[str, str | None] | None = None, model: str = "resnet18"
+                  ) -> dict:
     """One bare step and one loop per `augment_on` value, all of the same SimCLR config;
     `by_augment_on[value]` holds that loop's figures. `workdirs[value]` (default a scratch
     folder) is where that loop runs."""
@@ -111,7 +113,8 @@ def measure_loops(*, batch_per_view: int, steps: int, rounds: int, width: float 
                                       num_test=256)
         # The kNN bank is the training split: k and the bank at most its size.
         config = loop_config(batch_per_view=batch_per_view, steps=steps, data_dir=data_dir,
-                             width=width, dtype=dtype, eval_examples=min(256, num_train))
+                             width=width, dtype=dtype, eval_examples=min(256, num_train),
+                             model=model)
         bare_step, _ = make_jax_step(config)  # Built (and compiled) with the loops' config.
         bare_before = [bare_step() for _ in range(rounds)]
         for where in augment_on:

@@ -7,12 +7,11 @@ prints what the compiler says, one JSON line.
     python tests/_data_parallel_worker.py v5e          # v5e:1x1 against v5e:2x2, through libtpu
     python tests/_data_parallel_worker.py fsdp         # sharded against replicated parameters
 
-A ResNet of two one-block stages ("resnet_test", registered here only) stands in for ResNet-18
-on CPU: the same blocks, BatchNorm and stem, a third of the compile time. The v5e case compiles
+The tests' ResNet of two one-block stages ("_resnet_test") stands in for ResNet-18 on CPU: the
+same blocks, BatchNorm and stem, a third of the compile time. The v5e case compiles
 the real ResNet-18.
 """
 
-import functools
 import json
 import sys
 
@@ -20,17 +19,13 @@ import jax
 from conftest import tiny_config
 
 from amcl_jax import compile as compile_lib
-from amcl_jax import forms, methods, models, program
+from amcl_jax import forms, methods, program
 from amcl_jax import hlo as hlo_lib
-
-models.ENCODERS["resnet_test"] = (
-    functools.partial(models.ResNet, stage_sizes=(1, 1), block_cls=models.BasicBlock),
-    lambda width: int(128 * width))
 
 PER_DEVICE = 4  # Images per device per view.
 # One case per method (its AMCL form where it has one: the authors' top-k losses gather the most
 # across devices) and the project's form on a ViT; test_distributed.py checks both forms' numbers.
-CASES = {name: (name, methods.get_method(name).supports_amcl, "authors", "resnet_test")
+CASES = {name: (name, methods.get_method(name).supports_amcl, "authors", "_resnet_test")
          for name in methods.available()}
 CASES["simclr_vit"] = ("simclr", True, "project", "vit_s")
 
@@ -43,7 +38,7 @@ def case_config(name, amcl, form, model, batch):
                             "amcl.chunk_size": 8})
     if model.startswith("vit"):
         config.model.width = 0.0625  # vit_s at 24 channels: compiles in seconds.
-    elif model == "resnet_test":
+    elif model == "_resnet_test":
         # Wide enough that the encoder's work outweighs the global negatives' similarities,
         # which grow with N (as ResNet-18 at width 0.125 does).
         config.model.width = 0.5
@@ -90,7 +85,7 @@ def main(kind, case=None):
 
 def features_main():
     many = topologies("cpu")[1]
-    config = case_config("simclr", True, "authors", "resnet_test",
+    config = case_config("simclr", True, "authors", "_resnet_test",
                          PER_DEVICE * len(many.devices))
     print(json.dumps({"devices": len(many.devices), **features_report(config, many)}))
 

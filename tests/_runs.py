@@ -1,9 +1,9 @@
 """Subprocess runs of `main.py` shared by test_distributed.py and test_reliability.py.
 
-Every run uses one tiny configuration (quickstart on digits, ResNet-18 at width 0.125, 8x8 views,
-global batch 8, a checkpoint every step, constant learning rate so the step count does not
-change the compiled program) and the test run's persistent XLA compilation cache (conftest.py),
-so only the first run of each device layout pays for compilation.
+Every run uses one tiny configuration (quickstart on digits, the tests' two-stage ResNet at width
+0.125, 8x8 views, global batch 8, a checkpoint every step, constant learning rate so the step
+count does not change the compiled program) and the test run's persistent XLA compilation cache
+(conftest.py), so only the first run of each device layout pays for compilation.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ TOTAL_STEPS = 10
 TINY_FLAGS = [
     "--config=configs/quickstart.py",
     "--config.data.image_size=8", "--config.data.load_size=8",
-    "--config.model.width=0.125",
+    "--config.model.name=_resnet_test", "--config.model.width=0.125",
     "--config.batch_size=8",
     "--config.projector.hidden_dim=16", "--config.projector.out_dim=8",
     "--config.amcl.temperature_hidden_dim=8",

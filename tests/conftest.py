@@ -82,7 +82,8 @@ def pytest_collection_modifyitems(items):
 
 def tiny_config(**overrides):
     """The default config at a size that trains in seconds on CPU: CIFAR-10 names (mock data
-    under `tfds.testing.mock_data`) at 8x8, ResNet-18 at width 0.125, heads 16-8, batch 8, 4
+    under `tfds.testing.mock_data`) at 8x8, the tests' two-stage ResNet ("_resnet_test": ResNet-18's
+    blocks, a third of its compile time) at width 0.125, heads 16-8, batch 8, 4
     steps with an evaluation and a checkpoint every 2; `overrides` ("section.field": value)
     last."""
     from amcl_jax.config import get_default_config
@@ -92,6 +93,7 @@ def tiny_config(**overrides):
     config.data.download = False
     config.data.image_size = 8
     config.data.augmentations = "acde"
+    config.model.name = "_resnet_test"
     config.model.width = 0.125
     config.projector.hidden_dim = 16
     config.projector.out_dim = 8

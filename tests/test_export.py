@@ -73,7 +73,8 @@ def _random_like(shapes, seed: int):
 
 def _write_workdir(workdir: str, **overrides) -> None:
     """config.json, one checkpoint at STEP (with a kNN history entry) and no training."""
-    config = tiny_config(**{"data.image_size": 16, **overrides})
+    config = tiny_config(**{"model.name": "resnet18", "data.image_size": 16,  # torchvision's.
+                            **overrides})
     os.makedirs(workdir)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))

@@ -74,15 +74,19 @@ PHASES = ("steps", "loop", "cifar10", "torch_compile")  # in this order
 STEP_VARIANTS = {"simclr": {"amcl.enabled": False}, "amcl": {"amcl.enabled": True}}
 TORCH_EAGER = {"torch_channels_last": {"channels_last": True}}
 PAIR = {"simclr": {"amcl.enabled": False}, "amcl": {"amcl.enabled": True}}  # cifar10 phase
-# Scales: the GPU check and the toy run that tests its logic on a CPU in seconds.
+# Scales: the GPU check and the toy run that tests its logic on a CPU in seconds. `run_model`:
+# the encoder of the loop and cifar10 phases (the steps phase is ResNet-18, as PyTorch's is); the
+# toy's is the tests' two-stage ResNet, a third of ResNet-18's compile time.
 SCALES = {
-    "gpu": dict(width=1.0, batch_per_view=64, rounds=20, warmup=3, loop_steps=100,
-                loop_rounds=10, loop_num_train=2048, pair_batch=512, train_seconds=120.0,
+    "gpu": dict(width=1.0, run_model="resnet18", batch_per_view=64, rounds=20, warmup=3,
+                loop_steps=100, loop_rounds=10, loop_num_train=2048, pair_batch=512,
+                train_seconds=120.0,
                 log_every_steps=20, max_steps=20_000, knn_k=200, monitor_examples=1024,
                 torch_compile_seconds=75.0, run_overhead_seconds=75.0, deadline_seconds=510.0,
                 steps_cap_seconds=180.0, loop_cap_seconds=120.0),
-    "toy": dict(width=0.125, batch_per_view=4, rounds=2, warmup=1, loop_steps=2,
-                loop_rounds=1, loop_num_train=16, pair_batch=8, train_seconds=2.0,
+    "toy": dict(width=0.125, run_model="_resnet_test", batch_per_view=4, rounds=2, warmup=1,
+                loop_steps=2, loop_rounds=1, loop_num_train=16, pair_batch=8,
+                train_seconds=2.0,
                 log_every_steps=1, max_steps=1000, knn_k=5, monitor_examples=32,
                 torch_compile_seconds=5.0, run_overhead_seconds=30.0, deadline_seconds=900.0,
                 steps_cap_seconds=600.0, loop_cap_seconds=600.0),
@@ -278,7 +282,7 @@ def phase_loop(args, entry: dict) -> None:
     entry.update(loop.measure_loop(
         batch_per_view=args.batch_per_view, steps=args.loop_steps, rounds=args.loop_rounds,
         width=args.width, dtype=args.loop_dtype, num_train=args.loop_num_train,
-        augment_on="device"))
+        augment_on="device", model=args.run_model))
     entry["goal"] = "loop_over_step_throughput >= 0.95"
     entry["met"] = entry["loop_over_step_throughput"] >= 0.95
 
@@ -287,12 +291,12 @@ def phase_loop(args, entry: dict) -> None:
 # Phase cifar10: SimCLR and AMCL for the same training time, then kNN
 # --------------------------------------------------------------------------------------------
 def pair_config(args, overrides: dict, cache_dir: str):
-    """The default config with `overrides`, ResNet-18, bfloat16, device views, on the archive;
+    """The default config with `overrides`, `--run_model`, bfloat16, device views, on the archive;
     no evaluation or checkpoint before the end (the monitor's kNN at step 0 on a small subset)."""
     from bench.jax_step import make_config
 
-    config = make_config(batch_per_view=args.pair_batch, overrides=overrides, width=args.width,
-                         dtype="bfloat16")
+    config = make_config(batch_per_view=args.pair_batch, overrides=overrides,
+                         model=args.run_model, width=args.width, dtype="bfloat16")
     config.data.dataset = "cifar10"
     config.data.data_dir = os.path.abspath(args.data_dir)
     config.data.cache_dir = cache_dir
@@ -382,7 +386,7 @@ def train_for(args, name: str, overrides: dict, budget: float, scratch: str) -> 
         "knn_top1_init_monitor": next((e["knn_top1"] for e in knn["knn_history"]
                                        if e["step"] == 0), None),
         "wall_seconds_incl_compile_load_knn": time.time() - start,
-        "batch_size": config.batch_size, "model": f"resnet18 width {args.width}",
+        "batch_size": config.batch_size, "model": f"{args.run_model} width {args.width}",
         "dtype": "bfloat16", "augment_on": "device",
     }
 
@@ -518,9 +522,9 @@ def markdown(report: dict) -> str:
     if runs:
         budget = phases["cifar10"]["train_seconds_budget"]
         settings = report["settings"]
-        lines += ["", f"## CIFAR-10, {budget:.0f} s of training each (ResNet-18 at width "
-                  f"{settings['width']}, batch {settings['pair_batch']}, bfloat16, views on the "
-                  "device)", "",
+        lines += ["", f"## CIFAR-10, {budget:.0f} s of training each ({settings['run_model']} at "
+                  f"width {settings['width']}, batch {settings['pair_batch']}, bfloat16, views "
+                  "on the device)", "",
                   f"| run | steps | epochs | images/s | kNN top-1 (k {settings['knn_k']}, T 0.1) "
                   "| final loss | wall (s) |", "|---|---|---|---|---|---|---|"]
         for name, r in runs.items():

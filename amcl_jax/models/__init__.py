@@ -18,6 +18,8 @@ from amcl_jax.models.resnet import (
     ResNet18,
     ResNet34,
     ResNet50,
+    ResNetTest,
+    base_channels,
     feature_dim,
 )
 from amcl_jax.models.ssl_model import SSLModel
@@ -52,12 +54,20 @@ ENCODERS: dict[str, tuple[Callable[..., nn.Module], Callable[[float], int]]] = {
         for size in ("s", "b", "l")
         for suffix, pooling in (("", "cls"), ("_mean", "mean"))
     },
+    # Names starting with "_" are for tests (a user is not offered them): the subprocess runs of
+    # tests/ train this one, ResNet-18's blocks in two one-block stages.
+    "_resnet_test": (ResNetTest, lambda width: base_channels(width) * 2),
 }
+
+
+def encoder_names() -> tuple[str, ...]:
+    """The `model.name` values a user is offered: ENCODERS without the names for tests."""
+    return tuple(name for name in ENCODERS if not name.startswith("_"))
 
 
 def _lookup(name: str) -> tuple[Callable[..., nn.Module], Callable[[float], int]]:
     if name not in ENCODERS:
-        raise ValueError(f"model.name must be one of {tuple(ENCODERS)}, got {name!r}")
+        raise ValueError(f"model.name must be one of {encoder_names()}, got {name!r}")
     return ENCODERS[name]
 
 
@@ -93,6 +103,7 @@ def encoder_feature_dim(name: str, width: float) -> int:
 __all__ = [
     "BatchNorm",
     "ENCODERS",
+    "encoder_names",
     "BasicBlock",
     "Bottleneck",
     "BoundTemperature",
@@ -104,6 +115,8 @@ __all__ = [
     "ResNet18",
     "ResNet34",
     "ResNet50",
+    "ResNetTest",
+    "base_channels",
     "SSLModel",
     "TemperatureNet",
     "ViT",

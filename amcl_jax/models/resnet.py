@@ -115,7 +115,8 @@ class ResNet(nn.Module):
         cores, `bench/results/fusion_barriers_cpu.json`). Never on other backends.
 
     `__call__(x, train)`: x (B, H, W, 3) -> (B, F) float32 pooled features,
-    F = `ResNet.num_features` = base * 8 * expansion.
+    F = `ResNet.num_features` = base * 2^(stages - 1) * expansion (base * 8 * expansion for the
+    four-stage ResNets).
     """
 
     stage_sizes: Sequence[int]
@@ -130,7 +131,8 @@ class ResNet(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return base_channels(self.width) * 8 * self.block_cls.expansion
+        return (base_channels(self.width) * 2 ** (len(self.stage_sizes) - 1)
+                * self.block_cls.expansion)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -168,6 +170,10 @@ class ResNet(nn.Module):
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+# For tests only, as flax's examples/imagenet keeps `_ResNet1`: ResNet-18's stem, blocks (an
+# identity and a projection shortcut) and BatchNorm in two one-block stages. Its training step
+# compiles in about a third of ResNet-18's time (8.5 s against 3.2 s at the tests' tiny size).
+ResNetTest = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock)
 
 _EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4}
 
