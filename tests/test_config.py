@@ -51,6 +51,16 @@ def test_bad_value_names_the_field(field, value):
     assert f"config.{field}=" in message and "\n" not in message
 
 
+def test_the_tests_encoder_is_accepted_but_not_offered():
+    config = get_default_config()
+    config.model.name = "_resnet_test"
+    validate_config(config)
+    config.model.name = "resnet19"
+    with pytest.raises(ConfigError, match="'resnet18'") as error:
+        validate_config(config)
+    assert "_resnet_test" not in str(error.value)
+
+
 def test_default_and_quickstart_configs_are_valid():
     validate_config(get_default_config())
     sys.path.insert(0, ROOT)
