@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from amcl_jax.data._tf import available as tensorflow_available
-from amcl_jax.data._tf import tf
+from amcl_jax.data._tf import graph_fn, tf
 from amcl_jax.data.files import read_image, resize_uint8
 from amcl_jax.errors import RunError
 
@@ -249,7 +249,7 @@ def _decode_with_tf(paths: list[str], image_size: int | None, centre_crop: bool 
     """(images, kept indices) of the files tf.data decodes (`files.read_image`)."""
     # Each element carries its index, so the files dropped by ignore_errors() can be named.
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths)).map(
-        lambda index, path: (index, read_image(path, image_size, centre_crop)),
+        graph_fn(lambda index, path: (index, read_image(path, image_size, centre_crop))),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).ignore_errors()
     if image_size is not None:

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from amcl_jax.data._tf import tf
+from amcl_jax.data._tf import graph_fn, tf
 from amcl_jax.data.files import ImageFiles, decode_image, read_image
 
 # github.com/HobbitLong/CMC/blob/master/imagenet100.txt, in that file's order.
@@ -123,8 +123,8 @@ def _list_folder(synsets, split_dir):
 
 def _decode_all(paths, image_size, centre_crop=False):
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: read_image(path, image_size, centre_crop), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
+        graph_fn(lambda path: read_image(path, image_size, centre_crop)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
 
 
@@ -137,9 +137,11 @@ def _load_tfds(synsets, split, data_dir, image_size, download, centre_crop=False
     names = builder.info.features["label"].names
     mapping = tf.constant([synset_to_label(synsets).get(n, -1) for n in names], tf.int32)
     ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda ex: (ex["image"], tf.gather(mapping, tf.cast(ex["label"], tf.int32))))
-    ds = ds.filter(lambda image, label: label >= 0)  # Decode only the subset's images.
-    ds = ds.map(lambda image, label: (decode_image(image, image_size, centre_crop), label),
+    ds = ds.map(graph_fn(lambda ex: (ex["image"],
+                                     tf.gather(mapping, tf.cast(ex["label"], tf.int32)))))
+    ds = ds.filter(graph_fn(lambda image, label: label >= 0))  # Decode the subset's only.
+    ds = ds.map(graph_fn(lambda image, label: (decode_image(image, image_size, centre_crop),
+                                               label)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     chunks = list(ds.batch(1024).as_numpy_iterator())
     if not chunks:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from amcl_jax.data._tf import tf
+from amcl_jax.data._tf import graph_fn, tf
 from amcl_jax.data.augment import make_view_fn, resize, validate_letters
 from amcl_jax.data.files import ImageFiles, naming_unreadable_files
 
@@ -178,9 +178,9 @@ def train_iterator(
         return {**batch, "views": tf.transpose(batch["views"], [1, 0, 2, 3, 4])}
 
     ds = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)
-    ds = ds.map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(graph_fn(load_example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
-    ds = ds.map(views_first)
+    ds = ds.map(graph_fn(views_first))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     ds = ds.with_options(_deterministic_options())
     if not isinstance(images, ImageFiles):
@@ -253,7 +253,8 @@ def eval_iterator(
             return rows(position, read_image(tf.minimum(position, num_examples - 1)))
 
         ds = tf.data.Dataset.range(num_batches * local_batch)
-        ds = ds.map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(graph_fn(load_example), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True)
     else:  # A whole batch per element, gathered from memory.
         def load_batch(step: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -261,7 +262,8 @@ def eval_iterator(
             return rows(positions, read_image(tf.minimum(positions, num_examples - 1)))
 
         ds = tf.data.Dataset.range(num_batches)
-        ds = ds.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(graph_fn(load_batch), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic_options())
     if not isinstance(images, ImageFiles):
         return ds.as_numpy_iterator()

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from amcl_jax.data import folders, imagenet_subsets
-from amcl_jax.data._tf import tf
+from amcl_jax.data._tf import graph_fn, tf
 from amcl_jax.data.files import (
     ImageFiles,
     resize_centre_crop,
@@ -308,7 +308,7 @@ def _load_tfds(
                          else resize_square(image, image_size))
             return image, ex["label"]
 
-        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+        ds = ds.map(graph_fn(example), num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
         chunks = list(ds.as_numpy_iterator())
         if not chunks:
             raise ValueError(f"split {split!r} is empty")
