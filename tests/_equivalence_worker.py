@@ -5,6 +5,7 @@ A one-conv encoder (registered here only) stands in for the ResNet to keep compi
 it has a BatchNorm, so global statistics are checked too. Prints one JSON line.
 """
 
+import functools
 import json
 import sys
 
@@ -64,8 +65,10 @@ def loss_and_grads(config, devices):
     method = methods.get_method(config.method)
     model = method.build_model(config)
     rng = jax.random.PRNGKey(0)
-    variables = model.init(rng, jnp.zeros((2, 8, 8, 3)), train=False)
-    extra = method.init_extra(config, variables, jax.random.PRNGKey(1))
+    # Jitted: one program each, not one compile per operation.
+    variables = jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros((2, 8, 8, 3)))
+    extra = jax.jit(functools.partial(method.init_extra, config))(variables,
+                                                                   jax.random.PRNGKey(1))
     views = jax.random.normal(jax.random.PRNGKey(2), (2, config.batch_size, 8, 8, 3))
     mesh = Mesh(np.asarray(devices), ("data",))
     replicated = NamedSharding(mesh, P())

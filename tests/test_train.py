@@ -204,7 +204,8 @@ def test_online_probe_learns_separable_features_and_never_moves_the_encoder():
         method = methods.get_method("simclr")
         model = method.build_model(config)
         tx, schedule = optim.build_optimizer(config, 4)
-        state = state_lib.create_train_state(config, model, method, tx)
+        state = jax.jit(functools.partial(  # One program, not one compile per operation.
+            state_lib.create_train_state, config, model, method, tx))()
         views = jax.random.normal(jax.random.key(0), (2, 8, 8, 8, 3))
         step = jax.jit(functools.partial(step_lib.train_step, model=model, method=method, tx=tx,
                                          schedule=schedule, config=config))
