@@ -81,12 +81,16 @@ def make_jax_step(config: ml_collections.ConfigDict, seed: int = 0, donate: bool
     tx, schedule = optim.build_optimizer(config, total_steps=1000)
     rng = jax.random.PRNGKey(seed)
     size = config.data.image_size
-    variables = model.init(rng, jnp.zeros((2, size, size, 3)), train=False)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=variables["params"],
-        batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-        extra=method.init_extra(config, variables, rng), rng=rng,
-        nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+
+    def init() -> TrainState:
+        variables = model.init(rng, jnp.zeros((2, size, size, 3)), train=False)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=variables["params"],
+            batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+            extra=method.init_extra(config, variables, rng), rng=rng,
+            nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_what=jnp.zeros((), jnp.int32))
+
+    state = jax.jit(init)()  # One program, not one compilation per operation.
     # As `train_and_evaluate`: one data axis over every device (state replicated, views split
     # along the batch); with one device this is the plain single-device program.
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
