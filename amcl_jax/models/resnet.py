@@ -172,7 +172,7 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBl
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 # For tests only, as flax's examples/imagenet keeps `_ResNet1`: ResNet-18's stem, blocks (an
 # identity and a projection shortcut) and BatchNorm in two one-block stages. Its training step
-# compiles in about a third of ResNet-18's time (8.5 s against 3.2 s at the tests' tiny size).
+# compiles in about a third of ResNet-18's time at the tests' tiny size.
 ResNetTest = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock)
 
 _EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4}
