@@ -38,6 +38,15 @@ def read_series(workdir: str) -> dict[str, dict[str, list[float]]]:
     return series
 
 
+def _label_and_workdir(item: str) -> tuple[str, str | None]:
+    """LABEL=WORKDIR split at the first "=" after which an existing folder is named: a label and
+    a workdir may both hold "=" (reproduce's rows are named "simclr-amcl-form=project")."""
+    for index, char in enumerate(item):
+        if char == "=" and os.path.isdir(item[index + 1:]):
+            return item[:index], item[index + 1:]
+    return item, None
+
+
 def plot(runs: dict[str, dict], title: str, path: str) -> None:
     import matplotlib
 
@@ -52,6 +61,8 @@ def plot(runs: dict[str, dict], title: str, path: str) -> None:
         for index, (run, series) in enumerate(runs.items()):
             colour = f"C{index}"
             heads = sorted(k for k in series if k.startswith(quantity + "/"))
+            if not heads and quantity not in series:  # E.g. a method without AMCL: no tau.
+                continue
             for key in heads or [quantity]:
                 ax.plot(series[key]["step"], series[key]["value"], color=colour, alpha=0.8,
                         marker=".", label=run if key == (heads or [quantity])[0] else None)
@@ -81,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = {}
     for item in args.run:
-        label, sep, workdir = item.partition("=")
-        if not sep:
-            parser.error(f"--run {item!r}: expected LABEL=WORKDIR")
+        label, workdir = _label_and_workdir(item)
+        if workdir is None:
+            parser.error(f"--run {item!r}: expected LABEL=WORKDIR, WORKDIR an existing folder")
         runs[label] = read_series(workdir)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     plot(runs, args.title, args.output + ".png")

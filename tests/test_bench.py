@@ -323,3 +323,14 @@ def test_temperatures_figure_reads_per_head_series(tmp_path):
     assert "loss" not in summary
     with pytest.raises(SystemExit):
         temperatures.main(["--run", str(workdir), "--output", str(output)])
+    # A run without temperatures (a method without AMCL) beside one with them, and labels and
+    # folders holding "=" as reproduce's row names do.
+    plain = tmp_path / "simsiam-base=x" / "seed0"
+    plain.mkdir(parents=True)
+    (plain / "metrics.jsonl").write_text(json.dumps({"step": 5, "pos_sim": 0.7}) + "\n")
+    temperatures.main(["--run", f"amcl=1={workdir}", "--run", f"base=x={plain}",
+                       "--output", str(output)])
+    report = json.loads((tmp_path / "out" / "temps.json").read_text())
+    assert report["runs"] == ["amcl=1", "base=x"]
+    assert report["summary"]["base=x"] == {"pos_sim": {"first": 0.7, "last": 0.7, "min": 0.7,
+                                                       "max": 0.7}}
