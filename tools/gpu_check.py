@@ -20,7 +20,8 @@ reached, and one that fails records its error while the script goes on to the ne
    sheet (`bench/flops.py`, float32 rated against TF32), as `bench/run.py` computes them.
 2. loop: `train_and_evaluate` against its bare step, views made on the device (`bench/loop.py`).
 3. cifar10: SimCLR and the default AMCL pretrained on CIFAR-10 from the JPEG archive (decoded
-   with Pillow), ResNet-18, batch 512, bfloat16, views on the device, for the same training
+   with Pillow), ResNet-18 (`--run_model`, as in phase 2; the toy scale's is the tests'
+   two-stage ResNet), batch 512, bfloat16, views on the device, for the same training
    time each; then kNN (k 200, T 0.1) of the final checkpoint with the whole training split as
    the bank and the whole test split as queries (`evaluate.knn_eval.run_knn`); steps, epochs
    and images/s reached.
