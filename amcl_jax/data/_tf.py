@@ -53,9 +53,9 @@ def graph_fn(fn):
 
     AutoGraph rewrites a function's source (and that of every function it calls) so that Python
     `if`/`for` on tensors become graph ops. The input pipeline never branches in Python on a
-    tensor (`tf.cond`, `tf.where` where it must), so the rewrite only costs time: about 4 s of
-    every run's start-up for the training views' functions on 2 CPU cores. The graph is the
-    same, so are the batches."""
+    tensor (`tf.cond`, `tf.where` where it must), so the rewrite only costs time: it was most
+    of the time taken to build the training pipeline. The graph is the same, so are the
+    batches."""
     return _load().autograph.experimental.do_not_convert(fn)
 
 

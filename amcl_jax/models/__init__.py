@@ -19,7 +19,6 @@ from amcl_jax.models.resnet import (
     ResNet34,
     ResNet50,
     ResNetTest,
-    base_channels,
     feature_dim,
 )
 from amcl_jax.models.ssl_model import SSLModel
@@ -56,7 +55,7 @@ ENCODERS: dict[str, tuple[Callable[..., nn.Module], Callable[[float], int]]] = {
     },
     # Names starting with "_" are for tests (a user is not offered them): the subprocess runs of
     # tests/ train this one, ResNet-18's blocks in two one-block stages.
-    "_resnet_test": (ResNetTest, lambda width: base_channels(width) * 2),
+    "_resnet_test": (ResNetTest, lambda width: ResNetTest(width=width).num_features),
 }
 
 
@@ -116,7 +115,6 @@ __all__ = [
     "ResNet34",
     "ResNet50",
     "ResNetTest",
-    "base_channels",
     "SSLModel",
     "TemperatureNet",
     "ViT",
