@@ -214,13 +214,15 @@ def test_every_method_computes_a_finite_loss_in_the_authors_form(method):
 
 
 def test_each_recipe_names_the_form_measured_best_for_its_method():
-    """docs/amcl.md: the project's form by default; MoCo's recipe takes the authors' form."""
+    """docs/amcl.md: the project's form by default; MoCo's and Barlow Twins' recipes take the
+    authors' form."""
     from amcl_jax import recipes
 
+    authors = {"moco", "barlow_twins"}
     for method in AMCL_METHODS:
         config = recipes.method_config(method, True)
         validate_config(config)
-        assert forms.form(config) == ("authors" if method == "moco" else "project"), method
+        assert forms.form(config) == ("authors" if method in authors else "project"), method
 
 
 @pytest.mark.parametrize("method", AMCL_METHODS)
