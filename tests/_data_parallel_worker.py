@@ -3,6 +3,7 @@ a method for 1 device with a global batch of b per view and for N devices with N
 prints what the compiler says, one JSON line.
 
     python tests/_data_parallel_worker.py cpu simclr   # one case; needs 8 CPU devices (XLA_FLAGS)
+    python tests/_data_parallel_worker.py cpu          # every case, one JSON line each
     python tests/_data_parallel_worker.py features     # the feature extractor on 8 CPU devices
     python tests/_data_parallel_worker.py v5e          # v5e:1x1 against v5e:2x2, through libtpu
     python tests/_data_parallel_worker.py fsdp         # sharded against replicated parameters
@@ -64,7 +65,8 @@ def features_report(config, topology):
                 hlo, config.data.image_size)}
 
 
-def main(kind, case=None):
+def case_report(kind, case=None):
+    """What the compiler says of one case's step on one device and on `kind`'s many."""
     one, many = topologies(kind)
     name, amcl, form, model = CASES[case] if kind == "cpu" else ("simclr", True, "authors",
                                                                  "resnet18")
@@ -80,7 +82,13 @@ def main(kind, case=None):
             "activation_collectives": result["activation_collectives"],
             "all_reduce": result["collectives"]["all-reduce"]["count"],
         }
-    print(json.dumps(report))
+    return report
+
+
+def main(kind, case=None):
+    # Every case in one process when none is named: one interpreter start, not one per case.
+    for name in ([case] if case or kind != "cpu" else CASES):
+        print(json.dumps({"name": name, **case_report(kind, name)}), flush=True)
 
 
 def features_main():

@@ -76,20 +76,23 @@ STEP_VARIANTS = {"simclr": {"amcl.enabled": False}, "amcl": {"amcl.enabled": Tru
 TORCH_EAGER = {"torch_channels_last": {"channels_last": True}}
 PAIR = {"simclr": {"amcl.enabled": False}, "amcl": {"amcl.enabled": True}}  # cifar10 phase
 # Scales: the GPU check and the toy run that tests its logic on a CPU in seconds. `run_model`:
-# the encoder of the loop and cifar10 phases (the steps phase is ResNet-18, as PyTorch's is); the
-# toy's is the tests' two-stage ResNet, a third of ResNet-18's compile time.
+# the encoder of the loop and cifar10 phases; `step_model`: the JAX encoder of the steps phase
+# (ResNet-18, as PyTorch's is). The toy's are the tests' two-stage ResNet, a third of ResNet-18's
+# compile time (its steps phase then times other models in JAX and PyTorch: it tests the logic).
 SCALES = {
-    "gpu": dict(width=1.0, run_model="resnet18", batch_per_view=64, rounds=20, warmup=3,
+    "gpu": dict(width=1.0, run_model="resnet18", step_model="resnet18", batch_per_view=64,
+                rounds=20, warmup=3,
                 loop_steps=100, loop_rounds=10, loop_num_train=2048, pair_batch=512,
                 train_seconds=120.0,
                 log_every_steps=20, max_steps=20_000, knn_k=200, monitor_examples=1024,
                 torch_compile_seconds=75.0, run_overhead_seconds=75.0, deadline_seconds=510.0,
                 steps_cap_seconds=180.0, loop_cap_seconds=120.0),
-    "toy": dict(width=0.125, run_model="_resnet_test", batch_per_view=4, rounds=2, warmup=1,
+    "toy": dict(width=0.125, run_model="_resnet_test", step_model="_resnet_test", batch_per_view=4,
+                rounds=2, warmup=1,
                 loop_steps=2, loop_rounds=1, loop_num_train=16, pair_batch=8,
                 train_seconds=2.0,
                 log_every_steps=1, max_steps=1000, knn_k=5, monitor_examples=32,
-                torch_compile_seconds=5.0, run_overhead_seconds=30.0, deadline_seconds=900.0,
+                torch_compile_seconds=2.0, run_overhead_seconds=30.0, deadline_seconds=900.0,
                 steps_cap_seconds=600.0, loop_cap_seconds=600.0),
 }
 
@@ -181,7 +184,9 @@ def phase_steps(args, entry: dict) -> None:
             return
         log(f"steps: {dtype}")
         r_args = run_args(args, dtype)
-        steps = run.time_steps(args.batch_per_view, r_args, jax_overrides=STEP_VARIANTS,
+        variants = {name: {**overrides, "model.name": args.step_model}
+                    for name, overrides in STEP_VARIANTS.items()}
+        steps = run.time_steps(args.batch_per_view, r_args, jax_overrides=variants,
                                torch_options=TORCH_EAGER)
         peak = run.peak_flops(r_args)
         run.add_utilisation(steps, args.batch_per_view, peak, r_args)
@@ -493,7 +498,8 @@ def markdown(report: dict) -> str:
     steps = phases.get("steps", {})
     compiled = phases.get("torch_compile", {}).get("by_dtype", {})
     if steps.get("by_dtype") or compiled:
-        lines += ["", f"## Train step (ResNet-18 CIFAR stem, width {report['settings']['width']}"
+        lines += ["", f"## Train step ({report['settings']['step_model']} (JAX) CIFAR stem, "
+                  f"width {report['settings']['width']}"
                   f", {report['settings']['batch_per_view']} per view, 2 views)", "",
                   "| dtype | variant | ms/step | images/s | MFU | first step (s) |",
                   "|---|---|---|---|---|---|"]
