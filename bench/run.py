@@ -106,7 +106,7 @@ def time_steps(batch_per_view: int, args, jax_overrides: dict[str, dict] | None 
     steps, build = {}, {}
     for name, overrides in jax_overrides.items():
         config = make_config(batch_per_view=batch_per_view, overrides=overrides,
-                             width=args.width, dtype=args.dtype)
+                             model=args.model, width=args.width, dtype=args.dtype)
         steps[name], compile_seconds = make_jax_step(config, **STEP_OPTIONS.get(name, {}))
         build[name] = {"first_step_seconds_incl_compile": compile_seconds}
         if set(args.jax_variants) & set(ATTEMPT_VARIANTS):  # Attempts: what each compiles to.
@@ -164,7 +164,7 @@ def add_utilisation(steps: dict, batch_per_view: int, peak: dict, args) -> dict:
     AMCL's two extra projection heads add 0.1% at 64 per view (the loss is not counted).
     """
     config = make_config(batch_per_view=batch_per_view, overrides=VARIANTS["simclr"],
-                         width=args.width, dtype=args.dtype)
+                         model=args.model, width=args.width, dtype=args.dtype)
     model_flops = flops.model_flops_per_step(config, batch_per_view)["step"]
     for entry in steps.values():
         seconds = entry["median_step_seconds"]
@@ -377,6 +377,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed interleaved rounds (default: quick 5, full 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the build")
+    parser.add_argument("--model", default="resnet18",
+                        help="the JAX steps' encoder (PyTorch's reference is ResNet-18)")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="the model's compute dtype (JAX `model.dtype`, PyTorch autocast)")
@@ -432,7 +434,7 @@ def main(argv=None) -> dict:
               "settings": {k: (os.path.relpath(v, os.path.dirname(BENCH_DIR))
                                if k == "results_md" else v)
                            for k, v in vars(args).items() if k not in ("output",)},
-              "model": {"name": "resnet18", "stem": "cifar", "width": args.width,
+              "model": {"name": args.model, "stem": "cifar", "width": args.width,
                         "dtype": args.dtype, "image_size": 32, "projector": "512-512-128",
                         "optimizer": "sgd momentum 0.9 wd 5e-4", "ntxent_temperature": 0.5},
               "goals": {k: " ".join(str(x) for x in v) for k, v in GOALS.items()}}

@@ -142,12 +142,13 @@ def test_run_adds_utilisation_from_model_flops_and_peaks():
     from bench.jax_step import VARIANTS, make_config
     from bench.run import add_utilisation
 
-    args = SimpleNamespace(width=0.125, dtype="float32")
+    args = SimpleNamespace(model="_resnet_test", width=0.125, dtype="float32")
     steps = {"simclr": {"median_step_seconds": 2.0}}
     peak = {"nominal": {"flops_per_second": 1e12}, "measured_matmul_best_flops_per_second": 4e11}
     add_utilisation(steps, 8, peak, args)
     model_flops = model_flops_per_step(
-        make_config(batch_per_view=8, overrides=VARIANTS["simclr"], width=0.125), 8)["step"]
+        make_config(batch_per_view=8, overrides=VARIANTS["simclr"], model="_resnet_test",
+                    width=0.125), 8)["step"]
     entry = steps["simclr"]
     assert entry["model_flops_per_step"] == model_flops
     assert entry["mfu"] == pytest.approx(model_flops / 2.0 / 1e12)
@@ -178,7 +179,8 @@ def test_run_end_to_end_writes_ratios_utilisation_and_results_md(tmp_path):
 
     md = tmp_path / "bench" / "RESULTS.md"
     out = tmp_path / "out.json"
-    run.main(["--batch_sizes", "2", "--width", "0.125", "--steps", "1", "--warmup", "0",
+    run.main(["--batch_sizes", "2", "--model", "_resnet_test", "--width", "0.125",
+              "--steps", "1", "--warmup", "0",
               "--jax_variants", "simclr,amcl_logsumexp", "--pipeline_seconds", "0.2",
               "--pipeline_examples", "32", "--pipeline_batch", "8", "--memory_batch", "8",
               "--memory_chunk_sizes", "4", "--default_chunk_size", "4", "--no_torch",

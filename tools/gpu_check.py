@@ -165,7 +165,8 @@ def run_args(args, dtype: str, no_torch: bool = False):
     """`bench/run.py`'s arguments for its step functions at this scale and dtype."""
     from bench import run
 
-    argv = ["--quick", "--output", os.devnull, "--dtype", dtype, "--width", str(args.width),
+    argv = ["--quick", "--output", os.devnull, "--dtype", dtype, "--model", args.step_model,
+            "--width", str(args.width),
             "--steps", str(args.rounds), "--warmup", str(args.warmup),
             "--batch_sizes", str(args.batch_per_view), "--jax_variants", "simclr"]
     return run.parse_args(argv + (["--no_torch"] if no_torch else []))
@@ -184,9 +185,7 @@ def phase_steps(args, entry: dict) -> None:
             return
         log(f"steps: {dtype}")
         r_args = run_args(args, dtype)
-        variants = {name: {**overrides, "model.name": args.step_model}
-                    for name, overrides in STEP_VARIANTS.items()}
-        steps = run.time_steps(args.batch_per_view, r_args, jax_overrides=variants,
+        steps = run.time_steps(args.batch_per_view, r_args, jax_overrides=STEP_VARIANTS,
                                torch_options=TORCH_EAGER)
         peak = run.peak_flops(r_args)
         run.add_utilisation(steps, args.batch_per_view, peak, r_args)
