@@ -60,15 +60,25 @@ def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1, form="author
     return forms.resolve(config)
 
 
-def loss_and_grads(config, devices):
-    """(loss, metrics, grads, batch_stats, extra) of one global batch, sharded over `devices`."""
+def initial(config):
+    """(variables, extra) of `config`'s model, made once and shared by its 8- and 1-device runs."""
+    method = methods.get_method(config.method)
+    model = method.build_model(config)
+    # Jitted: one program each, not one compile per operation.
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0),
+                                                                    jnp.zeros((2, 8, 8, 3)))
+    extra = jax.jit(functools.partial(method.init_extra, config))(variables,
+                                                                   jax.random.PRNGKey(1))
+    return jax.device_get((variables, extra))
+
+
+def loss_and_grads(config, devices, start=None):
+    """(loss, metrics, grads, batch_stats, extra) of one global batch, sharded over `devices`,
+    from `start` ((variables, extra); by default `initial(config)`)."""
     method = methods.get_method(config.method)
     model = method.build_model(config)
     rng = jax.random.PRNGKey(0)
-    # Jitted: one program each, not one compile per operation.
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros((2, 8, 8, 3)))
-    extra = jax.jit(functools.partial(method.init_extra, config))(variables,
-                                                                   jax.random.PRNGKey(1))
+    variables, extra = start if start is not None else initial(config)
     views = jax.random.normal(jax.random.PRNGKey(2), (2, config.batch_size, 8, 8, 3))
     mesh = Mesh(np.asarray(devices), ("data",))
     replicated = NamedSharding(mesh, P())
@@ -121,8 +131,9 @@ def main():
     results = {}
     for name, amcl, form in cases:
         config = tiny_config(name, amcl, form=form)
-        eight = results[name, amcl, form] = loss_and_grads(config, jax.devices())
-        one = loss_and_grads(config, jax.devices()[:1])
+        start = initial(config)
+        eight = results[name, amcl, form] = loss_and_grads(config, jax.devices(), start)
+        one = loss_and_grads(config, jax.devices()[:1], start)
         suffix = "/project" if form == "project" else ""
         report["equivalence"][f"{name}/amcl={amcl}{suffix}"] = {
             "loss": loss_error(eight[0], one[0]),
