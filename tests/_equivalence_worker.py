@@ -5,7 +5,6 @@ A one-conv encoder (registered here only) stands in for the ResNet to keep compi
 it has a BatchNorm, so global statistics are checked too. Prints one JSON line.
 """
 
-import functools
 import json
 import sys
 
@@ -61,24 +60,25 @@ def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1, form="author
 
 
 def initial(config):
-    """(variables, extra) of `config`'s model, made once and shared by its 8- and 1-device runs."""
+    """(variables, extra) of `config`'s model, made once (one program) and shared by its runs:
+    8 and 1 devices, per-device BatchNorm and bfloat16 (neither changes the parameters)."""
     method = methods.get_method(config.method)
     model = method.build_model(config)
-    # Jitted: one program each, not one compile per operation.
-    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0),
-                                                                    jnp.zeros((2, 8, 8, 3)))
-    extra = jax.jit(functools.partial(method.init_extra, config))(variables,
-                                                                   jax.random.PRNGKey(1))
-    return jax.device_get((variables, extra))
+
+    def make(rng):
+        variables = model.init(rng, jnp.zeros((2, 8, 8, 3)), train=False)
+        return variables, method.init_extra(config, variables, jax.random.fold_in(rng, 1))
+
+    return jax.device_get(jax.jit(make)(jax.random.PRNGKey(0)))
 
 
-def loss_and_grads(config, devices, start=None):
+def loss_and_grads(config, devices, start):
     """(loss, metrics, grads, batch_stats, extra) of one global batch, sharded over `devices`,
-    from `start` ((variables, extra); by default `initial(config)`)."""
+    from `start` ((variables, extra): `initial(config)`)."""
     method = methods.get_method(config.method)
     model = method.build_model(config)
     rng = jax.random.PRNGKey(0)
-    variables, extra = start if start is not None else initial(config)
+    variables, extra = start
     views = jax.random.normal(jax.random.PRNGKey(2), (2, config.batch_size, 8, 8, 3))
     mesh = Mesh(np.asarray(devices), ("data",))
     replicated = NamedSharding(mesh, P())
@@ -128,10 +128,10 @@ def main():
     cases += [(name, True, "project") for name in methods.available()
               if methods.get_method(name).supports_amcl]
     cases.append(("simclr", False, "authors"))
-    results = {}
+    results, starts = {}, {}
     for name, amcl, form in cases:
         config = tiny_config(name, amcl, form=form)
-        start = initial(config)
+        start = starts[name, amcl, form] = initial(config)
         eight = results[name, amcl, form] = loss_and_grads(config, jax.devices(), start)
         one = loss_and_grads(config, jax.devices()[:1], start)
         suffix = "/project" if form == "project" else ""
@@ -147,8 +147,11 @@ def main():
     # the projector and the predictor.
     report["per_device_batch_norm"] = {}
     for name, amcl in (("simclr", True), ("simsiam", True), ("moco", True)):
-        eight = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=-1), jax.devices())
-        one = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=8), jax.devices()[:1])
+        start = starts[name, amcl, "authors"]
+        eight = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=-1), jax.devices(),
+                               start)
+        one = loss_and_grads(tiny_config(name, amcl, batch_norm_groups=8), jax.devices()[:1],
+                             start)
         report["per_device_batch_norm"][f"{name}/amcl={amcl}"] = {
             "loss": loss_error(eight[0], one[0]),
             "grads": max_relative_error(eight[2], one[2]),
@@ -164,7 +167,8 @@ def main():
     for name, form in (("simclr", "authors"), ("simsiam", "authors"),
                        ("barlow_twins", "authors"), ("barlow_twins", "project")):
         full = results[name, True, form]  # The float32 run of the equivalence cases above.
-        half = loss_and_grads(tiny_config(name, True, "bfloat16", form=form), jax.devices())
+        half = loss_and_grads(tiny_config(name, True, "bfloat16", form=form), jax.devices(),
+                              starts[name, True, form])
         report["bfloat16"][f"{name}/{form}"] = {
             "loss_dtype": str(half[0].dtype),
             "grad_dtypes": sorted({str(g.dtype) for g in jax.tree.leaves(half[2])}),
