@@ -81,7 +81,7 @@ def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
     return cpu_env(devices, **{
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
         "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(session_dir()), "xla_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1.0",  # conftest.MIN_COMPILE_SECONDS
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         "JAX_COMPILATION_CACHE_MAX_SIZE": str(16 * 1024**3),
         **extra})
