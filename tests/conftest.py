@@ -24,8 +24,9 @@ if not os.environ.get(SHARED_DIR_ENV):
     atexit.register(shutil.rmtree, os.environ[SHARED_DIR_ENV], ignore_errors=True)
 XLA_CACHE_DIR = os.path.join(os.environ[SHARED_DIR_ENV], "xla_cache")
 # Only programs that take a second or more to compile (train steps, feature extractors): writing
-# every small one too (an operation run outside `jit`, an init) cost more than it saved, 20% of
-# the CPU time of the loss tests, which never read an entry back (docs/history.md).
+# every small one too (an operation run outside `jit`, an init) cost more than it saved: a fifth
+# of the CPU time of the loss and authors'-form tests, which never read one back
+# (docs/history.md).
 MIN_COMPILE_SECONDS = 1.0
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
