@@ -9,6 +9,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
+from _runs import CACHE_MIN_COMPILE_SECONDS  # noqa: E402
 
 # Tests use tiny shapes: compile time dominates, so skip most XLA optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -23,13 +24,9 @@ if not os.environ.get(SHARED_DIR_ENV):
     os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="amcl_jax_tests_")
     atexit.register(shutil.rmtree, os.environ[SHARED_DIR_ENV], ignore_errors=True)
 XLA_CACHE_DIR = os.path.join(os.environ[SHARED_DIR_ENV], "xla_cache")
-# Only programs that take a second or more to compile (train steps, feature extractors): writing
-# every small one too (an operation run outside `jit`, an init) cost more than it saved: a fifth
-# of the CPU time of the loss and authors'-form tests, which never read one back
-# (docs/history.md).
-MIN_COMPILE_SECONDS = 1.0
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+# Only programs that take a second or more to compile (_runs.py says why).
+jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # A size limit turns on JAX's file lock around each cache read and write: several processes
 # share the folder, and without the lock one could read an entry another is still writing.
