@@ -247,6 +247,21 @@ def test_steps_per_epoch():
 # ---------------------------------------------------------------------------------------------
 # sources
 # ---------------------------------------------------------------------------------------------
+def test_digits_are_scikit_learns_load_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from amcl_jax.data import sources
+
+    reference = load_digits()
+    for read in ("csv", "load_digits"):
+        if read == "load_digits":  # A scikit-learn that keeps the file elsewhere.
+            monkeypatch.setattr(os.path, "isfile", lambda path: False)
+        images, labels = sources.digits_arrays()
+        np.testing.assert_array_equal(images, reference.images, err_msg=read)
+        np.testing.assert_array_equal(labels, reference.target, err_msg=read)
+        assert images.dtype == reference.images.dtype, read
+
+
 def test_digits_split():
     train, train_labels, classes = load_split("digits", "train", data_dir=None)
     test, test_labels, _ = load_split("digits", "test", data_dir=None)

@@ -205,13 +205,30 @@ def load_split(
 # ---------------------------------------------------------------------------------------------
 # digits
 # ---------------------------------------------------------------------------------------------
-def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray, int]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as `load_digits` gives them: (1797, 8, 8) float64 in 0..16 and the
+    labels. Read from the CSV its wheel ships, without importing `sklearn.datasets` (a second of
+    imports in every run on digits, for a 100 KB file); through `load_digits` where this
+    scikit-learn keeps the file elsewhere."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return digits.images, digits.target
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray, int]:
+    digit_images, digit_labels = digits_arrays()
+    images = np.round(digit_images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     images = np.repeat(images[..., None], 3, axis=-1)
-    labels = digits.target.astype(np.int32)
+    labels = digit_labels.astype(np.int32)
     # A fixed stratified split that depends on no RNG library: order examples by a hash of their
     # index, then send every DIGITS_TEST_EVERY-th example of each class to "test".
     order = np.argsort(_mix32(np.arange(len(labels), dtype=np.uint64)), kind="stable")
