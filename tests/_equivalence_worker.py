@@ -1,41 +1,24 @@
 """Run by test_distributed.py with 8 CPU devices: every method's loss, gradients, BatchNorm
 statistics and method state on a global batch sharded over 8 devices vs the same batch on 1.
 
-A one-conv encoder (registered here only) stands in for the ResNet to keep compilation short;
-it has a BatchNorm, so global statistics are checked too. Prints one JSON line.
+A one-convolution encoder (conftest.ConvEncoder, 8 channels) stands in for the ResNet to keep
+compilation short; it has a BatchNorm, so global statistics are checked too. Prints one JSON line.
 """
 
 import json
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import register_conv_encoder
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amcl_jax import forms, methods, models
+from amcl_jax import forms, methods
 from amcl_jax.config import get_default_config
 
-
-class TinyEncoder(nn.Module):
-    width: float = 1.0
-    stem: str = "cifar"
-    dtype: object = jnp.float32
-    conv: object = None
-    batch_norm_groups: int = 1
-    batch_norm_group_rows: int = 0
-
-    @nn.compact
-    def __call__(self, x, train):
-        x = nn.Conv(8, (3, 3), use_bias=False, dtype=self.dtype)(x)
-        x = models.make_norm(train=train, groups=self.batch_norm_groups,
-                             group_rows=self.batch_norm_group_rows, dtype=self.dtype)()(x)
-        return jnp.mean(nn.relu(x).astype(jnp.float32), axis=(1, 2))
-
-
-models.ENCODERS["tiny_test"] = (TinyEncoder, lambda width: 8)
+CONV_ENCODER = register_conv_encoder()
 
 
 def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1, form="authors"):
@@ -43,7 +26,7 @@ def tiny_config(method, amcl, dtype="float32", batch_norm_groups=1, form="author
     config.method = method
     config.amcl.enabled = amcl
     config.amcl.form = form
-    config.model.name = "tiny_test"
+    config.model.name = CONV_ENCODER
     config.model.dtype = dtype
     config.model.batch_norm_groups = batch_norm_groups
     config.data.image_size = 8

@@ -1,5 +1,6 @@
-"""Test-wide settings (quiet TensorFlow, keep it off accelerators, fast XLA compiles) and the one
-tiny training config the tests share (`tiny_config`; `from conftest import tiny_config`)."""
+"""Test-wide settings (quiet TensorFlow, keep it off accelerators, fast XLA compiles), the one
+tiny training config the tests share (`tiny_config`; `from conftest import tiny_config`) and the
+one-convolution encoder of the multi-device workers (`register_conv_encoder`)."""
 
 import atexit
 import os
@@ -8,8 +9,12 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from _runs import CACHE_MIN_COMPILE_SECONDS  # noqa: E402
+
+from amcl_jax import models  # noqa: E402
 
 # Tests use tiny shapes: compile time dominates, so skip most XLA optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -111,6 +116,34 @@ def tiny_config(**overrides):
     for key, value in overrides.items():
         set_field(config, key, value)
     return config
+
+
+class ConvEncoder(nn.Module):
+    """Conv - BatchNorm - ReLU - mean pool, round(8 * width) channels: (B, H, W, 3) -> (B, C).
+
+    The multi-device workers' stand-in for a ResNet: one convolution to read the per-device
+    batch from, a BatchNorm (global or per-device statistics) to reduce across devices, and a
+    compile of a second or two. Its attributes are those `models.build_encoder` passes."""
+
+    width: float = 1.0
+    stem: str = "cifar"
+    dtype: object = jnp.float32
+    conv: object = None
+    batch_norm_groups: int = 1
+    batch_norm_group_rows: int = 0
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Conv(round(8 * self.width), (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = models.make_norm(train=train, groups=self.batch_norm_groups,
+                             group_rows=self.batch_norm_group_rows, dtype=self.dtype)()(x)
+        return jnp.mean(nn.relu(x).astype(jnp.float32), axis=(1, 2))
+
+
+def register_conv_encoder() -> str:
+    """Registers `ConvEncoder` (for this process) and returns its `model.name`, "_conv_test"."""
+    models.ENCODERS["_conv_test"] = (ConvEncoder, lambda width: round(8 * width))
+    return "_conv_test"
 
 
 def set_field(config, field: str, value) -> None:

@@ -131,10 +131,8 @@ MAIN_CASES = [
     (["--no_such_flag=1"], 2, "no_such_flag"),
     (["--knn_k=3"], 2, "--knn_k is read by --mode=knn"),
     (["--config.batch_size=eight"], 2, "batch_size"),
+    # One refusal of validate_config: its others are tested in-process above (CONFIG_CASES).
     (["--config.data.dataset=no_such_dataset"], 2, "config.data.dataset='no_such_dataset'"),
-    (["--config.data.data_dir=."], 2, "data.data_dir"),
-    (["--config.data.augmentations="], 2, "allow_no_augmentation"),
-    (["--config.projector.hidden_dim=0"], 2, "projector.hidden_dim"),
     # Refused once the data and the model's shapes are known: one case for each check's place
     # in a run (each check's other refusals are tested in-process above: DATA_CASES).
     (["--config.amcl.num_heads=1000000000"], 2, "does not fit"),
