@@ -26,8 +26,7 @@ def _ends_in_one_error_line(stderr: str) -> str:
 
 
 def _main(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *args], cwd=_runs.ROOT,
-                          env=_runs.run_env(1), capture_output=True, text=True, timeout=timeout)
+    return _runs.run_script([sys.executable, "main.py", *args], _runs.run_env(1), timeout)
 
 
 # ---- A mistyped data path: one line before anything is written or downloaded. ----
@@ -70,7 +69,10 @@ def test_load_split_refuses_a_missing_data_dir_before_downloading(tmp_path):
 
 # ---- SIGTERM or Ctrl-C while loading data: the lock is released, one line. ----
 SLOW_LOADING = """if True:
-    import runpy, sys, time
+    import runpy, signal, sys, time
+    # Ctrl-C as in a terminal's foreground command, also when the tests run as a background
+    # job (whose shell starts it, and so this process, with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, ".")
     from amcl_jax.data import inputs
     load_data = inputs.load_data
@@ -143,8 +145,7 @@ def test_a_workdir_whose_checkpoints_are_all_damaged_ends_in_one_line(tmp_path):
     steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
     for step in steps:  # The array files gone: TensorStore's NOT_FOUND on every read.
         shutil.rmtree(os.path.join(checkpoints, str(step), "state", "d"))
-    training = subprocess.run(_runs.main_command(run), cwd=_runs.ROOT, env=_runs.run_env(1),
-                              capture_output=True, text=True, timeout=300)
+    training = _runs.run_script(_runs.main_command(run), _runs.run_env(1), 300)
     assert training.returncode == errors.RUNTIME, _runs.stderr_excerpt(training.stderr)
     line = _ends_in_one_error_line(training.stderr)
     assert line.startswith(f"error: no checkpoint in {checkpoints} could be restored"), line

@@ -2,9 +2,9 @@
 
 import json
 import os
-import subprocess
 import sys
 
+import _runs
 import ml_collections
 import pytest
 from conftest import set_field
@@ -86,8 +86,7 @@ def test_missing_data_dir_without_download(tmp_path):
 
 def _run_main(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return _runs.run_script([sys.executable, "main.py", *args], env, 300)
 
 
 def test_main_prints_one_line_and_no_traceback(tmp_path):

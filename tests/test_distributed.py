@@ -21,8 +21,8 @@ from amcl_jax.config import ConfigError, get_default_config, validate_config
 def test_every_method_on_8_devices_equals_1_device():
     # The limit catches a hang, not slowness: on 2 busy cores (other tests beside it) this run
     # took over 400 s; the 8-device compile-only worker of test_data_parallel.py has 900 s too.
-    result = subprocess.run([sys.executable, "tests/_equivalence_worker.py"], cwd=_runs.ROOT,
-                            env=_runs.run_env(8), capture_output=True, text=True, timeout=900)
+    result = _runs.run_script([sys.executable, "tests/_equivalence_worker.py"], _runs.run_env(8),
+                              900)
     assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for case, errors in report["equivalence"].items():
@@ -131,10 +131,9 @@ def test_one_process_on_two_cpu_devices_survives_many_queued_updates(tmp_path):
     workdir = str(tmp_path / "run")
     steps = 600
     env = _runs.run_env(2, JAX_DISABLE_MOST_OPTIMIZATIONS="0")  # Fast steps: a deep queue.
-    result = subprocess.run(
+    result = _runs.run_script(
         _runs.main_command(workdir, steps, f"--config.log_every_steps={steps}",
-                           f"--config.checkpoint.every_steps={steps}"),
-        cwd=_runs.ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           f"--config.checkpoint.every_steps={steps}"), env, 600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _runs.summary(workdir)
     assert summary["num_devices"] == 2 and summary["steps"] == steps

@@ -3,9 +3,9 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import _runs
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -183,9 +183,8 @@ def test_knn_mode_on_a_projection_head(workdir, capsys):
 
 def test_main_needs_config_only_to_train(workdir):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    missing = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
-                              f"--workdir={workdir}"], capture_output=True, text=True, env=env,
-                             cwd=ROOT, timeout=300)
+    missing = _runs.run_script([sys.executable, os.path.join(ROOT, "main.py"),
+                                f"--workdir={workdir}"], env, 300)
     assert missing.returncode == 2 and "--config is required" in missing.stderr
 
 

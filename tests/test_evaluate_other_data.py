@@ -5,9 +5,9 @@ overrides in evaluation modes apply (evaluation fields) or are refused, naming t
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import _runs
 import jax
 import numpy as np
 import pytest
@@ -149,8 +149,7 @@ def test_refused_and_invalid_evaluation_arguments_name_the_field(pretrained, kwa
 def _main(*argv):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return _runs.run_script([sys.executable, "main.py", *argv], env, 600)
 
 
 def test_command_line_evaluates_other_data_and_refuses_training_fields(pretrained):

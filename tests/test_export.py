@@ -9,7 +9,6 @@ parameters and statistics are made non-trivial, so a wrong mapping of any of the
 import functools
 import json
 import os
-import subprocess
 import sys
 
 import _runs
@@ -239,8 +238,7 @@ def test_main_export_mode(workdir, tmp_path):
     out = str(tmp_path / "cli" / "encoder.npz")
     command = [sys.executable, "main.py", "--mode=export", f"--workdir={workdir}",
                "--format=npz", f"--out={out}", f"--step={STEP}"]
-    result = subprocess.run(command, cwd=_runs.ROOT, env=_runs.cpu_env(1), capture_output=True,
-                            text=True, timeout=120)
+    result = _runs.run_script(command, _runs.cpu_env(1), 120)
     assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
     assert out in result.stdout
     with open(export.description_path(out)) as f:

@@ -5,7 +5,6 @@ import os
 import pathlib
 import re
 import signal
-import subprocess
 import sys
 
 import _runs
@@ -109,9 +108,8 @@ def test_bad_config_argument_is_one_line_without_traceback(tmp_path):
                  ["--config=configs/no_such_config.py"],
                  ["--config=configs/quickstart.py", "--config.batch_size=eight"],
                  ["--config=configs/quickstart.py", "--config.data.corrupt_images=maybe"]):
-        result = subprocess.run([sys.executable, "main.py", *args, f"--workdir={tmp_path}"],
-                                cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True,
-                                text=True, timeout=120)
+        result = _runs.run_script([sys.executable, "main.py", *args, f"--workdir={tmp_path}"],
+                                  _runs.run_env(1), 120)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, args
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -189,11 +187,11 @@ def test_a_streamed_run_stops_at_an_undecodable_file_in_one_line(tmp_path):
 
     folder = _image_folder(tmp_path / "folder", corrupt=True)
     shutil.copytree(os.path.join(folder, "train"), os.path.join(folder, "test"))
-    result = subprocess.run(
+    result = _runs.run_script(
         _runs.main_command(str(tmp_path / "run"), 4, "--config.data.dataset=image_folder",
                            f"--config.data.data_dir={folder}", "--config.data.streaming=true",
                            "--config.batch_size=4"),  # The folder holds 5 files.
-        cwd=_runs.ROOT, env=_runs.run_env(1), capture_output=True, text=True, timeout=300)
+        _runs.run_env(1), 300)
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-3000:]

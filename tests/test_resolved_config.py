@@ -4,9 +4,9 @@ config.json recording them, while workdirs that recorded None still resume."""
 import functools
 import json
 import os
-import subprocess
 import sys
 
+import _runs
 import jax
 import ml_collections
 import pytest
@@ -101,10 +101,9 @@ def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     target = tmp_path / "never_made"
-    done = subprocess.run(
+    done = _runs.run_script(
         [sys.executable, "main.py", "--config=configs/quickstart.py:method=moco",
-         "--config.amcl.form=authors", "--print_config", f"--workdir={target}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+         "--config.amcl.form=authors", "--print_config", f"--workdir={target}"], env, 300)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout)
     assert printed["method"] == "moco" and printed["amcl"]["form"] == "authors"

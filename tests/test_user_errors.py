@@ -142,12 +142,11 @@ MAIN_CASES = [
 ]
 
 
-def _main(argv, workdir, env=None):
+def _main(argv, workdir, env=None, timeout=240):
     evaluating = any(a.startswith("--mode=") for a in argv)
     config = [] if evaluating else ["--config=configs/quickstart.py"]
-    return subprocess.Popen(
-        [sys.executable, "main.py", *config, f"--workdir={workdir}", *argv], cwd=_runs.ROOT,
-        env=env or _runs.run_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _runs.run_script([sys.executable, "main.py", *config, f"--workdir={workdir}", *argv],
+                            env or _runs.run_env(1), timeout)
 
 
 def _one_error_line(stderr):
@@ -158,24 +157,19 @@ def _one_error_line(stderr):
 
 def test_main_user_errors_are_one_line_with_their_exit_code(tmp_path):
     failures = []
-    for start in range(0, len(MAIN_CASES), 3):  # 3 at a time: the machine has few cores.
-        batch = MAIN_CASES[start:start + 3]
-        processes = [_main(argv, str(tmp_path / f"w{start + i}")) for i, (argv, _, _) in
-                     enumerate(batch)]
-        for (argv, code, expected), process in zip(batch, processes, strict=True):
-            _, stderr = process.communicate(timeout=240)
-            lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-            if (process.returncode != code or len(lines) != 1 or expected not in lines[0]
-                    or "Traceback" in stderr):
-                failures.append((argv, process.returncode, lines or stderr[-1500:]))
+    for i, (argv, code, expected) in enumerate(MAIN_CASES):
+        result = _main(argv, str(tmp_path / f"w{i}"))
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        if (result.returncode != code or len(lines) != 1 or expected not in lines[0]
+                or "Traceback" in result.stderr):
+            failures.append((argv, result.returncode, lines or result.stderr[-1500:]))
     assert not failures, failures
 
 
 def test_debug_switch_shows_the_traceback(tmp_path):
-    process = _main(["--config.amcl.num_head=3"], str(tmp_path),
-                    env=_runs.run_env(1, AMCL_JAX_DEBUG="1"))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0 and "Traceback" in stderr
+    result = _main(["--config.amcl.num_head=3"], str(tmp_path),
+                   env=_runs.run_env(1, AMCL_JAX_DEBUG="1"), timeout=120)
+    assert result.returncode != 0 and "Traceback" in result.stderr
 
 
 # ---- Resume: refused changes write nothing; safe ones are recorded. ----
