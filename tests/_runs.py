@@ -33,6 +33,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOTAL_STEPS = 10
+# The test run's shared folder (conftest.py makes it), inherited by every process of the run.
+SHARED_DIR_ENV = "AMCL_JAX_TEST_SHARED_DIR"
 # The persistent compilation cache keeps programs that take this long or more to compile (train
 # steps, feature extractors): writing every small one too (an operation run outside `jit`, an
 # init) cost more than it saved, a fifth of the CPU time of the loss and authors'-form tests,
@@ -56,7 +58,7 @@ TINY_FLAGS = [
 @functools.cache
 def session_dir() -> str:
     """The test run's shared folder (conftest.py makes it; every xdist worker sees the same)."""
-    shared = os.environ.get("AMCL_JAX_TEST_SHARED_DIR")
+    shared = os.environ.get(SHARED_DIR_ENV)
     if not shared:  # Imported without conftest.py: a folder of this process's own.
         shared = tempfile.mkdtemp(prefix="amcl_jax_runs_")
         atexit.register(shutil.rmtree, shared, ignore_errors=True)
@@ -87,15 +89,28 @@ def cpu_env(devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def cache_settings() -> dict[str, object]:
+    """The test run's persistent compilation cache, as `jax.config` names and values: one folder
+    in the run's shared folder for every test process (conftest.py sets these) and subprocess
+    (`run_env` passes them as JAX_* variables), programs that compile in
+    CACHE_MIN_COMPILE_SECONDS or more."""
+    return {
+        "jax_compilation_cache_dir": os.path.join(os.path.dirname(session_dir()), "xla_cache"),
+        "jax_persistent_cache_min_compile_time_secs": CACHE_MIN_COMPILE_SECONDS,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+        # A size limit turns on JAX's file lock around each cache read and write: several
+        # processes share the folder, and without the lock one could read an entry another is
+        # still writing.
+        "jax_compilation_cache_max_size": 16 * 1024**3,
+    }
+
+
 def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """`cpu_env` with most optimisations off and the test run's compilation cache (the one the
-    test processes use, locked: several processes read and write it at once)."""
+    """`cpu_env` with most optimisations off and the test run's compilation cache
+    (`cache_settings`)."""
     return cpu_env(devices, **{
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(session_dir()), "xla_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(CACHE_MIN_COMPILE_SECONDS),
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-        "JAX_COMPILATION_CACHE_MAX_SIZE": str(16 * 1024**3),
+        **{name.upper(): str(value) for name, value in cache_settings().items()},
         **extra})
 
 

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _runs import CACHE_MIN_COMPILE_SECONDS  # noqa: E402
+from _runs import SHARED_DIR_ENV, cache_settings  # noqa: E402
 
 from amcl_jax import models  # noqa: E402
 
@@ -24,18 +24,11 @@ jax.config.update("jax_disable_most_optimizations", True)
 # xdist controller before it starts its workers) makes it and removes it at exit; the workers and
 # every subprocess the tests start inherit its name (tests/_runs.py passes it on), so whichever
 # process compiles a program first compiles it for all of them.
-SHARED_DIR_ENV = "AMCL_JAX_TEST_SHARED_DIR"
 if not os.environ.get(SHARED_DIR_ENV):
     os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="amcl_jax_tests_")
     atexit.register(shutil.rmtree, os.environ[SHARED_DIR_ENV], ignore_errors=True)
-XLA_CACHE_DIR = os.path.join(os.environ[SHARED_DIR_ENV], "xla_cache")
-jax.config.update("jax_compilation_cache_dir", XLA_CACHE_DIR)
-# Only programs that take a second or more to compile (_runs.py says why).
-jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# A size limit turns on JAX's file lock around each cache read and write: several processes
-# share the folder, and without the lock one could read an entry another is still writing.
-jax.config.update("jax_compilation_cache_max_size", 16 * 1024**3)
+for name, value in cache_settings().items():  # The subprocesses get them from _runs.run_env.
+    jax.config.update(name, value)
 
 
 # The longest tests (subprocess runs, 8-device compiles, tf.data statistics), about longest
