@@ -141,7 +141,9 @@ class Forked:
                                         "stdout": stdout_path, "stderr": stderr_path})
                             + "\n").encode())
         self._buffer = b""
-        kind, pid = self._line(None).split()
+        answer = self._line(60)
+        assert answer is not None, f"the zygote forked no process for {argv[1:3]} in 60 s"
+        kind, pid = answer.split()
         assert kind == "pid", kind
         self.pid = int(pid)
 
