@@ -196,6 +196,7 @@ def _zygote() -> str:
                               cwd=ROOT, env=cpu_env(1), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "ready", "the zygote did not start"
+
     def stop() -> None:  # Closing its stdin tells it to exit; waiting counts its CPU time.
         server.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
