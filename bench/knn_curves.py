@@ -7,7 +7,12 @@ figure.
 
 Reads `<workdir>/runs/<row>/seed<N>/summary.json` (its `knn_history`), which a run writes when
 it ends: a run still going is left out. Each step's mean is over the seeds whose history has it
-(they are listed beside it). Writes OUTPUT.json, OUTPUT.md and OUTPUT.png.
+(they are listed beside it). Writes OUTPUT.json, OUTPUT.md and OUTPUT.png; OUTPUT.json keeps
+every seed's history, so a later call can add new runs to ones whose folders are gone:
+
+    python bench/knn_curves.py runs/new_workdir --previous OUTPUT.json ...
+
+takes each (row, seed) from the workdir where it ran there, from OUTPUT.json otherwise.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ sys.path.insert(0, ROOT)
 from bench.common import command_line, write_json  # noqa: E402
 
 
-def histories(workdir: str, row: str) -> dict[int, dict[int, float]]:
-    """{seed: {step: kNN top-1 in %}} of `row`'s runs under `workdir` (FileNotFoundError naming
-    the folder when it holds none)."""
+def histories(workdir: str, row: str, previous: dict | None = None
+              ) -> dict[int, dict[int, float]]:
+    """{seed: {step: kNN top-1 in %}} of `row`'s runs under `workdir`, and of those recorded in
+    `previous` (an earlier report's "histories") that the workdir does not hold;
+    FileNotFoundError naming the folder when neither has any."""
     folder = os.path.join(workdir, "runs", row)
-    out = {}
+    out = {int(seed): {int(step): value for step, value in history.items()}
+           for seed, history in (previous or {}).get(row, {}).items()}
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name, "summary.json")
         if not (name.startswith("seed") and os.path.exists(path)):
@@ -37,8 +45,9 @@ def histories(workdir: str, row: str) -> dict[int, dict[int, float]]:
         out[int(name[len("seed"):])] = {int(e["step"]): 100 * float(e["knn_top1"])
                                         for e in summary.get("knn_history", [])}
     if not out:
-        raise FileNotFoundError(f"{folder}: no seed<N>/summary.json (row {row!r} not run here)")
-    return out
+        raise FileNotFoundError(f"{folder}: no seed<N>/summary.json (row {row!r} not run here"
+                                + (" nor in --previous)" if previous is not None else ")"))
+    return dict(sorted(out.items()))
 
 
 def curve(runs: dict[int, dict[int, float]]) -> list[dict]:
@@ -116,11 +125,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference", required=True, help="the row every gap is taken to")
     parser.add_argument("--rows", nargs="+", required=True, help="the other rows")
     parser.add_argument("--output", required=True, help="path without extension")
+    parser.add_argument("--previous", help="an earlier OUTPUT.json: its runs that the workdir "
+                        "does not hold are added")
     args = parser.parse_args(argv)
-    runs = {row: histories(args.workdir, row) for row in [args.reference, *args.rows]}
+    previous = None
+    if args.previous:
+        with open(args.previous) as f:
+            previous = json.load(f).get("histories", {})
+    runs = {row: histories(args.workdir, row, previous) for row in [args.reference, *args.rows]}
     report = {
         "command": command_line(__file__, argv),
         "reference": args.reference,
+        "histories": {row: {str(seed): {str(step): value for step, value in history.items()}
+                            for seed, history in r.items()} for row, r in runs.items()},
         "curves": {row: curve(r) for row, r in runs.items()},
         "gaps": {row: gaps(runs[row], runs[args.reference]) for row in args.rows},
     }

@@ -49,3 +49,26 @@ def test_a_row_without_runs_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="row 'missing' not run here"):
         knn_curves.main([str(tmp_path), "--reference", "base", "--rows", "missing",
                          "--output", str(tmp_path / "x")])
+
+
+def test_an_earlier_report_supplies_the_runs_a_new_workdir_lacks(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _run(first, "base", 0, {0: 29.0, 300: 40.0})
+    _run(first, "amcl", 0, {0: 29.0, 300: 41.0})
+    _run(first, "base", 1, {0: 30.0, 300: 35.0})  # Rerun below: the new folder's run counts.
+    earlier = str(tmp_path / "earlier")
+    knn_curves.main([str(first), "--reference", "base", "--rows", "amcl", "--output", earlier])
+    _run(second, "amcl", 1, {0: 30.0, 300: 40.0})
+    _run(second, "base", 1, {0: 30.0, 300: 38.0})
+    report = knn_curves.main([str(second), "--reference", "base", "--rows", "amcl",
+                              "--output", str(tmp_path / "later"),
+                              "--previous", earlier + ".json"])
+
+    base = report["histories"]["base"]  # Seed 0 from the earlier report, seed 1 from here.
+    assert {seed: list(h) for seed, h in base.items()} == {"0": ["0", "300"], "1": ["0", "300"]}
+    assert [base["0"]["300"], base["1"]["300"]] == pytest.approx([40.0, 38.0])
+    gaps = {g["step"]: g for g in report["gaps"]["amcl"]}
+    assert gaps[300]["seeds"] == [0, 1] and gaps[300]["per_seed"] == pytest.approx([1.0, 2.0])
+    with pytest.raises(FileNotFoundError, match="row 'missing' not run here nor in --previous"):
+        knn_curves.main([str(second), "--reference", "base", "--rows", "missing",
+                         "--output", str(tmp_path / "x"), "--previous", earlier + ".json"])
