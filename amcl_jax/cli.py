@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import tempfile
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -113,12 +114,13 @@ def _unknown_field(argv: list[str], error: Exception) -> str:
 
 
 def _check_workdir(workdir: str) -> None:
+    """Makes `workdir` and writes a file there, or fails in one line. The file's name is this
+    process's own: every process of a multi-host run checks the same workdir at once."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".write_test.") as probe:
+            probe.write("ok")
+            probe.flush()
     except OSError as e:
         _fail(f"--workdir={workdir!r} is not writable: {e.strerror}")
 

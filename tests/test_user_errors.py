@@ -427,3 +427,30 @@ def test_an_unwritable_cache_is_named_by_its_field_and_a_read_only_memo_is_skipp
     images, labels, num_classes = load_split("image_folder", "train", data_dir=str(archive),
                                              cache_dir=cache)
     assert images.shape == (2, 4, 4, 3) and sorted(labels.tolist()) == [0, 1] and num_classes == 2
+
+
+def test_processes_checking_one_workdir_at_once_all_pass(tmp_path):
+    # Every process of a multi-host run checks the shared workdir as it starts. With one probe
+    # file name for all, one process removed the file another had just written, which then
+    # failed with "not writable: No such file or directory" (seen in the two-process test).
+    import threading
+
+    from amcl_jax import cli
+
+    failures = []
+
+    def check():
+        for _ in range(300):
+            try:
+                cli._check_workdir(str(tmp_path / "shared"))
+            except SystemExit as e:
+                failures.append(e)
+                return
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert os.listdir(tmp_path / "shared") == []  # Nothing left behind.
