@@ -17,31 +17,39 @@ import pytest
 from amcl_jax import distributed
 from amcl_jax.config import ConfigError, get_default_config, validate_config
 
+# 8 devices against 1, relative (test_every_method_on_8_devices_equals_1_device says why).
+TOLERANCE = 5e-4
+
 
 def test_every_method_on_8_devices_equals_1_device():
     # The limit catches a hang, not slowness: on 2 busy cores (other tests beside it) this run
     # took over 400 s; the 8-device compile-only worker of test_data_parallel.py has 900 s too.
-    result = _runs.run_script([sys.executable, "tests/_equivalence_worker.py"], _runs.run_env(8),
-                              900)
+    result = _runs.run_script([sys.executable, "tests/_equivalence_worker.py"],
+                              _runs.worker_env(8), 900)
     assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for case, errors in report["equivalence"].items():
         assert errors["has_batch_stats"], case
-        # Each device computes its share, so sums run in another order than on 1 device:
-        # measured up to 4e-5 (BYOL's loss near its minimum; the authors' Barlow Twins, which
-        # divides C by temperatures near 1e-5). Errors are over each whole tree, as some leaves'
-        # gradients are zero in exact arithmetic (a bias before a BatchNorm).
-        tolerance = 1e-4
+        # Each device computes its share, so sums run in another order than on 1 device.
+        # Measured on a CPU without AVX-512: up to 4e-5 (BYOL's loss near its minimum; the
+        # authors' Barlow Twins, which divides C by temperatures near 1e-5, amplifying the
+        # rounding). On one with AVX-512, where XLA:CPU picks other kernels: 1.3e-4 (the same
+        # Barlow Twins; SimSiam's gradients with per-device BatchNorm, below, 1.1e-4). A wrong
+        # split errs by far more: per-device against global BatchNorm statistics, the smallest
+        # method's difference is 1.9e-2 in one step's loss (below). Errors are over each whole
+        # tree, as some leaves' gradients are zero in exact arithmetic (a bias before a
+        # BatchNorm).
         for quantity in ("loss", "grads", "batch_stats", "extra"):
-            assert errors[quantity] <= tolerance, (case, quantity, errors)
+            assert errors[quantity] <= TOLERANCE, (case, quantity, errors)
     assert {"simclr/amcl=True", "simclr/amcl=False", "simclr/amcl=True/project",
             "moco/amcl=True/project", "barlow_twins/amcl=True"} <= set(report["equivalence"])
     assert set(report["per_device_batch_norm"]) == {
         "simclr/amcl=True", "simsiam/amcl=True", "moco/amcl=True"}
     for case, errors in report["per_device_batch_norm"].items():
         for quantity in ("loss", "grads", "batch_stats"):
-            assert errors[quantity] <= 1e-4, (case, quantity, errors)
-        assert errors["differs_from_global"] > 1e-4, (case, errors)  # The option does something.
+            assert errors[quantity] <= TOLERANCE, (case, quantity, errors)
+        # The option does something.
+        assert errors["differs_from_global"] > 10 * TOLERANCE, (case, errors)
     assert set(report["bfloat16"]) == {"simclr/authors", "simsiam/authors",
                                        "barlow_twins/authors", "barlow_twins/project"}
     for name, bf16 in report["bfloat16"].items():
