@@ -114,6 +114,19 @@ def run_env(devices: int = 1, **extra: str) -> dict[str, str]:
         **extra})
 
 
+def worker_env(devices: int) -> dict[str, str]:
+    """`run_env` for the workers that compile many small programs and run each once or never
+    (the 8-device equivalence and data-parallel workers): XLA's full optimisation with XLA:CPU's
+    older elemental emitters compiles them in about half the CPU time (equivalence: 25 CPU-s
+    against 56; weak scaling: 15 against 35), while the train steps of `main.py` runs compile
+    faster with most optimisations off and the fusion emitters (11.8 s against 22.2 s,
+    bench/results/xla_test_settings_cpu.json). Never the elemental emitters with most
+    optimisations off: XLA:CPU then miscompiles the device-side colour jitter (docs/history.md)."""
+    return run_env(devices, JAX_DISABLE_MOST_OPTIMIZATIONS="0",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                             "--xla_cpu_use_fusion_emitters=false")
+
+
 def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str,
                  wrapper: tuple[str, ...] = ()) -> list[str]:
     """`python [wrapper...] main.py` with the tiny flags; a wrapper script runs main.py itself."""

@@ -29,7 +29,7 @@ def _worker(*args: str, devices: int = 1) -> dict:
 
 
 def _worker_lines(*args: str, devices: int = 1) -> list[dict]:
-    result = _runs.run_script([sys.executable, WORKER, *args], _runs.run_env(devices), 900)
+    result = _runs.run_script([sys.executable, WORKER, *args], _runs.worker_env(devices), 900)
     assert result.returncode == 0, _runs.stderr_excerpt(result.stderr)
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
