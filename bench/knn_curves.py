@@ -100,6 +100,11 @@ def plot(curves: dict[str, list[dict]], path: str) -> None:
     plt.close(fig)
 
 
+def _signed(value: float) -> str:
+    """+1.25, -0.50; +0.00 for a difference that is zero up to rounding (not -0.00)."""
+    return f"{round(value, 6) + 0.0:+.2f}"
+
+
 def markdown(report: dict) -> str:
     reference = report["reference"]
     lines = [f"kNN top-1 (%) at every evaluation, mean over seeds (min-max); gap: the row minus "
@@ -111,7 +116,7 @@ def markdown(report: dict) -> str:
         for p in points:
             gap = gap_of.get(p["step"])
             gap_text = "" if gap is None else (
-                f"{gap['gap']:+.2f} ({', '.join(f'{d:+.2f}' for d in gap['per_seed'])})")
+                f"{_signed(gap['gap'])} ({', '.join(map(_signed, gap['per_seed']))})")
             lines.append(f"| {p['step']} | {','.join(map(str, p['seeds']))} | {p['mean']:.2f} "
                          f"({p['min']:.2f}-{p['max']:.2f}) | {gap_text} |")
         lines.append("")
