@@ -122,9 +122,9 @@ def worker_env(devices: int) -> dict[str, str]:
     faster with most optimisations off and the fusion emitters (11.8 s against 22.2 s,
     bench/results/xla_test_settings_cpu.json). Never the elemental emitters with most
     optimisations off: XLA:CPU then miscompiles the device-side colour jitter (docs/history.md)."""
-    return run_env(devices, JAX_DISABLE_MOST_OPTIMIZATIONS="0",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                             "--xla_cpu_use_fusion_emitters=false")
+    env = run_env(devices, JAX_DISABLE_MOST_OPTIMIZATIONS="0")
+    env["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"  # After cpu_env's device count.
+    return env
 
 
 def main_command(workdir: str, total_steps: int = TOTAL_STEPS, *more: str,
